@@ -1,0 +1,68 @@
+"""Images/s of one SGD step and one SAM step of resnet32 at batch 128 (CIFAR-shaped inputs).
+
+    python benchmarks/train_step.py [--steps 10] [--batch-size 128] [--device cpu]
+
+Both are timed in the same process on the same model and batch, interleaved over rounds; the last
+line is ``sam_over_sgd=<median SAM step time / median SGD step time>`` (about 2 expected: SAM does
+two forward/backward passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ltsam.losses import LDAMLoss
+from ltsam.models import build_model
+from ltsam.steps import build_optimizer
+
+
+def time_steps(step, model, x, y, criterion, n: int, device: torch.device) -> float:
+    """Median seconds per step over ``n`` steps (after the caller's warm-up)."""
+    times = []
+    for _ in range(n):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(model, x, y, criterion)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    counts = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]
+    criterion = LDAMLoss(counts).to(device)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    runs = {}
+    for name, use_sam in (("sgd", False), ("sam", True)):
+        model = build_model("resnet32", 10, use_norm=True).to(device).train()
+        _, step = build_optimizer(model, use_sam, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5)
+        for _ in range(2):  # warm-up
+            step(model, x, y, criterion)
+        runs[name] = (model, step, [])
+    for _ in range(args.rounds):
+        for model, step, times in runs.values():
+            times.append(time_steps(step, model, x, y, criterion, args.steps, device))
+    med = {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+    for name in ("sgd", "sam"):
+        print(f"{name.upper()} step: {med[name] * 1000:.1f} ms, {args.batch_size / med[name]:.0f} images/s "
+              f"(resnet32, batch {args.batch_size}, {device})")
+    print(f"sam_over_sgd={med['sam'] / med['sgd']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

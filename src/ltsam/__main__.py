@@ -1,0 +1,5 @@
+import sys
+
+from ltsam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,163 @@
+"""Training configuration: one dataclass, filled from defaults, data-set defaults, a recipe and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ltsam.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    imb_type: str = "exp"
+    imb_factor: float = 0.01
+    rand_number: int = 0
+    image_size: int | None = None
+    norm: str | None = None
+    # model
+    arch: str | None = None  # None: resnet32 (CIFAR, folders) or small_cnn (digits)
+    use_norm: bool | None = None  # None: cosine head iff loss is LDAM
+    # loss and re-balancing
+    loss: str = "ce"
+    train_rule: str = "none"
+    drw_epoch: int | None = None  # None: 160 of 200, scaled with --epochs
+    beta: float = 0.9999
+    focal_gamma: float = 1.0
+    vs_gamma: float = 0.3
+    vs_tau: float = 1.0
+    margin: float = 0.5
+    ldam_s: float = 30.0
+    # optimisation
+    optimizer: str = "sam"
+    rho: float = 0.05
+    rho_schedule: str = "none"
+    min_rho: float = 0.05
+    max_rho: float = 0.8
+    rho_steps: list[float] | None = None
+    adaptive: bool = False
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_schedule: str = "step"
+    momentum: float = 0.9
+    wd: float = 2e-4
+    # run
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    eval_batch_size: int = 1000
+    channels_last: bool = False
+    compile: bool = False
+    out: str | None = None
+    recipe: str | None = None
+    wandb: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_sam(self) -> bool:
+        return self.optimizer == "sam" and self.rho_schedule_max() > 0
+
+    def rho_schedule_max(self) -> float:
+        if self.rho_schedule == "linear":
+            return max(self.min_rho, self.max_rho)
+        if self.rho_schedule == "step":
+            return max(self.rho_steps or [0.6])
+        return self.rho
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+# What suits each data set when the user does not say otherwise.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The offline default: the paper's method (LDAM + DRW + SAM) sized for a CPU demo.
+    "digits": dict(arch="small_cnn", loss="ldam", train_rule="drw", optimizer="sam", rho=0.05,
+                   imb_factor=0.1, epochs=30, batch_size=32, lr=0.05, wd=5e-4),
+    "cifar10": dict(arch="resnet32"),
+    "cifar100": dict(arch="resnet32"),
+    "folder": dict(arch="resnet32"),
+}
+
+CHOICES = {
+    "dataset": ("digits", "cifar10", "cifar100", "folder"),
+    "imb_type": ("exp", "step", "none"),
+    "loss": ("ce", "focal", "ldam", "vs"),
+    "train_rule": ("none", "reweight", "resample", "drw"),
+    "optimizer": ("sgd", "sam"),
+    "rho_schedule": ("none", "linear", "step"),
+    "lr_schedule": ("step", "cosine"),
+}
+
+
+def resolve(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- data-set defaults <- recipe <- explicit overrides, then validated."""
+    values: dict[str, Any] = {}
+    if recipe:
+        values.update(recipe)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    dataset = str(values.get("dataset", TrainConfig.dataset)).lower()
+    merged = dict(DATASET_DEFAULTS.get(dataset, {}))
+    merged.update(values)
+    cfg = TrainConfig.from_dict(merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    for key, options in CHOICES.items():
+        value = getattr(cfg, key)
+        if isinstance(value, str):
+            value = value.lower()
+            setattr(cfg, key, value)
+        if value not in options:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(options)}")
+    from ltsam.models import MODELS
+
+    if cfg.arch is not None:
+        cfg.arch = cfg.arch.lower()
+        if cfg.arch not in MODELS:
+            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(MODELS))}")
+    if not (0.0 < cfg.imb_factor <= 1.0):
+        raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
+    if cfg.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    for name in ("rho", "min_rho", "max_rho"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(cfg, name)}")
+    if cfg.rho_steps is not None:
+        if len(cfg.rho_steps) != 4 or min(cfg.rho_steps) < 0:
+            raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.wd < 0 or not (0 <= cfg.momentum < 1):
+        raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
+    if cfg.drw_epoch is not None and cfg.drw_epoch < 0:
+        raise UserError(f"--drw-epoch must be >= 0, got {cfg.drw_epoch}")
+    if not (0 <= cfg.beta < 1):
+        raise UserError(f"--beta must lie in [0, 1), got {cfg.beta}")
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A readable default run-folder name."""
+    if cfg.recipe:
+        return cfg.recipe
+    opt = f"sam{cfg.rho:g}" if cfg.uses_sam else "sgd"
+    return (f"{cfg.dataset}_{cfg.arch}_{cfg.loss}_{cfg.train_rule}_{cfg.imb_type}{cfg.imb_factor:g}"
+            f"_{opt}_seed{cfg.seed}")

@@ -1,0 +1,146 @@
+"""Long-tail losses (CE, Focal, LDAM, VS), class weights and the re-weighting train rules.
+
+Every loss is called as ``loss(logits, targets)`` and, given per-class ``weight``, uses PyTorch's
+weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltsam.errors import UserError
+
+
+def effective_number_weights(cls_num_list: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
+    """Class-balanced weights w_c = (1 - beta) / (1 - beta ** n_c), rescaled so sum_c w_c = C.
+
+    beta = 0 gives all ones (the "off" phase of DRW). (Cui et al., CVPR 2019.)
+    """
+    n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    w = w / w.sum() * len(n)
+    return w.to(torch.float32)
+
+
+def _weight(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
+    """Class weights in the logits' dtype (float64 checks, mixed precision)."""
+    return None if weight is None else weight.to(logits.dtype)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss as the reference: l_i = w_{y_i} CE_i, p_i = exp(-l_i), loss = mean (1-p_i)^gamma l_i.
+
+    Note p_i comes from the *weighted* CE (an inherited quirk kept for faithful reproduction) and
+    the mean is a plain batch mean, not weight-normalised.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, gamma: float = 1.0):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, targets, weight=_weight(self.weight, logits), reduction="none")
+        p = torch.exp(-ce)
+        return ((1.0 - p) ** self.gamma * ce).mean()
+
+
+class LDAMLoss(nn.Module):
+    """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019).
+
+    m_c = max_m * (n_min / n_c) ** (1/4); logits z -> s * (z - m_y e_y); then weighted CE.
+    Used with the cosine (NormedLinear) head, whose logits lie in [-1, 1].
+    """
+
+    def __init__(self, cls_num_list: Sequence[int], max_m: float = 0.5, s: float = 30.0,
+                 weight: torch.Tensor | None = None):
+        super().__init__()
+        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+        if (n <= 0).any():
+            raise UserError("LDAM needs every class to have at least one training image")
+        m = 1.0 / n.pow(0.25)
+        m = m * (max_m / m.max())
+        self.register_buffer("margins", m.to(torch.float32))
+        self.s = s
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        shift = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * self.margins.to(logits.dtype)[targets, None]
+        return F.cross_entropy(self.s * (logits - shift), targets, weight=_weight(self.weight, logits))
+
+
+class VSLoss(nn.Module):
+    """Vector-scaling loss (Kini et al., NeurIPS 2021): z_c / Delta_c + iota_c, then weighted CE.
+
+    Delta_c = (n_max / n_c) ** gamma (>= 1), iota_c = tau * log(n_c / sum n).
+    """
+
+    def __init__(self, cls_num_list: Sequence[int], gamma: float = 0.3, tau: float = 1.0,
+                 weight: torch.Tensor | None = None):
+        super().__init__()
+        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+        if (n <= 0).any():
+            raise UserError("VS needs every class to have at least one training image")
+        self.register_buffer("scale", (n / n.max()).pow(gamma).to(torch.float32))  # 1 / Delta_c
+        self.register_buffer("iota", (tau * torch.log(n / n.sum())).to(torch.float32))
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        adjusted = logits * self.scale.to(logits.dtype) + self.iota.to(logits.dtype)
+        return F.cross_entropy(adjusted, targets, weight=_weight(self.weight, logits))
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Plain cross-entropy with optional per-class weights (registry name ``ce``)."""
+
+    def __init__(self, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, weight=_weight(self.weight, logits))
+
+
+LossFactory = Callable[..., nn.Module]
+
+LOSSES: dict[str, LossFactory] = {
+    "ce": lambda cls_num_list, weight=None, **kw: WeightedCrossEntropy(weight=weight),
+    "focal": lambda cls_num_list, weight=None, focal_gamma=1.0, **kw: FocalLoss(weight, focal_gamma),
+    "ldam": lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0, **kw: LDAMLoss(
+        cls_num_list, max_m=max_m, s=ldam_s, weight=weight),
+    "vs": lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0, **kw: VSLoss(
+        cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight),
+}
+
+TRAIN_RULES = ("none", "reweight", "resample", "drw")
+
+
+def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None,
+               **options: float) -> nn.Module:
+    """Create a loss by registry name (``ce``, ``focal``, ``ldam``, ``vs``)."""
+    key = name.lower()
+    if key not in LOSSES:
+        raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[key](cls_num_list, weight=weight, **options)
+
+
+def class_weights_for_epoch(rule: str, cls_num_list: Sequence[int], epoch: int, drw_epoch: int,
+                            beta: float = 0.9999) -> torch.Tensor | None:
+    """Per-class loss weights of a train rule at a 0-indexed epoch (None = unweighted).
+
+    ``reweight``: effective-number weights throughout; ``drw``: unweighted before ``drw_epoch``,
+    effective-number weights from it on (the reference's betas [0, beta] indexed by epoch // T);
+    ``none`` and ``resample`` (which re-balances by sampling instead): None.
+    """
+    rule = rule.lower()
+    if rule not in TRAIN_RULES:
+        raise UserError(f"unknown --train-rule {rule!r}; choose one of {', '.join(TRAIN_RULES)}")
+    if rule == "reweight" or (rule == "drw" and epoch >= drw_epoch):
+        return effective_number_weights(cls_num_list, beta)
+    return None

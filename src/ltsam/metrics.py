@@ -1,0 +1,48 @@
+"""Accuracy metrics: top-k, per-class accuracy, and many/medium/few-shot groups by training count."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MANY_THRESHOLD = 100  # many-shot: more than 100 training images
+FEW_THRESHOLD = 20  # few-shot: fewer than 20; medium-shot: 20-100 inclusive
+
+
+def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C x C counts, rows = true class, columns = predicted class."""
+    idx = targets.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(conf: torch.Tensor) -> list[float | None]:
+    """Diagonal / row sums, in percent; None for a class with no test images."""
+    totals = conf.sum(1)
+    return [None if int(t) == 0 else 100.0 * float(conf[c, c]) / float(t) for c, t in enumerate(totals)]
+
+
+def shot_groups(cls_num_list: Sequence[int]) -> dict[str, list[int]]:
+    """Class indices of the many (>100), medium (20-100) and few (<20) shot groups."""
+    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(cls_num_list):
+        key = "many" if n > MANY_THRESHOLD else ("few" if n < FEW_THRESHOLD else "medium")
+        groups[key].append(c)
+    return groups
+
+
+def group_accuracy(class_acc: Sequence[float | None], cls_num_list: Sequence[int]) -> dict[str, float | None]:
+    """Mean per-class accuracy within each shot group (None for an empty group)."""
+    out: dict[str, float | None] = {}
+    for name, members in shot_groups(cls_num_list).items():
+        vals = [class_acc[c] for c in members if class_acc[c] is not None]
+        out[name] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
+    """Number of samples whose target is among the top-k logits, for each k (k capped at C)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top.eq(targets[:, None])
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]

@@ -1,0 +1,85 @@
+"""Learning-rate, rho and DRW schedules, scaled from the reference's native epoch counts.
+
+At the native length (200 epochs for CIFAR) every boundary equals the reference's; for other
+lengths each boundary epoch scales proportionally, rounded to the nearest epoch (at least 1).
+Epoch arguments are 0-indexed; the reference compares the 1-indexed ``e = epoch + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ltsam.errors import UserError
+
+CIFAR_NATIVE_EPOCHS = 200
+LR_SCHEDULES = ("step", "cosine")
+RHO_SCHEDULES = ("none", "linear", "step")
+
+
+def scale_epoch(native_epoch: int, epochs: int, native_total: int = CIFAR_NATIVE_EPOCHS) -> int:
+    """A boundary at ``native_epoch`` of ``native_total`` moved to a run of ``epochs`` epochs."""
+    if epochs == native_total:
+        return native_epoch
+    return max(1, int(round(native_epoch * epochs / native_total)))
+
+
+def step_lr(epoch: int, base_lr: float, epochs: int, warmup: int | None = None,
+            milestones: tuple[int, int] | None = None) -> float:
+    """The reference's CIFAR schedule: linear warm-up to ``base_lr`` over 5 epochs, x0.01 after
+    epoch 160, x0.0001 after 180 (1-indexed, of 200); boundaries scaled for other lengths."""
+    e = epoch + 1
+    w = scale_epoch(5, epochs) if warmup is None else warmup
+    m1, m2 = milestones if milestones is not None else (scale_epoch(160, epochs), scale_epoch(180, epochs))
+    if w > 0 and e <= w:
+        return base_lr * e / w
+    if e <= m1:
+        return base_lr
+    if e <= m2:
+        return base_lr * 0.01
+    return base_lr * 0.0001
+
+
+def cosine_lr(epoch: int, base_lr: float, epochs: int, eta_min: float = 0.0) -> float:
+    """CosineAnnealingLR stepped once per epoch: eta_min + (lr - eta_min)(1 + cos(pi e / E)) / 2."""
+    return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+
+
+def learning_rate(schedule: str, epoch: int, base_lr: float, epochs: int) -> float:
+    if schedule == "step":
+        return step_lr(epoch, base_lr, epochs)
+    if schedule == "cosine":
+        return cosine_lr(epoch, base_lr, epochs)
+    raise UserError(f"unknown --lr-schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def rho_for_epoch(schedule: str, epoch: int, epochs: int, rho: float, min_rho: float = 0.05,
+                  max_rho: float = 0.8, rho_steps: tuple[float, ...] | None = None,
+                  rho_step_epochs: tuple[int, int, int] | None = None) -> float:
+    """SAM radius for a 0-indexed epoch.
+
+    ``none``: ``rho``. ``linear``: interpolation from (1, min_rho) to (epochs, max_rho) at e = epoch+1,
+    cast to float16 as the reference does. ``step``: values (a, b, c, d) switching after the
+    1-indexed boundary epochs (5, 160, 180) of 200 — the CIFAR script's hard-coded
+    (0.05, 0.1, 0.5, 0.6) unless ``rho_steps`` gives others; ``rho_step_epochs`` overrides the
+    boundaries (the ImageNet/iNat scripts use 5, 60, 75 of 90).
+    """
+    e = epoch + 1
+    if schedule == "none":
+        return rho
+    if schedule == "linear":
+        value = min_rho if epochs == 1 else np.interp(e, [1, epochs], [min_rho, max_rho])
+        return float(np.float16(value))
+    if schedule == "step":
+        a, b, c, d = rho_steps if rho_steps is not None else (0.05, 0.1, 0.5, 0.6)
+        b1, b2, b3 = rho_step_epochs if rho_step_epochs is not None else (
+            scale_epoch(5, epochs), scale_epoch(160, epochs), scale_epoch(180, epochs))
+        if e <= b1:
+            return a
+        if e <= b2:
+            return b
+        if e <= b3:
+            return c
+        return d
+    raise UserError(f"unknown --rho-schedule {schedule!r}; choose one of {', '.join(RHO_SCHEDULES)}")

@@ -1,0 +1,277 @@
+"""The training loop: data, model, loss rule, optimizer, schedules, evaluation, run folder."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltsam.config import TrainConfig
+from ltsam.data import InMemoryBatchSource, LTData, build_lt_data
+from ltsam.errors import UserError
+from ltsam.evaluate import evaluate
+from ltsam.io import load_checkpoint, save_checkpoint, write_json
+from ltsam.losses import build_loss, class_weights_for_epoch
+from ltsam.models import build_model
+from ltsam.runs import resolve_device
+from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
+from ltsam.steps import build_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig) -> LTData:
+    return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
+                         cfg.download, cfg.image_size, cfg.norm)
+
+
+def drw_switch_epoch(cfg: TrainConfig) -> int:
+    """0-indexed epoch from which DRW weights apply: --drw-epoch, else 160 of 200 scaled."""
+    return cfg.drw_epoch if cfg.drw_epoch is not None else scale_epoch(160, cfg.epochs)
+
+
+def loss_options(cfg: TrainConfig) -> dict[str, float]:
+    return dict(focal_gamma=cfg.focal_gamma, max_m=cfg.margin, ldam_s=cfg.ldam_s,
+                vs_gamma=cfg.vs_gamma, vs_tau=cfg.vs_tau)
+
+
+def model_meta(cfg: TrainConfig, data: LTData) -> dict[str, Any]:
+    use_norm = cfg.use_norm if cfg.use_norm is not None else cfg.loss == "ldam"
+    return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=use_norm,
+                in_channels=data.in_channels)
+
+
+class Trainer:
+    """Trains one configuration into one run folder; ``resume=True`` continues from ``last.pt``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+                 data: LTData | None = None):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.data = data if data is not None else load_data(cfg)
+        self.meta = model_meta(cfg, self.data)
+        self.model = build_model(**self.meta).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self._maybe_compile(self.model)
+        self.optimizer, self.step = build_optimizer(self.model, cfg.uses_sam, cfg.lr, cfg.momentum,
+                                                    cfg.wd, cfg.rho, cfg.adaptive)
+        self.source = InMemoryBatchSource(
+            self.data.train.images, self.data.train.targets, cfg.batch_size, self.data.mean,
+            self.data.std, self.data.pad, self.data.flip, cfg.seed, self.device,
+            sample_weights=self._resample_weights(), channels_last=cfg.channels_last)
+        self.start_epoch, self.best_top1, self.best_record = 0, -1.0, None
+        self.elapsed = 0.0
+        if resume:
+            self._restore(load_checkpoint(self.run_dir / "last.pt"))
+
+    def _maybe_compile(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.cfg.compile:
+            return model
+        try:
+            return torch.compile(model)
+        except Exception as exc:  # backend missing on this platform: run eagerly
+            print(f"ltsam: torch.compile unavailable ({type(exc).__name__}); running eagerly")
+            return model
+
+    def _resample_weights(self) -> torch.Tensor | None:
+        """Per-sample weights 1 / n_c: every class is drawn equally often (``resample``).
+
+        (The reference builds an effective-number sampler but never attaches it, so its
+        ``Resample`` trains unbalanced; ltsam samples truly class-balanced.)
+        """
+        if self.cfg.train_rule != "resample":
+            return None
+        counts = torch.tensor(self.data.cls_num_list, dtype=torch.float64)
+        return (1.0 / counts)[self.data.train.targets]
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("model_meta") != self.meta:
+            raise UserError(f"cannot resume: checkpoint is a {ckpt.get('model_meta')} model, this run "
+                            f"builds {self.meta}; resume with the run's own configuration")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.best_top1 = float(ckpt["best_top1"])
+        self.best_record = ckpt.get("best_record")
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+
+    # ------------------------------------------------------------------ one epoch
+    def set_hyperparameters(self, epoch: int) -> tuple[float, float]:
+        cfg = self.cfg
+        lr = learning_rate(cfg.lr_schedule, epoch, cfg.lr, cfg.epochs)
+        rho = rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, cfg.min_rho, cfg.max_rho,
+                            tuple(cfg.rho_steps) if cfg.rho_steps else None)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if "rho" in group:
+                group["rho"] = rho
+        return lr, (rho if self.cfg.uses_sam else 0.0)
+
+    def criterion_for(self, epoch: int) -> torch.nn.Module:
+        weights = class_weights_for_epoch(self.cfg.train_rule, self.data.cls_num_list, epoch,
+                                          drw_switch_epoch(self.cfg), self.cfg.beta)
+        return build_loss(self.cfg.loss, self.data.cls_num_list, weights,
+                          **loss_options(self.cfg)).to(self.device)
+
+    def train_epoch(self, epoch: int, criterion: torch.nn.Module) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        self.net.train()
+        self.source.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(self.source, total=len(self.source), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=not self.progress, unit="batch")
+        for x, y in bar:
+            loss, logits = self.step(self.net, x, y, criterion)
+            loss_sum += loss.float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        cfg, run_dir = self.cfg, self.run_dir
+        metrics_path = run_dir / "metrics.jsonl"
+        _truncate_metrics(metrics_path, self.start_epoch)
+        writer = _tensorboard(run_dir, self.start_epoch)
+        wandb_run = _wandb(cfg, run_dir) if cfg.wandb else None
+        done = 0
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            lr, rho = self.set_hyperparameters(epoch)
+            criterion = self.criterion_for(epoch)
+            train_stats = self.train_epoch(epoch, criterion)
+            test, _ = evaluate(self.net, self.data.test.images, self.data.test.targets, self.data.mean,
+                               self.data.std, self.data.cls_num_list, criterion, cfg.eval_batch_size,
+                               self.device, cfg.channels_last)
+            seconds = time.perf_counter() - t0
+            self.elapsed += seconds
+            record = {"epoch": epoch, "lr": lr, "rho": rho, **train_stats,
+                      "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
+                      "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
+                      "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"],
+                      "seconds": seconds}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            is_best = test["top1"] > self.best_top1
+            if is_best:
+                self.best_top1, self.best_record = test["top1"], record
+            self._save(epoch, is_best)
+            _log_scalars(writer, wandb_run, record)
+            if self.progress or True:
+                print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  rho {rho:.3g}  "
+                      f"train loss {train_stats['train_loss']:.4f} acc {train_stats['train_acc']:.2f}  "
+                      f"test top-1 {test['top1']:.2f}  many {_f(test['shot_acc']['many'])} "
+                      f"med {_f(test['shot_acc']['medium'])} few {_f(test['shot_acc']['few'])}  "
+                      f"{seconds:.1f}s", flush=True)
+            done += 1
+            if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
+                break
+        writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+        return self.finish()
+
+    def _save(self, epoch: int, is_best: bool) -> None:
+        payload = {"epoch": epoch + 1, "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "model_meta": self.meta,
+                   "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
+                   "classes": self.data.classes, "best_top1": self.best_top1,
+                   "best_record": self.best_record, "elapsed": self.elapsed}
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if is_best:
+            save_checkpoint(self.run_dir / "best.pt", payload)
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the current model, write final.json and the figures; return the summary."""
+        from ltsam.report import save_figures
+
+        test, conf = evaluate(self.net, self.data.test.images, self.data.test.targets, self.data.mean,
+                              self.data.std, self.data.cls_num_list, None, self.cfg.eval_batch_size,
+                              self.device, self.cfg.channels_last)
+        best = self.best_record or {}
+        summary = {
+            "epochs_done": _epochs_done(self.run_dir),
+            "epochs": self.cfg.epochs,
+            "final": test,
+            "best": {"epoch": best.get("epoch"), "top1": best.get("test_top1"),
+                     "top5": best.get("test_top5"),
+                     "shot_acc": {k: best.get(f"{k}_acc") for k in ("many", "medium", "few")},
+                     "per_class_acc": best.get("per_class_acc")},
+            "classes": self.data.classes,
+            "cls_num_list": self.data.cls_num_list,
+            "train_images": len(self.data.train),
+            "test_images": len(self.data.test),
+            "train_seconds": self.elapsed,
+            "device": str(self.device),
+        }
+        write_json(self.run_dir / "final.json", summary)
+        save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
+        return summary
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _epochs_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+def _truncate_metrics(path: Path, start_epoch: int) -> None:
+    """On resume, drop lines of epochs that will run again (written after the last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+    from ltsam.io import _atomic
+
+    _atomic(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
+
+
+def _tensorboard(run_dir: Path, start_epoch: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+        return _NullWriter()
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch or None)
+
+
+class _NullWriter:
+    def add_scalar(self, *a, **k): ...
+    def close(self): ...
+
+
+def _wandb(cfg: TrainConfig, run_dir: Path):
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb needs Weights & Biases: pip install wandb (or drop --wandb)") from None
+    return wandb.init(project="ltsam", name=run_dir.name, config=cfg.to_dict(), dir=str(run_dir))
+
+
+def _log_scalars(writer, wandb_run, record: dict[str, Any]) -> None:
+    e = record["epoch"]
+    for key in ("lr", "rho", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
+                "many_acc", "medium_acc", "few_acc"):
+        if record.get(key) is not None:
+            writer.add_scalar(key, record[key], e)
+    for c, acc in enumerate(record["per_class_acc"]):
+        if acc is not None:
+            writer.add_scalar(f"class_acc/{c}", acc, e)
+    if wandb_run is not None:
+        wandb_run.log({k: v for k, v in record.items() if k != "per_class_acc"}
+                      | {f"class{c}_acc": a for c, a in enumerate(record["per_class_acc"])}, step=e)
