@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ def _lower(value: str) -> str:
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", type=_lower, help="digits (default, offline), cifar10, cifar100, folder")
+    g.add_argument("--dataset", type=_lower,
+                   help="digits (default, offline), cifar10, cifar100, folder, imagenet_lt, inat18")
     g.add_argument("--data-root", help="CIFAR pickles or image folders (default ./data)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR (checksummed)")
     g.add_argument("--imb-type", "--imb_type", dest="imb_type", type=_lower, help="exp, step or none")
@@ -33,7 +35,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="smallest/largest class size, in (0, 1] (0.01 = imbalance ratio 100)")
     g.add_argument("--rand-number", "--rand_number", dest="rand_number", type=int,
                    help="numpy seed choosing the kept images (reference: 0)")
-    g.add_argument("--image-size", type=int, help="resize folder images to N x N")
+    g.add_argument("--image-size", type=int, help="resize folder images to N x N; crop size of list-file sets (224)")
+    g.add_argument("--train-list", help="list file of training images (ImageNet-LT / iNat)")
+    g.add_argument("--test-list", help="list file of test images (ImageNet-LT / iNat)")
+    g.add_argument("--shot-split", type=_lower, help="counts (>100/20-100/<20 images) or index (reference ranges)")
     g.add_argument("--norm", type=_lower, help="normalisation constants: cifar, imagenet or data")
     g = p.add_argument_group("model")
     g.add_argument("-a", "--arch", type=_lower, help="resnet20/32/44/56/110 or small_cnn")
@@ -72,7 +77,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("-j", "--workers", type=int, help="data-loading workers (in-memory sets need none)")
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--channels-last", action="store_true", default=None)
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA and long CPU runs)")
+    g.add_argument("--amp", type=_lower, help="mixed precision on GPU: bf16 or fp16")
     g.add_argument("--out", help="run folder (default runs/<name>)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
@@ -85,10 +92,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 CONFIG_KEYS = ("dataset", "data_root", "download", "imb_type", "imb_factor", "rand_number", "image_size",
-               "norm", "arch", "loss", "train_rule", "drw_epoch", "beta", "focal_gamma", "vs_gamma",
-               "vs_tau", "margin", "optimizer", "rho", "rho_schedule", "min_rho", "max_rho", "rho_steps",
-               "adaptive", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "wd", "seed",
-               "device", "workers", "eval_batch_size", "channels_last", "compile", "wandb")
+               "norm", "train_list", "test_list", "shot_split", "arch", "loss", "train_rule", "drw_epoch",
+               "beta", "focal_gamma", "vs_gamma", "vs_tau", "margin", "optimizer", "rho", "rho_schedule",
+               "min_rho", "max_rho", "rho_steps", "adaptive", "epochs", "batch_size", "lr", "lr_schedule",
+               "momentum", "wd", "seed", "device", "workers", "eval_batch_size", "channels_last", "compile",
+               "amp", "wandb")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         validate(cfg)
         trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
-        write_json(run_dir / "config.json", cfg.to_dict())
+        if trainer.ctx.is_main:
+            write_json(run_dir / "config.json", cfg.to_dict())
     else:
         recipe = get_recipe(args.recipe) if args.recipe else None
         cfg = resolve(overrides, recipe)
@@ -149,10 +158,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ltsam.trainer import load_data
 
         data = load_data(cfg)
-        prepare_run_dir(run_dir, args.overwrite)
-        write_json(run_dir / "config.json", cfg.to_dict())
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
+            prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
+            write_json(run_dir / "config.json", cfg.to_dict())
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
-    print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({len(trainer.data.train)} images, "
+    if not trainer.ctx.is_main:
+        trainer.fit(stop_after=args.stop_after)
+        return 0
+    print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
           f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
           f"with {cfg.loss.upper()} + {cfg.train_rule} + {'SAM' if cfg.uses_sam else 'SGD'} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
@@ -177,8 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.data_root = args.data_root
     data = load_data(cfg)
     device = next(model.parameters()).device
-    result, _ = evaluate(model, data.test.images, data.test.targets, data.mean, data.std,
-                         data.cls_num_list, None, cfg.eval_batch_size, device)
+    result, _ = evaluate(model, data.test_batches(cfg.eval_batch_size, device, workers=cfg.workers),
+                         data.cls_num_list)
     print_results(result, data.classes, data.cls_num_list,
                   title=f"{args.target} ({args.which}, after epoch {ckpt['epoch']})")
     if args.json:

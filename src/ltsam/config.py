@@ -20,6 +20,9 @@ class TrainConfig:
     rand_number: int = 0
     image_size: int | None = None
     norm: str | None = None
+    train_list: str | None = None
+    test_list: str | None = None
+    shot_split: str = "counts"  # counts: >100 / 20-100 / <20 images; index: the reference's ranges
     # model
     arch: str | None = None  # None: resnet32 (CIFAR, folders) or small_cnn (digits)
     use_norm: bool | None = None  # None: cosine head iff loss is LDAM
@@ -53,7 +56,8 @@ class TrainConfig:
     workers: int = 0
     eval_batch_size: int = 1000
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | None = None  # None: auto (CUDA, or CPU runs long enough to repay compiling)
+    amp: str | None = None  # bf16 or fp16 mixed precision (GPU)
     out: str | None = None
     recipe: str | None = None
     wandb: bool = False
@@ -90,10 +94,21 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": dict(arch="resnet32"),
     "cifar100": dict(arch="resnet32"),
     "folder": dict(arch="resnet32"),
+    # The reference's ImageNet-LT / iNaturalist-2018 scripts: ResNet-50, 90 epochs, cosine LR.
+    "imagenet_lt": dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4),
+    "inat18": dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4),
 }
 
+LARGE_DATASETS = ("imagenet_lt", "inat18")
+
+
+def native_epochs(dataset: str) -> int:
+    """Length of the reference schedule whose boundaries ltsam scales: 90 (ImageNet-LT, iNat) or 200."""
+    return 90 if dataset in LARGE_DATASETS else 200
+
 CHOICES = {
-    "dataset": ("digits", "cifar10", "cifar100", "folder"),
+    "dataset": ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18"),
+    "shot_split": ("counts", "index"),
     "imb_type": ("exp", "step", "none"),
     "loss": ("ce", "focal", "ldam", "vs"),
     "train_rule": ("none", "reweight", "resample", "drw"),
@@ -144,6 +159,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rho_steps is not None:
         if len(cfg.rho_steps) != 4 or min(cfg.rho_steps) < 0:
             raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
+    if cfg.shot_split == "index" and cfg.dataset not in LARGE_DATASETS:
+        raise UserError("--shot-split index is the reference's ImageNet-LT / iNat split; use counts here")
+    if cfg.amp is not None:
+        cfg.amp = cfg.amp.lower()
+        if cfg.amp not in ("bf16", "fp16"):
+            raise UserError(f"unknown --amp {cfg.amp!r}; choose bf16 or fp16")
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     if cfg.wd < 0 or not (0 <= cfg.momentum < 1):

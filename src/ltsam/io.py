@@ -68,3 +68,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not an ltsam checkpoint (no '{CHECKPOINT_FORMAT}' tag); "
                         f"use a last.pt/best.pt from an ltsam run folder")
     return ckpt
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text via a temporary file and a rename."""
+    _atomic(Path(path), lambda f: f.write(text.encode()))

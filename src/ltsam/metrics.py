@@ -31,10 +31,18 @@ def shot_groups(cls_num_list: Sequence[int]) -> dict[str, list[int]]:
     return groups
 
 
-def group_accuracy(class_acc: Sequence[float | None], cls_num_list: Sequence[int]) -> dict[str, float | None]:
+def index_groups(num_classes: int, boundaries: tuple[int, int]) -> dict[str, list[int]]:
+    """The reference's ImageNet-LT / iNat split by index of frequency-sorted labels:
+    many = [0, b1), medium = [b1, b2), few = [b2, C)."""
+    b1, b2 = boundaries
+    return {"many": list(range(0, b1)), "medium": list(range(b1, b2)), "few": list(range(b2, num_classes))}
+
+
+def group_accuracy(class_acc: Sequence[float | None], cls_num_list: Sequence[int],
+                   groups: dict[str, list[int]] | None = None) -> dict[str, float | None]:
     """Mean per-class accuracy within each shot group (None for an empty group)."""
     out: dict[str, float | None] = {}
-    for name, members in shot_groups(cls_num_list).items():
+    for name, members in (groups or shot_groups(cls_num_list)).items():
         vals = [class_acc[c] for c in members if class_acc[c] is not None]
         out[name] = sum(vals) / len(vals) if vals else None
     return out

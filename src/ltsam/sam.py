@@ -56,10 +56,18 @@ class SAM(torch.optim.Optimizer):
         return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Move to w + e(w). The gradient buffers are reused for e(w), so they are consumed."""
+    def first_step(self, zero_grad: bool = False, skip_nonfinite: bool = False) -> None:
+        """Move to w + e(w). The gradient buffers are reused for e(w), so they are consumed.
+
+        e(w) is invariant to a common scale of the gradients, so loss-scaled (fp16) gradients need
+        no unscaling; with ``skip_nonfinite`` an overflowed gradient leaves w unperturbed.
+        """
         grad_norm = self._grad_norm()
         self._perturbed = []
+        if skip_nonfinite and not bool(torch.isfinite(grad_norm)):
+            if zero_grad:
+                self.zero_grad()
+            return
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -84,11 +92,16 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w exactly, then take the base optimizer's step with the perturbed gradient."""
+    def restore(self) -> None:
+        """Put back the weights saved by ``first_step`` (exact copy, no arithmetic)."""
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, [self._backup[p] for p in self._perturbed])
             self._perturbed = []
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w exactly, then take the base optimizer's step with the perturbed gradient."""
+        self.restore()
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()

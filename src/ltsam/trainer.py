@@ -1,4 +1,8 @@
-"""The training loop: data, model, loss rule, optimizer, schedules, evaluation, run folder."""
+"""The training loop: data, model, loss rule, optimizer, schedules, evaluation, run folder.
+
+One trainer serves every data set and launch mode: in-memory or streaming batch sources, one
+process or several under ``torchrun`` (DistributedDataParallel; rank 0 writes the run folder).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltsam.config import TrainConfig
-from ltsam.data import InMemoryBatchSource, LTData, build_lt_data
+from ltsam.acceleration import autocast_context, compile_with_fallback, grad_scaler, should_compile
+from ltsam.config import LARGE_DATASETS, TrainConfig, native_epochs
+from ltsam.data import build_lt_data
+from ltsam.distributed import all_reduce_sum, barrier, init_distributed
 from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.io import load_checkpoint, save_checkpoint, write_json
 from ltsam.losses import build_loss, class_weights_for_epoch
+from ltsam.metrics import index_groups
 from ltsam.models import build_model
 from ltsam.runs import resolve_device
 from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
@@ -29,14 +36,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig) -> LTData:
+def load_data(cfg: TrainConfig):
     return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
-                         cfg.download, cfg.image_size, cfg.norm)
+                         cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
+                         test_list=cfg.test_list)
 
 
 def drw_switch_epoch(cfg: TrainConfig) -> int:
-    """0-indexed epoch from which DRW weights apply: --drw-epoch, else 160 of 200 scaled."""
-    return cfg.drw_epoch if cfg.drw_epoch is not None else scale_epoch(160, cfg.epochs)
+    """0-indexed epoch from which DRW weights apply: --drw-epoch, else 160 of 200 (CIFAR) or
+    60 of 90 (ImageNet-LT, iNat), scaled to --epochs."""
+    if cfg.drw_epoch is not None:
+        return cfg.drw_epoch
+    native = native_epochs(cfg.dataset)
+    return scale_epoch(160 if native == 200 else 60, cfg.epochs, native)
+
+
+def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
+    """1-indexed boundaries of the step rho schedule: (5, 160, 180) of 200 or (5, 60, 75) of 90."""
+    native = native_epochs(cfg.dataset)
+    marks = (5, 160, 180) if native == 200 else (5, 60, 75)
+    return tuple(scale_epoch(m, cfg.epochs, native) for m in marks)  # type: ignore[return-value]
 
 
 def loss_options(cfg: TrainConfig) -> dict[str, float]:
@@ -44,7 +63,7 @@ def loss_options(cfg: TrainConfig) -> dict[str, float]:
                 vs_gamma=cfg.vs_gamma, vs_tau=cfg.vs_tau)
 
 
-def model_meta(cfg: TrainConfig, data: LTData) -> dict[str, Any]:
+def model_meta(cfg: TrainConfig, data) -> dict[str, Any]:
     use_norm = cfg.use_norm if cfg.use_norm is not None else cfg.loss == "ldam"
     return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=use_norm,
                 in_channels=data.in_channels)
@@ -54,46 +73,67 @@ class Trainer:
     """Trains one configuration into one run folder; ``resume=True`` continues from ``last.pt``."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                 data: LTData | None = None):
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.device = resolve_device(cfg.device)
+                 data=None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.ctx, self.device = init_distributed(resolve_device(cfg.device))
+        self.progress = progress and self.ctx.is_main
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
         self.meta = model_meta(cfg, self.data)
         self.model = build_model(**self.meta).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = self._maybe_compile(self.model)
-        self.optimizer, self.step = build_optimizer(self.model, cfg.uses_sam, cfg.lr, cfg.momentum,
-                                                    cfg.wd, cfg.rho, cfg.adaptive)
-        self.source = InMemoryBatchSource(
-            self.data.train.images, self.data.train.targets, cfg.batch_size, self.data.mean,
-            self.data.std, self.data.pad, self.data.flip, cfg.seed, self.device,
-            sample_weights=self._resample_weights(), channels_last=cfg.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        amp = cfg.amp if (self.device.type == "cuda" or cfg.amp == "bf16") else None
+        self.autocast = autocast_context(amp, self.device)
+        self.scaler = grad_scaler(amp, self.device)
+        self.source = self.data.train_source(cfg.batch_size, cfg.seed, self.device, self._resample_weights(),
+                                             cfg.channels_last, cfg.workers, self.ctx.rank, self.ctx.world)
+        self.net = self._wrap_model()
+        self.optimizer, self.step = build_optimizer(self.model, cfg.uses_sam, cfg.lr,
+                                                    cfg.momentum, cfg.wd, cfg.rho, cfg.adaptive, self.autocast,
+                                                    self.scaler)
+        self.groups = (index_groups(self.data.num_classes, _index_split(cfg.dataset))
+                       if cfg.shot_split == "index" else None)
         self.start_epoch, self.best_top1, self.best_record = 0, -1.0, None
         self.elapsed = 0.0
         if resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt"))
 
-    def _maybe_compile(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not self.cfg.compile:
-            return model
-        try:
-            return torch.compile(model)
-        except Exception as exc:  # backend missing on this platform: run eagerly
-            print(f"ltsam: torch.compile unavailable ({type(exc).__name__}); running eagerly")
-            return model
+    def _wrap_model(self) -> torch.nn.Module:
+        """The module the steps call: compiled where asked for (or auto) and working, DDP-wrapped
+        under torchrun."""
+        net: torch.nn.Module = self.model
+        total_steps = len(self.source) * self.cfg.epochs
+        if should_compile(self.cfg.compile, self.device, total_steps):
+            x, y = next(iter(self.source))
+
+            def trial(candidate: torch.nn.Module) -> None:
+                candidate.train()
+                build_loss("ce", self.data.cls_num_list)(candidate(x), y).backward()
+
+            t0 = time.perf_counter()
+            net, ok = compile_with_fallback(self.model, trial)
+            if ok and self.ctx.is_main:
+                print(f"ltsam: model compiled with torch.compile in {time.perf_counter() - t0:.0f}s "
+                      f"(--no-compile to skip)", flush=True)
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DDP(net, device_ids=ids)
+        return net
 
     def _resample_weights(self) -> torch.Tensor | None:
-        """Per-sample weights 1 / n_c: every class is drawn equally often (``resample``).
+        """Per-class sampling weights 1 / n_c: every class is drawn equally often (``resample``).
 
         (The reference builds an effective-number sampler but never attaches it, so its
         ``Resample`` trains unbalanced; ltsam samples truly class-balanced.)
         """
         if self.cfg.train_rule != "resample":
             return None
-        counts = torch.tensor(self.data.cls_num_list, dtype=torch.float64)
-        return (1.0 / counts)[self.data.train.targets]
+        return 1.0 / torch.tensor(self.data.cls_num_list, dtype=torch.float64)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("model_meta") != self.meta:
@@ -101,6 +141,8 @@ class Trainer:
                             f"builds {self.meta}; resume with the run's own configuration")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt["best_top1"])
         self.best_record = ckpt.get("best_record")
@@ -111,7 +153,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(cfg.lr_schedule, epoch, cfg.lr, cfg.epochs)
         rho = rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, cfg.min_rho, cfg.max_rho,
-                            tuple(cfg.rho_steps) if cfg.rho_steps else None)
+                            tuple(cfg.rho_steps) if cfg.rho_steps else None, rho_step_epochs(cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if "rho" in group:
@@ -129,34 +171,39 @@ class Trainer:
 
         self.net.train()
         self.source.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, seen
         bar = tqdm(self.source, total=len(self.source), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.progress, unit="batch")
         for x, y in bar:
             loss, logits = self.step(self.net, x, y, criterion)
-            loss_sum += loss.float() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen}
+            sums[0] += loss.double() * len(y)
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+        sums = all_reduce_sum(sums, self.ctx).cpu()
+        seen = max(float(sums[2]), 1.0)
+        return {"train_loss": float(sums[0]) / seen, "train_acc": 100.0 * float(sums[1]) / seen}
+
+    def evaluate(self, criterion: torch.nn.Module | None) -> tuple[dict[str, Any], torch.Tensor]:
+        batches = self.data.test_batches(self.cfg.eval_batch_size, self.device, self.cfg.channels_last,
+                                         self.cfg.workers, self.ctx.rank, self.ctx.world)
+        return evaluate(self.net, batches, self.data.cls_num_list, criterion, self.ctx, self.groups,
+                        self.autocast)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        cfg, run_dir = self.cfg, self.run_dir
+        cfg, run_dir, main = self.cfg, self.run_dir, self.ctx.is_main
         metrics_path = run_dir / "metrics.jsonl"
-        _truncate_metrics(metrics_path, self.start_epoch)
-        writer = _tensorboard(run_dir, self.start_epoch)
-        wandb_run = _wandb(cfg, run_dir) if cfg.wandb else None
+        if main:
+            _truncate_metrics(metrics_path, self.start_epoch)
+        writer = _tensorboard(run_dir, self.start_epoch) if main else _NullWriter()
+        wandb_run = _wandb(cfg, run_dir) if cfg.wandb and main else None
         done = 0
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             lr, rho = self.set_hyperparameters(epoch)
             criterion = self.criterion_for(epoch)
             train_stats = self.train_epoch(epoch, criterion)
-            test, _ = evaluate(self.net, self.data.test.images, self.data.test.targets, self.data.mean,
-                               self.data.std, self.data.cls_num_list, criterion, cfg.eval_batch_size,
-                               self.device, cfg.channels_last)
+            test, _ = self.evaluate(criterion)
             seconds = time.perf_counter() - t0
             self.elapsed += seconds
             record = {"epoch": epoch, "lr": lr, "rho": rho, **train_stats,
@@ -164,19 +211,20 @@ class Trainer:
                       "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
                       "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"],
                       "seconds": seconds}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             is_best = test["top1"] > self.best_top1
             if is_best:
                 self.best_top1, self.best_record = test["top1"], record
-            self._save(epoch, is_best)
-            _log_scalars(writer, wandb_run, record)
-            if self.progress or True:
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                self._save(epoch, is_best)
+                _log_scalars(writer, wandb_run, record)
                 print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  rho {rho:.3g}  "
                       f"train loss {train_stats['train_loss']:.4f} acc {train_stats['train_acc']:.2f}  "
                       f"test top-1 {test['top1']:.2f}  many {_f(test['shot_acc']['many'])} "
                       f"med {_f(test['shot_acc']['medium'])} few {_f(test['shot_acc']['few'])}  "
                       f"{seconds:.1f}s", flush=True)
+            barrier(self.ctx)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
                 break
@@ -190,18 +238,17 @@ class Trainer:
                    "optimizer": self.optimizer.state_dict(), "model_meta": self.meta,
                    "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
                    "classes": self.data.classes, "best_top1": self.best_top1,
-                   "best_record": self.best_record, "elapsed": self.elapsed}
+                   "best_record": self.best_record, "elapsed": self.elapsed,
+                   "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         save_checkpoint(self.run_dir / "last.pt", payload)
         if is_best:
             save_checkpoint(self.run_dir / "best.pt", payload)
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the current model, write final.json and the figures; return the summary."""
+        """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""
         from ltsam.report import save_figures
 
-        test, conf = evaluate(self.net, self.data.test.images, self.data.test.targets, self.data.mean,
-                              self.data.std, self.data.cls_num_list, None, self.cfg.eval_batch_size,
-                              self.device, self.cfg.channels_last)
+        test, conf = self.evaluate(None)
         best = self.best_record or {}
         summary = {
             "epochs_done": _epochs_done(self.run_dir),
@@ -213,14 +260,25 @@ class Trainer:
                      "per_class_acc": best.get("per_class_acc")},
             "classes": self.data.classes,
             "cls_num_list": self.data.cls_num_list,
-            "train_images": len(self.data.train),
-            "test_images": len(self.data.test),
+            "train_images": self.data.train_size,
+            "test_images": self.data.test_size,
             "train_seconds": self.elapsed,
             "device": str(self.device),
+            "world_size": self.ctx.world,
         }
-        write_json(self.run_dir / "final.json", summary)
-        save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
+        if self.ctx.is_main:
+            write_json(self.run_dir / "final.json", summary)
+            save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
+        barrier(self.ctx)
         return summary
+
+
+def _index_split(dataset: str) -> tuple[int, int]:
+    from ltsam.data.listfile import INDEX_SPLITS
+
+    if dataset not in LARGE_DATASETS:
+        raise UserError("--shot-split index applies to imagenet_lt and inat18 only")
+    return INDEX_SPLITS[dataset]
 
 
 def _f(v: float | None) -> str:
@@ -237,9 +295,9 @@ def _truncate_metrics(path: Path, start_epoch: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
-    from ltsam.io import _atomic
+    from ltsam.io import write_text
 
-    _atomic(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
+    write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _tensorboard(run_dir: Path, start_epoch: int):

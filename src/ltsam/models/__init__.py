@@ -10,6 +10,8 @@ from ltsam.errors import UserError
 from ltsam.models.normed_linear import NormedLinear
 from ltsam.models.resnet_cifar import DEPTHS, ResNetCifar, resnet_cifar
 from ltsam.models.small_cnn import SmallCNN
+from ltsam.models.torchvision_resnets import BUILDERS as TV_BUILDERS
+from ltsam.models.torchvision_resnets import TorchvisionResNet
 
 ModelFactory = Callable[[int, bool, int], nn.Module]
 
@@ -19,6 +21,9 @@ MODELS: dict[str, ModelFactory] = {
     for name in DEPTHS
 }
 MODELS["small_cnn"] = lambda num_classes, use_norm, in_channels: SmallCNN(num_classes, use_norm, in_channels)
+for _name in TV_BUILDERS:
+    MODELS[_name] = (lambda num_classes, use_norm, in_channels, _n=_name:
+                     TorchvisionResNet(_n, num_classes, use_norm, in_channels))
 
 
 def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3) -> nn.Module:
@@ -29,4 +34,4 @@ def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels
     return MODELS[key](num_classes, use_norm, in_channels)
 
 
-__all__ = ["MODELS", "NormedLinear", "ResNetCifar", "SmallCNN", "build_model", "resnet_cifar"]
+__all__ = ["MODELS", "NormedLinear", "ResNetCifar", "SmallCNN", "TorchvisionResNet", "build_model", "resnet_cifar"]
