@@ -31,3 +31,12 @@ def make_image_folder(root: Path, counts_train: list[int], counts_test: list[int
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "imgs", [40, 30, 20, 10], [6, 6, 6, 6])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run far faster on one thread, and CI machines are small; results are unchanged."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield

@@ -207,8 +207,8 @@ def test_ltsam_step_equals_textbook_loop(sam, loss_name):
 def test_channels_last_matches_contiguous(sam):
     plain, cl = _tiny(), _tiny().to(memory_format=torch.channels_last)
     assert cl.body[0].weight.is_contiguous(memory_format=torch.channels_last)
-    got = _ltsam_train(cl, _batches(channels_last=True), "ldam", sam)
-    want = _ltsam_train(plain, _batches(), "ldam", sam)
+    got = _ltsam_train(cl, _batches(channels_last=True), "ce", sam)
+    want = _ltsam_train(plain, _batches(), "ce", sam)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     _assert_same_model(cl, plain, rtol=1e-4, atol=1e-4)
 
@@ -229,8 +229,8 @@ def test_compiled_model_matches_eager():
     # The trial left no trace: weights, running statistics and gradients are as before it.
     _assert_same_model(model, eager, rtol=0, atol=0)
     assert all(p.grad is None for p in model.parameters())
-    got = _ltsam_train(model, batches, "ldam", True, net=net)
-    want = _ltsam_train(eager, batches, "ldam", True)
+    got = _ltsam_train(model, batches, "ce", True, net=net)
+    want = _ltsam_train(eager, batches, "ce", True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     _assert_same_model(model, eager, rtol=1e-4, atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""Named recipes: every CIFAR line of the reference ``run.sh`` as one runnable configuration.
+"""Named recipes: every line of the reference ``run.sh`` as one runnable configuration.
 
 CIFAR defaults apply (ResNet-32, 200 epochs, batch 128, lr 0.1, momentum 0.9, wd 2e-4, seed 0,
 exp profile, imbalance factor 0.01). The reference's CIFAR-100 SGD lines for CE-DRW and LDAM-DRW
@@ -23,7 +23,29 @@ _LINES = [
 ]
 
 PAPER_TOP1 = {"cifar10-lt-ldam-drw-sam": 81.9, "cifar10-lt-ce-drw-sam": 80.6,
-              "cifar100-lt-ldam-drw-sam": 45.4, "cifar100-lt-ce-drw-sam": 44.6}
+              "cifar100-lt-ldam-drw-sam": 45.4, "cifar100-lt-ce-drw-sam": 44.6,
+              "imagenet-lt-ldam-drw-sam": 53.1, "imagenet-lt-ce-drw-sam": 47.1,
+              "inat18-ldam-drw-sam": 70.1, "inat18-ce-drw-sam": 65.3}
+
+# ImageNet-LT and iNaturalist-2018 lines of run.sh (SPEC.md 9.3, 9.4): ResNet-50, batch 256,
+# 90 epochs, cosine LR, DRW switching at epoch 60; step rho after epochs 5, 60, 75.
+_LARGE = dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", momentum=0.9,
+              train_rule="drw")
+_LARGE_LINES = {
+    "imagenet-lt-ce-drw": dict(dataset="imagenet_lt", loss="ce", lr=0.2, wd=2e-4, seed=1, optimizer="sgd"),
+    "imagenet-lt-ldam-drw": dict(dataset="imagenet_lt", loss="ldam", lr=0.2, wd=2e-4, margin=0.3, seed=0,
+                                 optimizer="sgd"),
+    "imagenet-lt-ce-drw-sam": dict(dataset="imagenet_lt", loss="ce", lr=0.2, wd=2e-4, seed=0, optimizer="sam",
+                                   rho_schedule="step", rho_steps=[0.05, 0.1, 0.5, 0.5]),
+    "imagenet-lt-ldam-drw-sam": dict(dataset="imagenet_lt", loss="ldam", lr=0.2, wd=2e-4, margin=0.3, seed=0,
+                                     optimizer="sam", rho_schedule="step", rho_steps=[0.05, 0.1, 0.5, 0.5]),
+    "inat18-ce-drw": dict(dataset="inat18", loss="ce", lr=0.1, wd=2e-4, seed=0, optimizer="sgd"),
+    "inat18-ldam-drw": dict(dataset="inat18", loss="ldam", lr=0.1, wd=1e-4, margin=0.3, seed=0, optimizer="sgd"),
+    "inat18-ce-drw-sam": dict(dataset="inat18", loss="ce", lr=0.1, wd=2e-4, seed=1, optimizer="sam",
+                              rho_schedule="step", rho_steps=[0.05, 0.1, 0.1, 0.2]),
+    "inat18-ldam-drw-sam": dict(dataset="inat18", loss="ldam", lr=0.1, wd=1e-4, margin=0.3, seed=0,
+                                optimizer="sam", rho_schedule="step", rho_steps=[0.05, 0.1, 0.5, 0.5]),
+}
 
 
 def _name(dataset: str, loss: str, rule: str, rho: float | None) -> str:
@@ -39,6 +61,10 @@ for _ds, _loss, _rule, _rho in _LINES:
         rho_schedule="none")
 
 
+for _name, _line in _LARGE_LINES.items():
+    RECIPES[_name] = dict(_LARGE, **_line)
+
+
 def get_recipe(name: str) -> dict[str, Any]:
     key = name.lower()
     if key not in RECIPES:
@@ -48,7 +74,14 @@ def get_recipe(name: str) -> dict[str, Any]:
 
 def describe(name: str) -> str:
     r = RECIPES[name]
-    opt = f"SAM rho {r['rho']:g}" if r["optimizer"] == "sam" else "SGD"
+    if r["optimizer"] == "sgd":
+        opt = "SGD"
+    elif r.get("rho_schedule") == "step":
+        opt = "SAM step " + "/".join(f"{v:g}" for v in r["rho_steps"])
+    else:
+        opt = f"SAM rho {r['rho']:g}"
     paper = f"  paper {PAPER_TOP1[name]}" if name in PAPER_TOP1 else ""
-    return (f"{name:<28} {r['dataset']:<9} {r['loss'].upper():<5} {r['train_rule']:<5} {opt:<12} "
-            f"{r['arch']} {r['epochs']} ep, bs {r['batch_size']}, lr {r['lr']}, wd {r['wd']}{paper}")
+    margin = f", margin {r['margin']}" if "margin" in r else ""
+    return (f"{name:<26} {r['dataset']:<11} {r['loss'].upper():<5} {r['train_rule']:<5} {opt:<22} "
+            f"{r['arch']} {r['epochs']} ep, bs {r['batch_size']}, lr {r['lr']} ({r['lr_schedule']}), "
+            f"wd {r['wd']}{margin}{paper}")
