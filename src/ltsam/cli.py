@@ -54,6 +54,16 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", dest="vs_gamma", type=float, help="VS loss gamma (default 0.3)")
     g.add_argument("--tau", dest="vs_tau", type=float, help="VS loss tau (default 1.0)")
     g.add_argument("--margin", type=float, help="LDAM max margin (default 0.5)")
+    g = p.add_argument_group("GLMC (--method glmc)")
+    g.add_argument("--method", type=_lower, help="erm (default: losses + rules) or glmc")
+    g.add_argument("--resample-weighting", "--resample_weighting", dest="resample_weighting", type=float,
+                   help="GLMC: q of the re-sampled stream's weights n_c^-q (default 0.2)")
+    g.add_argument("--label-weighting", "--label_weighting", dest="label_weighting", type=float,
+                   help="GLMC: gamma of the label weights n_c^-gamma (default 1.0)")
+    g.add_argument("--contrast-weight", "--contrast_weight", dest="contrast_weight", type=float,
+                   help="GLMC: weight of the consistency loss (default 10)")
+    g.add_argument("--mix-beta", type=float, help="GLMC: lambda ~ Beta(b, b) (default 1 = the reference)")
+    g.add_argument("--lt-generator", type=_lower, help="standard (the paper's image selection) or glmc (GLMC's)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", type=_lower, help="sam (default) or sgd")
     g.add_argument("--rho", type=float, help="SAM radius (0 = plain SGD)")
@@ -96,7 +106,8 @@ CONFIG_KEYS = ("dataset", "data_root", "download", "imb_type", "imb_factor", "ra
                "beta", "focal_gamma", "vs_gamma", "vs_tau", "margin", "optimizer", "rho", "rho_schedule",
                "min_rho", "max_rho", "rho_steps", "adaptive", "epochs", "batch_size", "lr", "lr_schedule",
                "momentum", "wd", "seed", "device", "workers", "eval_batch_size", "channels_last", "compile",
-               "amp", "wandb")
+               "amp", "wandb", "method", "resample_weighting", "label_weighting", "contrast_weight", "mix_beta",
+               "lt_generator")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:

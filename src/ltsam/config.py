@@ -36,6 +36,13 @@ class TrainConfig:
     vs_tau: float = 1.0
     margin: float = 0.5
     ldam_s: float = 30.0
+    # method: erm (plain losses/rules) or glmc (global/local mixture consistency, SPEC §8)
+    method: str = "erm"
+    resample_weighting: float = 0.2  # GLMC: second stream's sampling weights n_c^-q
+    label_weighting: float = 1.0  # GLMC: label weights n_c^-gamma of the re-balanced head
+    contrast_weight: float = 10.0  # GLMC: weight of the consistency loss
+    mix_beta: float = 1.0  # GLMC: lambda ~ Beta(beta, beta); 1 = the reference's Uniform(0, 1)
+    lt_generator: str = "standard"  # which images the LT profile keeps: standard (LDAM/paper) or glmc
     # optimisation
     optimizer: str = "sam"
     rho: float = 0.05
@@ -109,23 +116,38 @@ def native_epochs(dataset: str) -> int:
 CHOICES = {
     "dataset": ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18"),
     "shot_split": ("counts", "index"),
+    "method": ("erm", "glmc"),
+    "lt_generator": ("standard", "glmc"),
     "imb_type": ("exp", "step", "none"),
     "loss": ("ce", "focal", "ldam", "vs"),
     "train_rule": ("none", "reweight", "resample", "drw"),
     "optimizer": ("sgd", "sam"),
     "rho_schedule": ("none", "linear", "step"),
-    "lr_schedule": ("step", "cosine"),
+    "lr_schedule": ("step", "cosine", "glmc"),
 }
 
 
+# GLMC's own defaults (batch 64, lr 0.01, wd 5e-3, 200 epochs, cosine; SAM rho 0.05 when on).
+GLMC_DEFAULTS: dict[str, Any] = dict(batch_size=64, lr=0.01, wd=5e-3, epochs=200, momentum=0.9, lr_schedule="cosine",
+                                     loss="ce", train_rule="none")
+GLMC_ARCH = {"digits": "small_cnn", "cifar10": "glmc_resnet34", "cifar100": "glmc_resnet34", "folder": "glmc_resnet34",
+             "imagenet_lt": "resnext50_32x4d", "inat18": "resnext50_32x4d"}
+
+
 def resolve(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- data-set defaults <- recipe <- explicit overrides, then validated."""
+    """Defaults <- data-set defaults <- (GLMC defaults) <- recipe <- explicit overrides, then validated."""
     values: dict[str, Any] = {}
     if recipe:
         values.update(recipe)
     values.update({k: v for k, v in overrides.items() if v is not None})
     dataset = str(values.get("dataset", TrainConfig.dataset)).lower()
     merged = dict(DATASET_DEFAULTS.get(dataset, {}))
+    if str(values.get("method", "erm")).lower() == "glmc":
+        merged.update(GLMC_DEFAULTS, arch=GLMC_ARCH.get(dataset, "glmc_resnet34"))
+        if dataset in LARGE_DATASETS:
+            merged.update(lr_schedule="glmc", epochs=DATASET_DEFAULTS[dataset]["epochs"])
+        if dataset == "digits":
+            merged.update(epochs=30, batch_size=32, lr=0.05, wd=5e-4, imb_factor=0.1)
     merged.update(values)
     cfg = TrainConfig.from_dict(merged)
     validate(cfg)
@@ -143,10 +165,15 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(options)}")
     from ltsam.models import MODELS
 
+    archs = set(MODELS) | ({"glmc_resnet34", "glmc_resnet32"} if cfg.method == "glmc" else set())
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
-        if cfg.arch not in MODELS:
-            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(MODELS))}")
+        if cfg.arch not in archs:
+            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(archs))}")
+    if cfg.method == "glmc" and cfg.loss != "ce":
+        raise UserError("--method glmc uses its own soft-target losses; drop --loss (or use --loss ce)")
+    if cfg.method == "glmc" and cfg.train_rule not in ("none",):
+        raise UserError("--method glmc re-balances by itself (re-sampled stream, label weights); drop --train-rule")
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
     if cfg.epochs < 1:

@@ -59,13 +59,13 @@ def checkpoint_path(target: str | Path, which: str = "best") -> Path:
 def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
                  ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """(model in eval mode, its training config, the checkpoint) from a run folder or .pt file."""
-    from ltsam.models import build_model
+    from ltsam.trainer import model_from_meta
 
     ckpt = load_checkpoint(checkpoint_path(target, which))
     cfg = TrainConfig.from_dict(ckpt["config"])
     validate(cfg)
     meta = ckpt["model_meta"]
-    model = build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"])
+    model = model_from_meta(meta)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

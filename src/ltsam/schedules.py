@@ -14,7 +14,7 @@ import numpy as np
 from ltsam.errors import UserError
 
 CIFAR_NATIVE_EPOCHS = 200
-LR_SCHEDULES = ("step", "cosine")
+LR_SCHEDULES = ("step", "cosine", "glmc")
 RHO_SCHEDULES = ("none", "linear", "step")
 
 
@@ -46,11 +46,25 @@ def cosine_lr(epoch: int, base_lr: float, epochs: int, eta_min: float = 0.0) -> 
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
+def glmc_lr(epoch: int, base_lr: float, epochs: int) -> float:
+    """GLMC's ImageNet-LT / iNat schedule, applied after each epoch e to set the LR of epoch e + 1:
+    e <= 10: base (e + 1) / 10, else base (1 + cos(pi (e - 9) / (epochs - 9))) / 2. Epoch 0 runs at
+    the full base LR and epoch 11 at 1.1 base (SPEC §8.4, kept as the reference does it)."""
+    if epoch == 0:
+        return base_lr
+    e = epoch - 1
+    if e <= 10:
+        return base_lr * (e + 1) / 10
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (e - 9) / (epochs - 9)))
+
+
 def learning_rate(schedule: str, epoch: int, base_lr: float, epochs: int) -> float:
     if schedule == "step":
         return step_lr(epoch, base_lr, epochs)
     if schedule == "cosine":
         return cosine_lr(epoch, base_lr, epochs)
+    if schedule == "glmc":
+        return glmc_lr(epoch, base_lr, epochs)
     raise UserError(f"unknown --lr-schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
 
 

@@ -23,11 +23,11 @@ from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.io import load_checkpoint, save_checkpoint, write_json
 from ltsam.losses import build_loss, class_weights_for_epoch
+from ltsam.methods import build_method
 from ltsam.metrics import index_groups
 from ltsam.models import build_model
 from ltsam.runs import resolve_device
 from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
-from ltsam.steps import build_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -39,7 +39,7 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg: TrainConfig):
     return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
-                         test_list=cfg.test_list)
+                         test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed)
 
 
 def drw_switch_epoch(cfg: TrainConfig) -> int:
@@ -65,8 +65,19 @@ def loss_options(cfg: TrainConfig) -> dict[str, float]:
 
 def model_meta(cfg: TrainConfig, data) -> dict[str, Any]:
     use_norm = cfg.use_norm if cfg.use_norm is not None else cfg.loss == "ldam"
-    return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=use_norm,
-                in_channels=data.in_channels)
+    meta = dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=use_norm, in_channels=data.in_channels)
+    if cfg.method != "erm":
+        meta["method"] = cfg.method
+    return meta
+
+
+def model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
+    """The architecture a checkpoint's ``model_meta`` describes (GLMC models carry their heads)."""
+    if meta.get("method") == "glmc":
+        from ltsam.glmc import build_glmc_model
+
+        return build_glmc_model(meta["arch"], meta["num_classes"], meta["in_channels"])
+    return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"])
 
 
 class Trainer:
@@ -80,7 +91,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
         self.meta = model_meta(cfg, self.data)
-        self.model = build_model(**self.meta).to(self.device)
+        self.model = model_from_meta(self.meta).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
@@ -88,12 +99,9 @@ class Trainer:
         amp = cfg.amp if (self.device.type == "cuda" or cfg.amp == "bf16") else None
         self.autocast = autocast_context(amp, self.device)
         self.scaler = grad_scaler(amp, self.device)
-        self.source = self.data.train_source(cfg.batch_size, cfg.seed, self.device, self._resample_weights(),
-                                             cfg.channels_last, cfg.workers, self.ctx.rank, self.ctx.world)
+        self.method = build_method(cfg.method, self)
+        self.source, self.optimizer = self.method.source, self.method.optimizer
         self.net = self._wrap_model()
-        self.optimizer, self.step = build_optimizer(self.model, cfg.uses_sam, cfg.lr,
-                                                    cfg.momentum, cfg.wd, cfg.rho, cfg.adaptive, self.autocast,
-                                                    self.scaler)
         self.groups = (index_groups(self.data.num_classes, _index_split(cfg.dataset))
                        if cfg.shot_split == "index" else None)
         self.start_epoch, self.best_top1, self.best_record = 0, -1.0, None
@@ -106,15 +114,10 @@ class Trainer:
         under torchrun."""
         net: torch.nn.Module = self.model
         total_steps = len(self.source) * self.cfg.epochs
-        if should_compile(self.cfg.compile, self.device, total_steps):
-            x, y = next(iter(self.source))
-
-            def trial(candidate: torch.nn.Module) -> None:
-                candidate.train()
-                build_loss("ce", self.data.cls_num_list)(candidate(x), y).backward()
-
+        auto = None if self.cfg.method == "erm" else False  # GLMC compiles only when asked
+        if should_compile(self.cfg.compile if self.cfg.compile is not None else auto, self.device, total_steps):
             t0 = time.perf_counter()
-            net, ok = compile_with_fallback(self.model, trial)
+            net, ok = compile_with_fallback(self.model, self.method.compile_trial)
             if ok and self.ctx.is_main:
                 print(f"ltsam: model compiled with torch.compile in {time.perf_counter() - t0:.0f}s "
                       f"(--no-compile to skip)", flush=True)
@@ -122,10 +125,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DDP(net, device_ids=ids)
+            # GLMC's SAM ascent leaves the projection heads out of the first backward pass.
+            net = DDP(net, device_ids=ids, find_unused_parameters=self.cfg.method == "glmc")
         return net
 
-    def _resample_weights(self) -> torch.Tensor | None:
+    def resample_weights(self) -> torch.Tensor | None:
         """Per-class sampling weights 1 / n_c: every class is drawn equally often (``resample``).
 
         (The reference builds an effective-number sampler but never attaches it, so its
@@ -174,8 +178,9 @@ class Trainer:
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, seen
         bar = tqdm(self.source, total=len(self.source), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.progress, unit="batch")
-        for x, y in bar:
-            loss, logits = self.step(self.net, x, y, criterion)
+        self.method.prepare(epoch, criterion)
+        for batch in bar:
+            loss, logits, y = self.method(self.net, batch)
             sums[0] += loss.double() * len(y)
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(y)

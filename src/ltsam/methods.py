@@ -1,0 +1,93 @@
+"""Training methods: how one batch becomes one optimisation step.
+
+``erm`` is the reference's plain (or SAM) step on (x, y) batches with the epoch's criterion;
+``glmc`` is GLMC's two-stream, two-view mixture step. Each method gives the trainer its batch
+source, a per-epoch ``prepare`` and a ``__call__(batch) -> (loss, logits, targets)``; the epoch
+loop, evaluation, checkpoints and metrics are shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ltsam.steps import build_optimizer
+
+METHODS = ("erm", "glmc")
+
+
+class ERMMethod:
+    """Empirical risk minimisation with the configured loss and train rule (SGD or SAM)."""
+
+    def __init__(self, trainer: Any):
+        cfg = trainer.cfg
+        self.trainer = trainer
+        self.source = trainer.data.train_source(cfg.batch_size, cfg.seed, trainer.device, trainer.resample_weights(),
+                                                cfg.channels_last, cfg.workers, trainer.ctx.rank, trainer.ctx.world)
+        self.optimizer, self.step = build_optimizer(trainer.model, cfg.uses_sam, cfg.lr, cfg.momentum, cfg.wd,
+                                                    cfg.rho, cfg.adaptive, trainer.autocast, trainer.scaler)
+        self.criterion: nn.Module | None = None
+
+    def compile_trial(self, net: nn.Module) -> None:
+        x, y = next(iter(self.source))
+        net.train()
+        nn.functional.cross_entropy(net(x), y).backward()
+
+    def prepare(self, epoch: int, criterion: nn.Module) -> None:
+        self.criterion = criterion
+
+    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        loss, logits = self.step(net, x, y, self.criterion)
+        return loss, logits, y
+
+
+class GLMCMethod:
+    """GLMC (Du et al., CVPR 2023) with optional SAM on the re-balancing losses (SPEC §8)."""
+
+    def __init__(self, trainer: Any):
+        from ltsam.errors import UserError
+        from ltsam.glmc import GLMCBatchSource, GLMCStep, label_weights, mixing_generator
+        from ltsam.sam import SAM
+
+        cfg, data = trainer.cfg, trainer.data
+        if not hasattr(data, "train"):
+            raise UserError("--method glmc runs on in-memory data sets (digits, cifar10/100, folder) in this "
+                            "version; list-file sets (imagenet_lt, inat18) are not supported yet")
+        self.trainer = trainer
+        self.source = GLMCBatchSource(data.train.images, data.train.targets, cfg.batch_size, data.mean, data.std,
+                                      data.pad, data.flip, cfg.seed, trainer.device, cfg.resample_weighting,
+                                      data.cls_num_list, channels_last=cfg.channels_last)
+        params = trainer.model.parameters()
+        if cfg.uses_sam:
+            self.optimizer = SAM(params, torch.optim.SGD, rho=cfg.rho, adaptive=cfg.adaptive, lr=cfg.lr,
+                                 momentum=cfg.momentum, weight_decay=cfg.wd)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+        weights = label_weights(data.cls_num_list, cfg.label_weighting).to(trainer.device)
+        self.step = GLMCStep(self.optimizer, weights, data.num_classes, cfg.contrast_weight,
+                             mixing_generator(cfg.seed, 0), cfg.uses_sam, beta=cfg.mix_beta,
+                             autocast=trainer.autocast)
+        self.alpha = 1.0
+
+    def compile_trial(self, net: nn.Module) -> None:
+        a, b = next(iter(self.source))
+        net.train()
+        sum(o.float().sum() for o in net(a[0])).backward()
+
+    def prepare(self, epoch: int, criterion: nn.Module) -> None:
+        from ltsam.glmc import cumulative_alpha
+
+        self.step.reseed(self.trainer.cfg.seed, epoch)
+        self.alpha = cumulative_alpha(epoch, self.trainer.cfg.epochs)
+
+    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch_a, batch_b = batch
+        out = self.step(net, batch_a, batch_b, self.alpha)
+        return out["loss"], out["logits"], out["targets"]
+
+
+def build_method(name: str, trainer: Any):
+    return GLMCMethod(trainer) if name == "glmc" else ERMMethod(trainer)
