@@ -1,0 +1,167 @@
+"""``ltsam hessian`` and ``ltsam hessian-compare``: the per-class loss-landscape analysis from the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltsam.errors import UserError
+
+
+def _classes(text: str, num_classes: int) -> list[int]:
+    if text == "all":
+        return list(range(num_classes))
+    try:
+        chosen = sorted({int(c) for c in text.split(",") if c.strip()})
+    except ValueError:
+        raise UserError(f"--classes takes 'all' or a comma-separated list of class indices, got {text!r}") from None
+    bad = [c for c in chosen if not 0 <= c < num_classes]
+    if bad or not chosen:
+        raise UserError(f"--classes {text}: indices must lie in 0..{num_classes - 1}")
+    return chosen
+
+
+def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: int | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised inputs and targets of one split; ``augment`` applies one seeded draw of the
+    training augmentation; ``max_per_class`` keeps the first N images of each class."""
+    from ltsam.data.augment import crop_flip, draw_crop_flip, normalize
+
+    if not hasattr(data, "train"):
+        raise UserError("ltsam hessian works on in-memory data sets (digits, cifar10/100, folder) in this version")
+    images, targets = (data.train.images, data.train.targets) if split == "train" else (data.test.images,
+                                                                                        data.test.targets)
+    if max_per_class is not None:
+        keep = torch.cat([torch.where(targets == c)[0][:max_per_class] for c in range(data.num_classes)])
+        images, targets = images[keep], targets[keep]
+    if augment:
+        g = torch.Generator().manual_seed(seed)
+        rows, cols, flips = draw_crop_flip(len(targets), data.pad, data.flip, g)
+        images = crop_flip(images, rows, cols, flips, data.pad)
+    return normalize(images, data.mean, data.std), targets
+
+
+def hessian_loss(name: str, rule: str, cls_num_list: list[int], margin: float) -> torch.nn.Module:
+    """The loss whose Hessian is taken: CE (default) or LDAM, unweighted or with DRW's weights.
+
+    With single-class batches the weighted-mean normalisation cancels the weights exactly (the
+    reference's DRW variant gives the same Hessian); they matter for the whole-data spectrum.
+    """
+    from ltsam.losses import build_loss, effective_number_weights
+
+    weights = effective_number_weights(cls_num_list) if rule == "drw" else None
+    return build_loss(name, cls_num_list, weights, max_m=margin)
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    from ltsam.hessian.analysis import analyze_classes
+    from ltsam.runs import load_trained, resolve_device
+    from ltsam.trainer import load_data
+
+    device = resolve_device(args.device)
+    model, cfg, ckpt = load_trained(args.target, args.which, str(device))
+    if args.data_root:
+        cfg.data_root = args.data_root
+    data = load_data(cfg)
+    inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class)
+    classes = _classes(args.classes, data.num_classes)
+    loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg.margin).to(device)
+    target = Path(args.target)
+    run_dir = target if target.is_dir() else target.parent
+    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
+    model.eval()
+    summary = analyze_classes(
+        model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
+        power_iters=args.power_iters, power_tol=args.power_tol, trace_iters=args.trace_iters,
+        trace_tol=args.trace_tol, slq_steps=args.slq_steps, slq_runs=args.slq_runs, seed=args.seed,
+        method=args.method, class_sizes=data.cls_num_list, progress=not args.no_progress)
+    print_hessian_table(summary, data.cls_num_list, title=f"Hessian of the {args.loss.upper()} loss, "
+                        f"{args.split} split, {run_dir.name} ({args.which}, epoch {ckpt['epoch']})")
+    print(f"results in {out_dir}/summary.json and its figures")
+    return 0
+
+
+def _num(v: Any, fmt: str = "{:.4g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def print_hessian_table(summary: dict[str, Any], cls_num_list: list[int], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("class", "train images", "samples", "loss", "acc %", "λmax", "trace", "ESD λmin", "ESD λmax",
+                "λmin/λmax"):
+        table.add_column(col, justify="right")
+    for key, row in summary["classes"].items():
+        size = cls_num_list[int(key)] if key.isdigit() else sum(cls_num_list)
+        table.add_row(key, str(size), str(row.get("samples")), _num(row.get("loss")), _num(row.get("accuracy"), "{:.2f}"),
+                      _num(row.get("lambda_max")), _num(row.get("trace")), _num(row.get("esd_lambda_min")),
+                      _num(row.get("esd_lambda_max")), _num(row.get("ratio"), "{:.3f}"))
+    Console().print(table)
+
+
+def cmd_hessian_compare(args: argparse.Namespace) -> int:
+    from ltsam.hessian.analysis import compare_runs
+    from ltsam.io import read_json
+
+    summaries = []
+    for run in (args.run_a, args.run_b):
+        path = Path(run) / "hessian" / args.split / "summary.json"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; run `ltsam hessian {run} --split {args.split}` first")
+        summaries.append(read_json(path))
+    labels = args.labels or [Path(args.run_a).name, Path(args.run_b).name]
+    out = Path(args.out) if args.out else Path(args.run_b) / "hessian" / args.split / f"compare_{labels[0]}.png"
+    rows = compare_runs(summaries[0], summaries[1], out, labels)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{labels[0]} vs {labels[1]} ({args.split} split)")
+    if rows:
+        for col in rows[0]:
+            table.add_column(str(col), justify="right")
+        for row in rows:
+            table.add_row(*[_num(v) if isinstance(v, float) else str(v) for v in row.values()])
+    Console().print(table)
+    print(f"figure: {out}")
+    return 0
+
+
+def add_hessian_commands(sub) -> None:
+    p = sub.add_parser("hessian", help="per-class Hessian spectrum of a trained model")
+    p.add_argument("target", help="run folder or checkpoint file")
+    p.add_argument("--which", choices=["best", "last"], default="last")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--loss", type=str.lower, choices=["ce", "ldam"], default="ce",
+                   help="loss whose Hessian is taken (default CE, as the reference)")
+    p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
+                   help="drw: effective-number class weights in that loss")
+    p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")
+    p.add_argument("--max-per-class", type=int, help="use at most N images of each class")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--power-iters", type=int, default=100)
+    p.add_argument("--power-tol", type=float, default=1e-3)
+    p.add_argument("--trace-iters", type=int, default=100)
+    p.add_argument("--trace-tol", type=float, default=1e-3)
+    p.add_argument("--slq-steps", type=int, default=100)
+    p.add_argument("--slq-runs", type=int, default=1)
+    p.add_argument("--method", choices=["fast", "reference"], default="fast",
+                   help="fast: batched products, λ from Lanczos; reference: separate power iteration")
+    p.add_argument("--augment", action="store_true", help="apply one seeded draw of the training augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", help="where the data set is now, if it moved")
+    p.add_argument("--out", help="output folder (default RUN_DIR/hessian/<split>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_hessian)
+    p = sub.add_parser("hessian-compare", help="two runs' per-class spectra side by side")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--labels", nargs=2)
+    p.add_argument("--out", help="figure path")
+    p.set_defaults(func=cmd_hessian_compare)
