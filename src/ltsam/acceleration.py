@@ -40,7 +40,7 @@ def compile_with_fallback(model: nn.Module, trial: Callable[[nn.Module], None] |
         return model, False
     if trial is None:
         return compiled, True
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if not isinstance(v, nn.Parameter)}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
     try:
         trial(compiled)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
@@ -49,9 +49,8 @@ def compile_with_fallback(model: nn.Module, trial: Callable[[nn.Module], None] |
         return model, False
     finally:
         with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in buffers:
-                    v.copy_(buffers[k])
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
         for p in model.parameters():
             p.grad = None
     return compiled, True

@@ -84,24 +84,35 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     return 0
 
 
+def console():
+    """A rich console that keeps wide tables readable in logs (non-terminal output gets 160 columns)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _num(v: Any, fmt: str = "{:.4g}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
 def print_hessian_table(summary: dict[str, Any], cls_num_list: list[int], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for col in ("class", "train images", "samples", "loss", "acc %", "λmax", "trace", "ESD λmin", "ESD λmax",
                 "λmin/λmax"):
         table.add_column(col, justify="right")
-    for key, row in summary["classes"].items():
+    for key in summary["order"]:
+        row = summary["entries"].get(key, {})
         size = cls_num_list[int(key)] if key.isdigit() else sum(cls_num_list)
-        table.add_row(key, str(size), str(row.get("samples")), _num(row.get("loss")), _num(row.get("accuracy"), "{:.2f}"),
+        acc = row.get("accuracy")
+        table.add_row(key, str(size), str(row.get("count")), _num(row.get("loss")),
+                      _num(acc, "{:.2f}"),
                       _num(row.get("lambda_max")), _num(row.get("trace")), _num(row.get("esd_lambda_min")),
                       _num(row.get("esd_lambda_max")), _num(row.get("ratio"), "{:.3f}"))
-    Console().print(table)
+    console().print(table)
 
 
 def cmd_hessian_compare(args: argparse.Namespace) -> int:
@@ -116,17 +127,18 @@ def cmd_hessian_compare(args: argparse.Namespace) -> int:
         summaries.append(read_json(path))
     labels = args.labels or [Path(args.run_a).name, Path(args.run_b).name]
     out = Path(args.out) if args.out else Path(args.run_b) / "hessian" / args.split / f"compare_{labels[0]}.png"
-    rows = compare_runs(summaries[0], summaries[1], out, labels)
-    from rich.console import Console
+    rows = compare_runs(summaries[0], summaries[1], out, tuple(labels))
     from rich.table import Table
 
-    table = Table(title=f"{labels[0]} vs {labels[1]} ({args.split} split)")
-    if rows:
-        for col in rows[0]:
-            table.add_column(str(col), justify="right")
-        for row in rows:
-            table.add_row(*[_num(v) if isinstance(v, float) else str(v) for v in row.values()])
-    Console().print(table)
+    table = Table(title=f"{labels[0]} (a) vs {labels[1]} (b), {args.split} split")
+    shown = ("lambda_max", "esd_lambda_min", "ratio", "trace")
+    table.add_column("class", justify="right")
+    for q in shown:
+        for side in ("a", "b", "diff"):
+            table.add_column(f"{q} {side}", justify="right")
+    for row in rows:
+        table.add_row(str(row["class"]), *[_num(row[f"{q}_{side}"]) for q in shown for side in ("a", "b", "diff")])
+    console().print(table)
     print(f"figure: {out}")
     return 0
 

@@ -16,10 +16,11 @@ def _fmt(v: float | None) -> str:
 def print_results(result: dict[str, Any], classes: Sequence[str], cls_num_list: Sequence[int],
                   title: str = "Results") -> None:
     """Per-class accuracy with class sizes, then many/medium/few and overall top-1."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ltsam.hessian_cli import console as make_console
+
+    console = make_console()
     table = Table(title=title)
     table.add_column("class", justify="right")
     table.add_column("name")

@@ -1,0 +1,414 @@
+"""Hessian toolkit against dense Hessians formed with torch.func.hessian on tiny networks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+import ltsam.hessian.analysis as analysis
+from ltsam.hessian import (
+    HessianOperator,
+    analyze_classes,
+    compare_runs,
+    density_grid,
+    hutchinson_trace,
+    lanczos,
+    power_iteration,
+    run_fused,
+    slq,
+    spectral_density,
+    top_eigenvalue,
+    trace,
+)
+from ltsam.hessian.batchnorm import batchnorm_as_affine
+from ltsam.hessian.estimators import hutchinson_steps, lanczos_steps
+
+DT = torch.float64
+NUM_CLASSES = 3
+BATCH_SIZES = (5, 3, 4)  # unequal on purpose: batch means must be weighted by n_b / N
+
+
+def mlp() -> nn.Module:
+    """Linear-tanh-Linear, 31 parameters."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, NUM_CLASSES)).to(DT).eval()
+
+
+def conv_bn() -> nn.Module:
+    """conv(1->2, 3x3) - batch-norm (eval, non-trivial statistics) - tanh - linear: 49 params."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(8, NUM_CLASSES)).to(DT)
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+MODELS = {"mlp": (mlp, (3,)), "conv_bn": (conv_bn, (1, 4, 4))}
+
+
+def data(shape: tuple[int, ...], n: int = sum(BATCH_SIZES), seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g, dtype=DT)
+    y = torch.arange(n) % NUM_CLASSES
+    return x, y
+
+
+def batches_of(x, y, sizes=BATCH_SIZES):
+    return list(zip(x.split(list(sizes)), y.split(list(sizes)), strict=True))
+
+
+def dense_hessian(model: nn.Module, x, y) -> torch.Tensor:
+    """Hessian of the mean loss over all samples at once, w.r.t. the flat parameter vector."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        params, i = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = theta[i:i + shape.numel()].reshape(shape)
+            i += shape.numel()
+        return nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+
+    return hessian(loss)(flat)
+
+
+@pytest.fixture(params=list(MODELS), scope="module")
+def problem(request):
+    build, shape = MODELS[request.param]
+    model = build()
+    x, y = data(shape)
+    return model, x, y, batches_of(x, y), dense_hessian(model, x, y)
+
+
+LOSS = nn.CrossEntropyLoss()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# -- the operator ------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend,cache", [("double_backward", 0), ("double_backward", 8),
+                                           ("double_backward", 100), ("forward_over_reverse", 0)])
+def test_product_matches_dense_hessian(problem, backend, cache):
+    model, _, _, batches, H = problem
+    op = HessianOperator(model, LOSS, batches, backend=backend, cache_samples=cache)
+    assert op.shape == H.shape
+    V = torch.randn(op.dim, 3, dtype=DT, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the second pass runs from the cached graphs where there are some
+        assert rel(op.matvec(V[:, 0]), H @ V[:, 0]) < 1e-5
+        assert rel(op.matmat(V), H @ V) < 1e-5
+    assert op.passes == 4 and op.vectors == 8
+
+
+def test_matmat_equals_stacked_matvecs(problem):
+    model, _, _, batches, _ = problem
+    for backend in ("double_backward", "forward_over_reverse"):
+        op = HessianOperator(model, LOSS, batches, backend=backend)
+        V = torch.randn(op.dim, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+        stacked = torch.stack([op.matvec(V[:, j]) for j in range(4)], dim=1)
+        torch.testing.assert_close(op.matmat(V), stacked, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op @ V, stacked, rtol=1e-10, atol=1e-12)
+
+
+def test_per_class_hessians_sum_to_whole_data_hessian(problem):
+    model, x, y, batches, H = problem
+    total = torch.zeros_like(H)
+    for c in range(NUM_CLASSES):
+        xc, yc = x[y == c], y[y == c]
+        total += len(yc) / len(y) * dense_hessian(model, xc, yc)
+        op = HessianOperator(model, LOSS, [(xc, yc)])
+        v = torch.randn(op.dim, dtype=DT)
+        assert rel(op.matvec(v), dense_hessian(model, xc, yc) @ v) < 1e-5
+    torch.testing.assert_close(total, H, rtol=1e-8, atol=1e-10)
+    whole = HessianOperator(model, LOSS, batches)
+    v = torch.randn(whole.dim, dtype=DT)
+    parts = sum(
+        (y == c).sum() / len(y) * HessianOperator(model, LOSS, [(x[y == c], y[y == c])]).matvec(v)
+        for c in range(NUM_CLASSES))
+    assert rel(parts, whole.matvec(v)) < 1e-10
+
+
+def test_resnet32_product_matches_plain_double_backward():
+    from ltsam.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet32", 10)
+    with torch.no_grad():  # non-trivial eval statistics, so the affine batch-norm is exercised
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    params = [p for p in model.parameters()]
+    v = [torch.randn_like(p) for p in params]
+    grads = torch.autograd.grad(LOSS(model(x), y), params, create_graph=True)
+    expected = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, v)])
+    flat_v = torch.cat([t.reshape(-1) for t in v])
+    for backend in ("double_backward", "forward_over_reverse"):
+        got = HessianOperator(model, LOSS, [(x, y)], backend=backend).matvec(flat_v)
+        assert rel(got, expected) < 1e-4, backend
+
+
+def test_affine_batchnorm_is_the_eval_batchnorm_and_is_restored():
+    model = conv_bn()
+    x = torch.randn(6, 1, 4, 4, dtype=DT)
+    expected = model(x)
+    with batchnorm_as_affine(model) as replaced:
+        assert replaced == 1 and "forward" in vars(model[1])
+        torch.testing.assert_close(model(x), expected)
+    assert "forward" not in vars(model[1])
+    model.train()
+    with batchnorm_as_affine(model) as replaced:  # training mode couples samples: untouched
+        assert replaced == 0
+
+
+# -- estimators on the model Hessian -----------------------------------------------------------
+def test_top_eigenvalue_matches_dense(problem):
+    model, _, _, batches, H = problem
+    eig = torch.linalg.eigvalsh(H)
+    top = float(eig[eig.abs().argmax()])
+    result = top_eigenvalue(model, LOSS, batches, iters=2000, tol=1e-10)
+    assert result.converged
+    assert abs(result.value - top) <= 1e-3 * abs(top)
+    assert top_eigenvalue(model, LOSS, batches, iters=7, tol=0).iterations == 7
+
+
+def test_slq_with_full_steps_recovers_the_spectrum(problem):
+    model, _, _, batches, H = problem
+    eig = torch.linalg.eigvalsh(H)
+    nodes, weights = spectral_density(model, LOSS, batches, steps=H.shape[0] + 5, runs=2)
+    assert nodes.shape == weights.shape == (2, H.shape[0])  # steps clamped to the dimension
+    scale = float(eig.abs().max())
+    for r in range(2):
+        assert (nodes[r] - eig).abs().max() < 1e-6 * scale
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, dtype=weights.dtype))
+
+
+def test_hutchinson_within_four_standard_errors(problem):
+    model, _, _, batches, H = problem
+    result = trace(model, LOSS, batches, iters=300, tol=0)
+    assert result.iterations == 300 and not result.converged
+    assert abs(result.value - float(H.trace())) < 4 * result.std_error
+
+
+# -- estimators on dense matrices ----------------------------------------------------------------
+def spd_matrix(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), dtype=DT,
+                                       generator=torch.Generator().manual_seed(seed)))
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=DT)) @ q.T
+
+
+def test_lanczos_restarts_on_an_invariant_krylov_space():
+    # Two distinct eigenvalues: the Krylov space of any start is 2-dimensional, so beta
+    # vanishes at step 3 and the basis has to continue from fresh random vectors.
+    A = spd_matrix([2.0] * 4 + [-1.0] * 3)
+    result = lanczos(A, steps=50)
+    assert result.restarts >= 1
+    torch.testing.assert_close(result.nodes, torch.tensor([-1.0] * 3 + [2.0] * 4, dtype=DT))
+    assert abs(float(result.weights.sum()) - 1) < 1e-12
+
+
+def test_power_iteration_finds_negative_dominant_eigenvalue():
+    A = spd_matrix([-5.0, 3.0, 1.0, 0.5, 0.1])
+    result = power_iteration(A, iters=500, tol=1e-12)
+    assert result.converged and abs(result.value + 5.0) < 1e-6
+
+
+def test_lanczos_extreme_ritz_value_and_residual_bound():
+    eig = [10.0, 4.0] + torch.linspace(-1, 1, 60).tolist()
+    A = spd_matrix(eig, seed=1)
+    result = lanczos(A, steps=15)
+    value, residual = result.extreme
+    assert abs(value - 10.0) <= residual + 1e-9 and abs(value - 10.0) < 1e-6
+
+
+def test_hutchinson_result_does_not_depend_on_block_size():
+    A = spd_matrix(torch.linspace(-2, 5, 30).tolist())
+    one = hutchinson_trace(A, iters=50, tol=1e-2, seed=4, block=1)
+    seven = hutchinson_trace(A, iters=50, tol=1e-2, seed=4, block=7)
+    assert one.samples == seven.samples and one.value == seven.value
+
+
+def test_deflated_hutchinson_is_exact_with_a_complete_basis_and_unbiased_with_a_partial_one():
+    A = spd_matrix([50.0, 20.0] + torch.linspace(-1, 1, 40).tolist(), seed=2)
+    full = lanczos(A, steps=42, keep_basis=True)
+    exact = hutchinson_trace(A, iters=10, tol=0, basis=full.basis, offset=float(full.alphas.sum()))
+    assert abs(exact.value - float(A.trace())) < 1e-9
+    part = lanczos(A, steps=5, keep_basis=True)
+    deflated = hutchinson_trace(A, iters=200, tol=0, basis=part.basis,
+                                offset=float(part.alphas.sum()))
+    plain = hutchinson_trace(A, iters=200, tol=0)
+    assert abs(deflated.value - float(A.trace())) < 4 * deflated.std_error
+    assert deflated.std_error < plain.std_error / 3  # the two outliers carried the variance
+
+
+def test_run_fused_shares_passes_and_matches_separate_runs():
+    A = spd_matrix(torch.linspace(-3, 7, 25).tolist(), seed=3)
+    calls = []
+
+    class Counting:
+        shape = A.shape
+        dtype = A.dtype
+        device = A.device
+
+        def matmat(self, V):
+            calls.append(V.shape[1])
+            return A @ V
+
+    fused = run_fused(Counting(), lanczos_steps(25, 10, seed=1, dtype=DT),
+                      hutchinson_steps(25, iters=4, tol=0, seed=2, dtype=DT))
+    assert calls == [2] * 4 + [1] * 6
+    torch.testing.assert_close(fused[0].nodes, lanczos(A, steps=10, seed=1).nodes)
+    assert fused[1].samples == hutchinson_trace(A, iters=4, tol=0, seed=2).samples
+    nodes, weights = slq(A, steps=8, runs=3, seed=5)
+    torch.testing.assert_close(nodes[2], lanczos(A, steps=8, seed=7).nodes)
+
+
+# -- density -----------------------------------------------------------------------------------------
+def test_density_grid_integrates_to_one_and_peaks_at_the_node():
+    grid, density = density_grid(torch.tensor([[0.3]]), torch.tensor([[1.0]]))
+    assert grid.shape == density.shape == (10000,)
+    step = float(grid[1] - grid[0])
+    assert abs(float(density.sum()) * step - 1) < 1e-9
+    assert abs(float(torch.trapezoid(density, grid)) - 1) < 1e-3
+    assert abs(float(grid[density.argmax()]) - 0.3) <= step
+    assert abs(float(grid[0]) - 0.29) < 1e-12 and abs(float(grid[-1]) - 0.31) < 1e-12
+
+
+def test_density_grid_equals_the_formula_point_by_point():
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.sort(torch.randn(2, 6, generator=g, dtype=DT) * 3, dim=1).values
+    weights = torch.rand(2, 6, generator=g, dtype=DT)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    grid, density = density_grid(nodes, weights, num_points=200)
+    low = float(nodes.min(dim=1).values.mean()) - 0.01
+    high = float(nodes.max(dim=1).values.mean()) + 0.01
+    var = 1e-5 * max(1.0, high - low)
+    expected = []
+    for x in torch.linspace(low, high, 200, dtype=DT).tolist():
+        value = 0.0
+        for r in range(2):
+            for k in range(6):
+                d = x - float(nodes[r, k])
+                value += float(weights[r, k]) * math.exp(-d * d / (2 * var))
+        expected.append(value / math.sqrt(2 * math.pi * var) / 2)
+    expected = torch.tensor(expected, dtype=DT)
+    expected = expected / (expected.sum() * (high - low) / 199)
+    torch.testing.assert_close(density, expected, rtol=1e-9, atol=1e-12)
+
+
+# -- per-class analysis --------------------------------------------------------------------------
+def analysis_inputs():
+    model = conv_bn()
+    x, y = data((1, 4, 4), n=18, seed=5)
+    return model, x, y
+
+
+FAST = dict(batch_size=4, power_iters=200, power_tol=1e-6, trace_iters=20, trace_tol=0,
+            slq_steps=49, progress=False)
+
+
+def test_analyze_classes_values_files_and_resume(tmp_path, monkeypatch):
+    model, x, y = analysis_inputs()
+    summary = analyze_classes(model, LOSS, x, y, [0, 1], tmp_path, **FAST, class_sizes=[9, 6, 3])
+    entries = summary["entries"]
+    assert list(entries) == ["0", "1", "all"]
+    for key, mask in (("0", y == 0), ("all", slice(None))):
+        H = dense_hessian(model, x[mask], y[mask])
+        eig = torch.linalg.eigvalsh(H)
+        e = entries[key]
+        assert e["count"] == len(y[mask]) and e["lambda_max_source"] == "lanczos"
+        assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-6 * float(eig.abs().max())
+        assert abs(e["esd_lambda_min"] - float(eig[0])) < 1e-6 * float(eig.abs().max())
+        assert abs(e["esd_lambda_max"] - float(eig[-1])) < 1e-6 * float(eig.abs().max())
+        assert e["ratio"] == pytest.approx(e["esd_lambda_min"] / e["esd_lambda_max"])
+        # A complete Lanczos basis makes the deflated trace exact.
+        assert abs(e["trace"] - float(H.trace())) < 1e-6 * float(eig.abs().max())
+        logits = model(x[mask])
+        assert e["loss"] == pytest.approx(float(LOSS(logits, y[mask])))
+        assert e["accuracy"] == pytest.approx(100 * float((logits.argmax(1) == y[mask]).double().mean()))
+    for name in ("summary.json", "esd_class_0.png", "esd_class_1.png", "esd_class_all.png",
+                 "esd_grid.png", "eigen_by_class.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "summary.json").read_text())["entries"]["0"] == entries["0"]
+
+    computed = []
+    original = analysis.analyze_subset
+
+    def counting(model, loss_fn, inputs, targets, settings, cache_samples):
+        computed.append(sorted(set(targets.tolist())))
+        return original(model, loss_fn, inputs, targets, settings, cache_samples)
+
+    monkeypatch.setattr(analysis, "analyze_subset", counting)
+    again = analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **FAST)
+    assert computed == [[2]]  # classes 0, 1 and "all" were kept
+    assert again["entries"]["0"] == entries["0"]
+    computed.clear()
+    analyze_classes(model, LOSS, x, y, [0], tmp_path, **{**FAST, "seed": 1})
+    assert computed == [[0], [0, 1, 2]]  # other settings: nothing reused
+
+
+def test_analyze_classes_resumes_after_an_interruption(tmp_path, monkeypatch):
+    model, x, y = analysis_inputs()
+    original = analysis.analyze_subset
+    computed = []
+
+    def failing_on_class_1(model, loss_fn, inputs, targets, settings, cache_samples):
+        if set(targets.tolist()) == {1}:
+            raise KeyboardInterrupt
+        computed.append(sorted(set(targets.tolist())))
+        return original(model, loss_fn, inputs, targets, settings, cache_samples)
+
+    settings = dict(FAST, slq_steps=6, trace_iters=5, include_all=False)
+    monkeypatch.setattr(analysis, "analyze_subset", failing_on_class_1)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **settings)
+    assert list(json.loads((tmp_path / "summary.json").read_text())["entries"]) == ["0"]
+    assert model.training is False
+    computed.clear()
+    monkeypatch.setattr(analysis, "analyze_subset", lambda *a: computed.append(1) or original(*a))
+    summary = analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **settings)
+    assert len(computed) == 2 and list(summary["entries"]) == ["0", "1", "2"]
+
+
+def test_reference_method_uses_power_iteration_and_plain_hutchinson(tmp_path):
+    model, x, y = analysis_inputs()
+    summary = analyze_classes(model, LOSS, x, y, [1], tmp_path, **FAST, method="reference",
+                              include_all=False)
+    e = summary["entries"]["1"]
+    H = dense_hessian(model, x[y == 1], y[y == 1])
+    eig = torch.linalg.eigvalsh(H)
+    assert e["lambda_max_source"] == "power_iteration" and e["trace_method"] == "hutchinson"
+    assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-3 * float(eig.abs().max())
+    assert abs(e["trace"] - float(H.trace())) < 4 * e["trace_std_error"]
+
+
+def test_compare_runs_rows_and_figure(tmp_path):
+    model, x, y = analysis_inputs()
+    settings = dict(FAST, slq_steps=8, trace_iters=5, include_all=False)
+    a = analyze_classes(model, LOSS, x, y, [0, 2], tmp_path / "a", **settings)
+    with torch.no_grad():
+        model[-1].weight.mul_(1.5)
+    analyze_classes(model, LOSS, x, y, [2, 1], tmp_path / "b", **settings)
+    rows = compare_runs(a, tmp_path / "b", tmp_path / "cmp.png", labels=("plain", "scaled"))
+    assert [r["class"] for r in rows] == ["2"]
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]["2"]
+    row = rows[0]
+    assert row["lambda_max_a"] == a["entries"]["2"]["lambda_max"]
+    assert row["lambda_max_diff"] == pytest.approx(b["lambda_max"] - row["lambda_max_a"])
+    assert (tmp_path / "cmp.png").is_file()
