@@ -206,12 +206,14 @@ def ltsam_analysis(model: nn.Module, x: Tensor, y: Tensor, classes: list[int], a
 @dataclass
 class CaseResult:
     name: str
-    seconds_ref: float
-    seconds_ltsam: float
+    wall_ref: float
+    wall_ltsam: float
+    cpu_ref: float
+    cpu_ltsam: float
 
     @property
     def speedup(self) -> float:
-        return self.seconds_ref / self.seconds_ltsam
+        return self.wall_ref / self.wall_ltsam
 
 
 def print_estimates(ref: dict[int, dict], new: dict[int, dict]) -> None:
@@ -230,22 +232,37 @@ def print_estimates(ref: dict[int, dict], new: dict[int, dict]) -> None:
               f"{a['esd_min']:>9.3f}/{b['esd_min']:<9.3f} | {a['products']:>6}/{b['products']:<7}")
 
 
+def _timed(fn, *args) -> tuple[dict[int, dict], float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def run_case(name: str, model: nn.Module, x: Tensor, y: Tensor, classes: list[int], args
              ) -> CaseResult:
+    """Both implementations class by class, alternating which goes first, so that a change in
+    the machine's load during the run falls on both."""
     print(f"\n== {name}: classes {classes}, {len(y)} images, batch {args.batch_size} ==",
           flush=True)
-    start = time.perf_counter()
-    ref = reference_analysis(model, x, y, classes, args)
-    seconds_ref = time.perf_counter() - start
-    print(f"reference-style: {seconds_ref:.1f} s", flush=True)
-    start = time.perf_counter()
-    new = ltsam_analysis(model, x, y, classes, args)
-    seconds_ltsam = time.perf_counter() - start
-    print(f"ltsam ({args.method}): {seconds_ltsam:.1f} s", flush=True)
+    ref: dict[int, dict] = {}
+    new: dict[int, dict] = {}
+    totals = {"ref": [0.0, 0.0], "ltsam": [0.0, 0.0]}
+    impls = {"ref": (reference_analysis, ref), "ltsam": (ltsam_analysis, new)}
+    for i, c in enumerate(classes):
+        for key in (("ref", "ltsam") if i % 2 == 0 else ("ltsam", "ref")):
+            fn, store = impls[key]
+            rows, wall, cpu = _timed(fn, model, x, y, [c], args)
+            store.update(rows)
+            totals[key][0] += wall
+            totals[key][1] += cpu
+            print(f"  class {c} {key:<5}: {wall:7.1f} s wall, {cpu:7.1f} s cpu, "
+                  f"{rows[c]['products']} Hessian-vector products", flush=True)
     print_estimates(ref, new)
-    result = CaseResult(name, seconds_ref, seconds_ltsam)
-    print(f"{name}: reference {seconds_ref:.1f} s, ltsam {seconds_ltsam:.1f} s, "
-          f"speedup {result.speedup:.2f}x", flush=True)
+    (wall_ref, cpu_ref), (wall_ltsam, cpu_ltsam) = totals["ref"], totals["ltsam"]
+    result = CaseResult(name, wall_ref, wall_ltsam, cpu_ref, cpu_ltsam)
+    print(f"{name}: reference {result.wall_ref:.1f} s, ltsam ({args.method}) "
+          f"{result.wall_ltsam:.1f} s, speedup {result.speedup:.2f}x (cpu time "
+          f"{result.cpu_ref / result.cpu_ltsam:.2f}x)", flush=True)
     return result
 
 
@@ -284,9 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     if "all" in cases:
         x, y = synthetic_data(lt_sizes(args.max_per_class), args.seed, args.seed + 2)
         results.append(run_case("all", model, x, y, list(range(NUM_CLASSES)), args))
-    print("\ncase   reference_s   ltsam_s   speedup")
+    print("\ncase   reference_s   ltsam_s   speedup   cpu_ref_s  cpu_ltsam_s  cpu_speedup")
     for r in results:
-        print(f"{r.name:<6} {r.seconds_ref:>11.1f} {r.seconds_ltsam:>9.1f} {r.speedup:>8.2f}x")
+        print(f"{r.name:<6} {r.wall_ref:>11.1f} {r.wall_ltsam:>9.1f} {r.speedup:>8.2f}x "
+              f"{r.cpu_ref:>11.1f} {r.cpu_ltsam:>12.1f} {r.cpu_ref / r.cpu_ltsam:>11.2f}x")
     print(f"hessian_speedup={results[-1].speedup:.2f}")
 
 

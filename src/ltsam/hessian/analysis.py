@@ -11,12 +11,15 @@ Two methods give the same quantities:
 
 * ``"reference"``: as the reference script — power iteration for ``lambda_max``, plain
   Hutchinson for the trace, then SLQ, each a separate sequence of Hessian products.
-* ``"fast"``: SLQ first; ``lambda_max`` is its Ritz value of largest magnitude (a Krylov space
-  holding the power iterates, so at least as accurate for the same number of products, with a
-  residual bound), and the Hutchinson probes are deflated by the Lanczos basis ``Q``:
-  ``tr(H) = tr(Q^T H Q) + E[z^T P H P z]``, ``P = I - Q Q^T``, which leaves the expectation
-  alone but removes the dominant directions from the variance, so the same stopping rule stops
-  sooner. Gradient graphs are kept between products (``cache_samples``).
+* ``"fast"``: SLQ first; ``lambda_max`` is its Ritz value of largest magnitude (no power
+  iteration: ``m`` Lanczos steps span the ``m``-th power iterate, so from the same start their
+  extreme Ritz value is at least as close as the power iteration's Rayleigh quotient, and it
+  comes with a residual bound), and the Hutchinson probes are deflated by the Lanczos basis
+  ``Q``: ``tr(H) = tr(Q^T H Q) + E[z^T P H P z]``, ``P = I - Q Q^T``, which leaves the
+  expectation alone but takes the dominant directions out of the variance, so the same stopping
+  rule stops sooner and the estimate is tighter.
+
+Both keep the gradient graphs of up to ``cache_samples`` samples between Hessian products.
 
 ``out_dir/summary.json`` is rewritten (atomically) after every class; a rerun with the same
 settings, model and data keeps the classes it holds and computes only the missing ones.
@@ -40,12 +43,7 @@ from tqdm.auto import tqdm
 
 from ltsam.errors import UserError
 from ltsam.hessian import plots
-from ltsam.hessian.estimators import (
-    hutchinson_steps,
-    lanczos_steps,
-    power_iteration,
-    run_fused,
-)
+from ltsam.hessian.estimators import LanczosResult, hutchinson_trace, lanczos, power_iteration
 from ltsam.hessian.operator import Batch, HessianOperator, LossFn
 from ltsam.hessian.spectrum import DEFAULT_CACHE_SAMPLES
 
@@ -76,7 +74,7 @@ def _sha(tensors: Sequence[Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -138,32 +136,33 @@ def hessian_stats(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
                   settings: AnalysisSettings, cache_samples: int) -> dict[str, Any]:
     """Dominant eigenvalue, trace and SLQ spectrum of the Hessian over ``batches``."""
     op = HessianOperator(model, loss_fn, batches, cache_samples=cache_samples)
-    dim, dtype, device = op.dim, op.dtype, op.device
     s = settings
     seeds = {"power": s.seed, "trace": s.seed + 1, "slq": s.seed + 2}
-    lanczos_runs = [lanczos_steps(dim, s.slq_steps, seeds["slq"] + r, dtype, device,
-                                  keep_basis=(r == 0 and s.method == "fast"))
-                    for r in range(s.slq_runs)]
+
+    def lanczos_runs() -> list[LanczosResult]:
+        # One run after the other: with the gradient graphs cached, one vector per product is
+        # the cheapest on a CPU (batching vectors only paid off without the cache).
+        return [lanczos(op, s.slq_steps, seeds["slq"] + r,
+                        keep_basis=(r == 0 and s.method == "fast")) for r in range(s.slq_runs)]
+
     out: dict[str, Any] = {}
     if s.method == "reference":
         top = power_iteration(op, s.power_iters, s.power_tol, seeds["power"])
         out.update(lambda_max=top.value, lambda_max_source="power_iteration",
                    lambda_max_iterations=top.iterations, lambda_max_converged=top.converged)
-        tr = run_fused(op, hutchinson_steps(dim, s.trace_iters, s.trace_tol, seeds["trace"],
-                                            dtype, device))[0]
+        tr = hutchinson_trace(op, s.trace_iters, s.trace_tol, seeds["trace"])
         trace_method = "hutchinson"
-        runs = run_fused(op, *lanczos_runs)
+        runs = lanczos_runs()
     else:
-        runs = run_fused(op, *lanczos_runs)
+        runs = lanczos_runs()
         best = max(runs, key=lambda r: abs(r.extreme[0]))
         value, residual = best.extreme
         out.update(lambda_max=value, lambda_max_source="lanczos",
                    lambda_max_iterations=len(best.alphas),
                    lambda_max_converged=residual <= s.power_tol * abs(value),
                    lambda_max_residual=residual)
-        tr = run_fused(op, hutchinson_steps(dim, s.trace_iters, s.trace_tol, seeds["trace"],
-                                            dtype, device, basis=runs[0].basis,
-                                            offset=float(runs[0].alphas.sum())))[0]
+        tr = hutchinson_trace(op, s.trace_iters, s.trace_tol, seeds["trace"],
+                              basis=runs[0].basis, offset=float(runs[0].alphas.sum()))
         trace_method = "hutchinson_lanczos_deflated"
         runs[0].basis = None
     op.release()

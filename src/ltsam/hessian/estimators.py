@@ -309,14 +309,15 @@ def lanczos(op: Operator, steps: int = 100, seed: int = 0, dim: int | None = Non
 
 
 def slq(op: Operator, steps: int = 100, runs: int = 1, seed: int = 0,
-        dim: int | None = None) -> tuple[Tensor, Tensor]:
-    """Stochastic Lanczos quadrature: ``runs`` independent Lanczos runs, in shared passes.
+        dim: int | None = None, fused: bool = True) -> tuple[Tensor, Tensor]:
+    """Stochastic Lanczos quadrature: ``runs`` independent Lanczos runs.
 
     The spectral density ``phi(t) = (1/dim) sum_i delta(t - lambda_i)`` is approximated by
     ``(1/runs) sum_r sum_k w_rk delta(t - theta_rk)``. Returns ``(nodes, weights)``, each of shape
-    ``[runs, min(steps, dim)]``; run ``r`` uses seed ``seed + r``.
+    ``[runs, min(steps, dim)]``; run ``r`` uses seed ``seed + r``. ``fused`` multiplies the
+    vectors of all runs in shared passes; otherwise the runs go one after the other.
     """
     dim, dtype, device = operator_info(op, dim)
-    results = run_fused(op, *(lanczos_steps(dim, steps, seed + r, dtype, device)
-                              for r in range(runs)))
+    gens = [lanczos_steps(dim, steps, seed + r, dtype, device) for r in range(runs)]
+    results = run_fused(op, *gens) if fused else [run_fused(op, g)[0] for g in gens]
     return (torch.stack([r.nodes for r in results]), torch.stack([r.weights for r in results]))
