@@ -1,0 +1,268 @@
+"""Long-tailed data sets by name: load, apply the imbalance profile, hand out batch sources.
+
+Two kinds share one interface: ``InMemoryLTData`` (digits, CIFAR, image folders: one uint8 tensor
+on the training device, batched augmentation) and ``StreamingLTData`` (list-file sets such as
+ImageNet-LT and iNaturalist-2018: decoded and augmented in DataLoader workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ltsam.data.images import ImageSet
+from ltsam.data.profiles import lt_counts, lt_indices
+from ltsam.errors import UserError
+
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18")
+STREAMING_DATASETS = ("imagenet_lt", "inat18")
+
+# Normalisation constants: the reference's CIFAR values (also used for CIFAR-100), ImageNet's,
+# and the digits' own pixel statistics.
+NORMS = {
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
+    "digits": ((0.3051,), (0.3770,)),
+}
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _per_sample(class_weights: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor | None:
+    return None if class_weights is None else class_weights.double()[targets.long()]
+
+
+@dataclass
+class InMemoryLTData:
+    """A long-tailed training set, its balanced test set and how to augment and normalise them."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    classes: list[str]
+    cls_num_list: list[int]
+    mean: torch.Tensor
+    std: torch.Tensor
+    pad: int
+    flip: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test)
+
+    def train_source(self, batch_size: int, seed: int, device: torch.device,
+                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1):
+        from ltsam.data.sources import InMemoryBatchSource
+
+        return InMemoryBatchSource(self.train.images, self.train.targets, batch_size, self.mean, self.std,
+                                   self.pad, self.flip, seed, device, _per_sample(class_weights, self.train.targets),
+                                   channels_last=channels_last, rank=rank, world=world)
+
+    def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        from ltsam.data.sources import eval_batches
+
+        images, targets = self.test.images, self.test.targets
+        if world > 1:
+            images, targets = images[rank::world], targets[rank::world]
+        return eval_batches(images, targets, self.mean, self.std, batch_size, device, channels_last)
+
+
+LTData = InMemoryLTData  # the in-memory kind is the common case
+
+
+@dataclass
+class StreamingLTData:
+    """A list-file data set read from disk batch by batch."""
+
+    name: str
+    train_paths: list[Path]
+    train_labels: torch.Tensor
+    test_paths: list[Path]
+    test_labels: torch.Tensor
+    classes: list[str]
+    cls_num_list: list[int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    in_channels = 3
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_paths)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test_paths)
+
+    def train_source(self, batch_size: int, seed: int, device: torch.device,
+                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1):
+        from ltsam.data.streaming import EpochSampler, FileImageDataset, LoaderBatchSource, train_transform
+
+        ds = FileImageDataset(self.train_paths, self.train_labels, train_transform(self.image_size, self.mean, self.std))
+        sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
+        return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
+
+    def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        from ltsam.data.streaming import FileImageDataset, loader_batches, test_transform
+
+        ds = FileImageDataset(self.test_paths, self.test_labels, test_transform(self.image_size, self.mean, self.std))
+        indices = range(rank, len(ds), world) if world > 1 else None
+        return loader_batches(ds, batch_size, workers, device, indices)
+
+
+def select(targets, counts, rand_number: int, generator: str, seed: int):
+    """Indices kept by the LT profile: the reference's procedure, or GLMC's (``--lt-generator glmc``)."""
+    if generator == "glmc":
+        from ltsam.data.profiles import lt_indices_glmc
+
+        return lt_indices_glmc(targets, counts, seed)
+    return lt_indices(targets, counts, rand_number)
+
+
+def apply_profile(full_train: ImageSet, num_classes: int, imb_type: str, imb_factor: float,
+                  rand_number: int, generator: str = "standard", seed: int = 0) -> tuple[ImageSet, list[int]]:
+    """Keep the reference's LT subset: n_max = largest class, counts capped at what a class has.
+
+    For a balanced source (CIFAR) n_max = len / C exactly as the reference computes it; ``none``
+    keeps every image (a user's data that is already long-tailed stays as it is).
+    """
+    available = full_train.class_counts(num_classes)
+    if imb_type == "none":
+        counts = available
+    else:
+        counts = lt_counts(max(available), num_classes, imb_type, imb_factor)
+        counts = [min(c, a) for c, a in zip(counts, available)]
+    keep = select(full_train.targets.numpy(), counts, rand_number, generator, seed)
+    kept = full_train.subset(keep)
+    return kept, kept.class_counts(num_classes)
+
+
+def _norm(name: str, train: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "data":
+        x = train.images.double() / 255.0
+        return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
+    if name not in NORMS:
+        raise UserError(f"unknown --norm {name!r}; choose one of {', '.join([*NORMS, 'data'])}")
+    mean, std = NORMS[name]
+    if len(mean) != train.images.shape[1]:
+        raise UserError(f"--norm {name} is for {len(mean)}-channel images, these have "
+                        f"{train.images.shape[1]}; use --norm data")
+    return torch.tensor(mean), torch.tensor(std)
+
+
+def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = "exp",
+                  imb_factor: float = 0.01, rand_number: int = 0, download: bool = False,
+                  image_size: int | None = None, norm: str | None = None, pad: int | None = None,
+                  flip: bool | None = None, train_list: str | None = None,
+                  test_list: str | None = None, lt_generator: str = "standard",
+                  seed: int = 0) -> InMemoryLTData | StreamingLTData:
+    """Load ``dataset``; in-memory sets get the long-tail profile applied to their training part."""
+    dataset = dataset.lower()
+    imb_type = imb_type.lower()
+    if dataset in STREAMING_DATASETS:
+        return _load_list_dataset(dataset, Path(data_root), image_size or 224, norm, train_list, test_list)
+    if imb_type != "none":
+        lt_counts(1, 1, imb_type, imb_factor)  # validate early, before any slow loading
+    if dataset == "digits":
+        from ltsam.data.digits import load_digits_split
+
+        full, test = load_digits_split()
+        classes = full.classes
+        train, counts = apply_profile(full, len(classes), imb_type, imb_factor, rand_number, lt_generator, seed)
+        defaults = ("digits", 1, False)
+    elif dataset in ("cifar10", "cifar100"):
+        from ltsam.data.cifar import load_cifar
+
+        full, test = load_cifar(dataset, data_root, download)
+        classes = full.classes
+        train, counts = apply_profile(full, len(classes), imb_type, imb_factor, rand_number, lt_generator, seed)
+        defaults = ("cifar", 4, True)
+    elif dataset == "folder":
+        train, test, classes, counts = _load_folder(Path(data_root), imb_type, imb_factor,
+                                                    rand_number, image_size, lt_generator, seed)
+        defaults = ("cifar" if train.images.shape[1] == 3 else "data", 4, True)
+    else:
+        raise UserError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if min(counts) == 0:
+        empty = [classes[c] for c, n in enumerate(counts) if n == 0]
+        raise UserError(f"classes with no training images after the imbalance profile: "
+                        f"{', '.join(empty[:5])}; raise --imb-factor or add images")
+    mean, std = _norm(norm or defaults[0], train)
+    return InMemoryLTData(dataset, train, test, list(classes), counts, mean, std,
+                          defaults[1] if pad is None else pad, defaults[2] if flip is None else flip)
+
+
+def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | None,
+                       train_list: str | None, test_list: str | None) -> StreamingLTData:
+    from ltsam.data.listfile import LIST_FILES, frequency_order, read_list, remap
+
+    if not root.is_dir():
+        raise UserError(f"--data-root {root} does not exist; point it at the folder the list files' "
+                        f"image paths are relative to")
+    default_train, default_test = LIST_FILES[dataset]
+    train_file = Path(train_list) if train_list else root / default_train
+    test_file = Path(test_list) if test_list else root / default_test
+    train = read_list(train_file, root)
+    test = read_list(test_file, root)
+    mapping, counts = frequency_order(train.labels)
+    train_labels = torch.from_numpy(remap(train, mapping, train_file))
+    test_labels = torch.from_numpy(remap(test, mapping, test_file))
+    order = torch.argsort(torch.from_numpy(mapping))  # new label -> original id
+    classes = [str(int(old)) for old in order]
+    norm_name = norm or ("imagenet" if dataset == "imagenet_lt" else "inat")
+    if norm_name not in NORMS or len(NORMS[norm_name][0]) != 3:
+        raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
+    mean, std = NORMS[norm_name]
+    return StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
+                           mean, std, image_size)
+
+
+def _load_folder(root: Path, imb_type: str, imb_factor: float, rand_number: int, image_size: int | None,
+                 generator: str = "standard", seed: int = 0) -> tuple[ImageSet, ImageSet, list[str], list[int]]:
+    from ltsam.data.folder import decode_images, scan_split, test_split_dir
+
+    if not root.is_dir():
+        raise UserError(f"--data-root {root} does not exist; point it at a folder holding "
+                        f"train/<class>/ and test/<class>/ image folders")
+    classes, paths, labels = scan_split(root / "train")
+    c = len(classes)
+    labels_t = torch.from_numpy(labels)
+    available = torch.bincount(labels_t, minlength=c).tolist()
+    if imb_type == "none":
+        counts = available
+    else:
+        counts = [min(n, a) for n, a in zip(lt_counts(max(available), c, imb_type, imb_factor), available)]
+    keep = select(labels, counts, rand_number, generator, seed)
+    kept_paths = [paths[i] for i in keep]
+    train_images = decode_images(kept_paths, image_size)
+    size = train_images.shape[-1]
+    _, test_paths, test_labels = scan_split(test_split_dir(root), classes)
+    test_images = decode_images(test_paths, size)
+    train = ImageSet(train_images, labels_t[torch.from_numpy(keep)], classes)
+    test = ImageSet(test_images, torch.from_numpy(test_labels), classes)
+    return train, test, classes, train.class_counts(c)

@@ -1,0 +1,100 @@
+"""Batch sources: what the training step iterates over.
+
+``InMemoryBatchSource`` keeps the whole training set as one uint8 tensor on the training device and
+augments whole batches there. Its draws come from a generator re-seeded from (seed, epoch) at the
+start of every epoch, so a resumed run sees exactly the batches an uninterrupted one would.
+Other sources (streaming loaders, distributed samplers) only need ``__iter__``, ``__len__`` and
+``set_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+
+from ltsam.data.augment import crop_flip, draw_crop_flip, normalize
+
+
+class BatchSource(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __len__(self) -> int: ...
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+
+
+class InMemoryBatchSource:
+    """Shuffled (or class-balanced re-sampled) augmented batches from a device-resident uint8 tensor.
+
+    ``sample_weights`` switches from a random permutation to ``len`` draws with replacement,
+    proportional to the weights (the class-balanced sampler of the ``resample`` rule).
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                 mean: torch.Tensor, std: torch.Tensor, pad: int = 4, flip: bool = True,
+                 seed: int = 0, device: torch.device | str = "cpu",
+                 sample_weights: torch.Tensor | None = None, drop_last: bool = False,
+                 channels_last: bool = False, rank: int = 0, world: int = 1):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.targets = targets.to(self.device)
+        self.batch_size = batch_size
+        self.mean, self.std = mean, std
+        self.pad, self.flip = pad, flip
+        self.seed = seed
+        self.sample_weights = sample_weights
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _local_size(self) -> int:
+        return math.ceil(len(self.targets) / self.world)
+
+    def __len__(self) -> int:
+        n = self._local_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = epoch_generator(self.seed, self.epoch)
+        n = len(self.targets)
+        if self.sample_weights is None:
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.multinomial(self.sample_weights.double(), n, replacement=True, generator=g)
+        if self.world > 1:
+            # Every rank draws the same global order and takes every world-th index of it (padded
+            # like DistributedSampler); augmentation draws differ per rank.
+            total = self._local_size() * self.world
+            order = torch.cat([order, order[: total - n]])[self.rank::self.world]
+            g = epoch_generator(self.seed + 7919 * (self.rank + 1), self.epoch)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            rows, cols, flips = draw_crop_flip(len(idx), self.pad, self.flip, g)
+            idx = idx.to(self.device)
+            x = crop_flip(self.images[idx], rows, cols, flips, self.pad)
+            x = normalize(x, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.targets[idx]
+
+
+def eval_batches(images: torch.Tensor, targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 batch_size: int = 1000, device: torch.device | str = "cpu",
+                 channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Un-augmented, normalised batches in file order (for evaluation and Hessian analysis)."""
+    device = torch.device(device)
+    for start in range(0, len(targets), batch_size):
+        x = normalize(images[start:start + batch_size].to(device), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, targets[start:start + batch_size].to(device)
