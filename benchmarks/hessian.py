@@ -4,7 +4,10 @@ Both run on the same model, classes, batch size and settings (power iteration 10
 Hutchinson 100/1e-3, Lanczos 100 steps by default). The baseline below does what the reference
 script does (PyHessian in "full dataset" mode): one vector per pass over the data, each pass a
 forward, a backward with ``create_graph`` and a second backward per batch; power iteration,
-Hutchinson and Lanczos one after the other. ltsam runs ``analyze_classes(method="fast")``.
+Hutchinson and Lanczos one after the other, on lists of per-parameter tensors; its full
+re-orthogonalisation loops over the earlier Lanczos vectors like PyHessian's ``orthnormal``, which
+on a CPU costs more than the Hessian products by the 100th step. ltsam runs
+``analyze_classes(method="fast")`` class by class, the two alternating.
 
     python benchmarks/hessian.py                  # tail class (50 images) + 10 classes x <=100
     python benchmarks/hessian.py --quick          # a sanity check in about a minute
