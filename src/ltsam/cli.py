@@ -86,6 +86,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu", type=int, help="reference spelling: use cuda:N when a GPU is present")
     g.add_argument("-j", "--workers", type=int, help="data-loading workers (in-memory sets need none)")
     g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 for small_cnn)")
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA and long CPU runs)")
@@ -105,7 +106,7 @@ CONFIG_KEYS = ("dataset", "data_root", "download", "imb_type", "imb_factor", "ra
                "norm", "train_list", "test_list", "shot_split", "arch", "loss", "train_rule", "drw_epoch",
                "beta", "focal_gamma", "vs_gamma", "vs_tau", "margin", "optimizer", "rho", "rho_schedule",
                "min_rho", "max_rho", "rho_steps", "adaptive", "epochs", "batch_size", "lr", "lr_schedule",
-               "momentum", "wd", "seed", "device", "workers", "eval_batch_size", "channels_last", "compile",
+               "momentum", "wd", "seed", "device", "workers", "threads", "eval_batch_size", "channels_last", "compile",
                "amp", "wandb", "method", "resample_weighting", "label_weighting", "contrast_weight", "mix_beta",
                "lt_generator")
 

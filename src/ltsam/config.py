@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 0
+    threads: int | None = None  # CPU threads; None: 1 for the small CNN (faster, and robust on busy machines)
     eval_batch_size: int = 1000
     channels_last: bool = False
     compile: bool | None = None  # None: auto (CUDA, or CPU runs long enough to repay compiling)

@@ -88,6 +88,9 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ctx, self.device = init_distributed(resolve_device(cfg.device))
         self.progress = progress and self.ctx.is_main
+        threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
         self.meta = model_meta(cfg, self.data)

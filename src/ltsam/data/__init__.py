@@ -5,5 +5,5 @@ from ltsam.data.profiles import lt_counts, lt_indices
 from ltsam.data.registry import DATASETS, InMemoryLTData, LTData, StreamingLTData, build_lt_data
 from ltsam.data.sources import BatchSource, InMemoryBatchSource, eval_batches
 
-__all__ = ["DATASETS", "BatchSource", "ImageSet", "InMemoryBatchSource", "InMemoryLTData", "LTData", "StreamingLTData", "build_lt_data",
-           "eval_batches", "lt_counts", "lt_indices"]
+__all__ = ["DATASETS", "BatchSource", "ImageSet", "InMemoryBatchSource", "InMemoryLTData", "LTData",
+           "StreamingLTData", "build_lt_data", "eval_batches", "lt_counts", "lt_indices"]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltsam.data.images import ImageSet
 from ltsam.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

@@ -122,7 +122,8 @@ class StreamingLTData:
                      workers: int = 0, rank: int = 0, world: int = 1):
         from ltsam.data.streaming import EpochSampler, FileImageDataset, LoaderBatchSource, train_transform
 
-        ds = FileImageDataset(self.train_paths, self.train_labels, train_transform(self.image_size, self.mean, self.std))
+        transform = train_transform(self.image_size, self.mean, self.std)
+        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
         sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
         return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
 
