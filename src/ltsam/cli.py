@@ -179,7 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
           f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
-          f"with {cfg.loss.upper()} + {cfg.train_rule} + {'SAM' if cfg.uses_sam else 'SGD'} on "
+          f"with {'GLMC' if cfg.method == 'glmc' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
+          f"{'SAM' if cfg.uses_sam else 'SGD'} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
     summary = trainer.fit(stop_after=args.stop_after)
     print_results(summary["final"], summary["classes"], summary["cls_num_list"],
