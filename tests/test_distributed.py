@@ -62,3 +62,18 @@ def test_ltsam_train_under_torchrun(tmp_path: Path) -> None:
     single = json.loads(report.read_text())
     assert abs(single["top1"] - final["final"]["top1"]) < 1e-9
     assert single["per_class_acc"] == final["final"]["per_class_acc"]
+
+
+def test_glmc_sam_on_list_files_under_torchrun(tmp_path: Path) -> None:
+    from tests.test_listfile import make_list_dataset
+
+    root = make_list_dataset(tmp_path / "imnet")
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "ltsam", "train", "--method", "glmc", "--dataset", "imagenet_lt", "--data-root", str(root),
+                      "--image-size", "16", "--arch", "resnet10", "--epochs", "1", "--batch-size", "4",
+                      "--rho", "0.05", "--workers", "1", "--no-progress", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2 and final["test_images"] == 8
+    assert json.loads((out / "config.json").read_text())["method"] == "glmc"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

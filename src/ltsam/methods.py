@@ -48,18 +48,13 @@ class GLMCMethod:
     """GLMC (Du et al., CVPR 2023) with optional SAM on the re-balancing losses (SPEC §8)."""
 
     def __init__(self, trainer: Any):
-        from ltsam.errors import UserError
-        from ltsam.glmc import GLMCBatchSource, GLMCStep, label_weights, mixing_generator
+        from ltsam.glmc import GLMCStep, label_weights, mixing_generator
         from ltsam.sam import SAM
 
         cfg, data = trainer.cfg, trainer.data
-        if not hasattr(data, "train"):
-            raise UserError("--method glmc runs on in-memory data sets (digits, cifar10/100, folder) in this "
-                            "version; list-file sets (imagenet_lt, inat18) are not supported yet")
         self.trainer = trainer
-        self.source = GLMCBatchSource(data.train.images, data.train.targets, cfg.batch_size, data.mean, data.std,
-                                      data.pad, data.flip, cfg.seed, trainer.device, cfg.resample_weighting,
-                                      data.cls_num_list, channels_last=cfg.channels_last)
+        self.source = data.glmc_source(cfg.batch_size, cfg.seed, trainer.device, cfg.resample_weighting,
+                                       cfg.channels_last, cfg.workers, trainer.ctx.rank, trainer.ctx.world)
         params = trainer.model.parameters()
         if cfg.uses_sam:
             self.optimizer = SAM(params, torch.optim.SGD, rho=cfg.rho, adaptive=cfg.adaptive, lr=cfg.lr,

@@ -75,6 +75,15 @@ class InMemoryLTData:
                                    self.pad, self.flip, seed, device, _per_sample(class_weights, self.train.targets),
                                    channels_last=channels_last, rank=rank, world=world)
 
+    def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
+                    channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
+        """GLMC's paired two-view batches (instance stream A, n_c^-q weighted stream B)."""
+        from ltsam.glmc.source import GLMCBatchSource
+
+        return GLMCBatchSource(self.train.images, self.train.targets, batch_size, self.mean, self.std, self.pad,
+                               self.flip, seed, device, resample_q, self.cls_num_list, channels_last=channels_last,
+                               rank=rank, world=world)
+
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
         from ltsam.data.sources import eval_batches
@@ -126,6 +135,18 @@ class StreamingLTData:
         ds = FileImageDataset(self.train_paths, self.train_labels, transform)
         sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
         return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
+
+    def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
+                    channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
+        """GLMC's paired two-view batches with its ImageNet augmentation (SPEC §8.1), decoded in workers."""
+        from ltsam.data.streaming import FileImageDataset
+        from ltsam.glmc.source import GLMCStreamSource
+        from ltsam.glmc.transforms import TwoViews, glmc_train_transform
+
+        transform = TwoViews(glmc_train_transform(self.image_size, self.mean, self.std))
+        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
+        return GLMCStreamSource(ds, self.train_labels, batch_size, seed, device, resample_q, self.cls_num_list,
+                                workers, channels_last, rank, world)
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:

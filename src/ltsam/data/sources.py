@@ -64,6 +64,27 @@ class InMemoryBatchSource:
         n = self._local_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global order: every rank draws the same order and takes every
+        world-th index of it, padded like DistributedSampler (the whole order when world = 1)."""
+        if self.world == 1:
+            return order
+        total = self._local_size() * self.world
+        return torch.cat([order, order[: total - len(order)]])[self.rank::self.world]
+
+    def augment_generator(self, g: torch.Generator) -> torch.Generator:
+        """The generator of the augmentation draws: ``g`` itself on one process, a per-rank one under DDP
+        (ranks must not crop and flip alike)."""
+        return g if self.world == 1 else epoch_generator(self.seed + 7919 * (self.rank + 1), self.epoch)
+
+    def view(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """One augmented, normalised view of the images at ``idx`` (pad-crop-flip drawn from ``g``)."""
+        rows, cols, flips = draw_crop_flip(len(idx), self.pad, self.flip, g)
+        x = normalize(crop_flip(self.images[idx.to(self.device)], rows, cols, flips, self.pad), self.mean, self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = epoch_generator(self.seed, self.epoch)
         n = len(self.targets)
@@ -71,21 +92,11 @@ class InMemoryBatchSource:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.multinomial(self.sample_weights.double(), n, replacement=True, generator=g)
-        if self.world > 1:
-            # Every rank draws the same global order and takes every world-th index of it (padded
-            # like DistributedSampler); augmentation draws differ per rank.
-            total = self._local_size() * self.world
-            order = torch.cat([order, order[: total - n]])[self.rank::self.world]
-            g = epoch_generator(self.seed + 7919 * (self.rank + 1), self.epoch)
+        order = self.shard(order)
+        g = self.augment_generator(g)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            rows, cols, flips = draw_crop_flip(len(idx), self.pad, self.flip, g)
-            idx = idx.to(self.device)
-            x = crop_flip(self.images[idx], rows, cols, flips, self.pad)
-            x = normalize(x, self.mean, self.std)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.targets[idx]
+            yield self.view(idx, g), self.targets[idx.to(self.device)]
 
 
 def eval_batches(images: torch.Tensor, targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

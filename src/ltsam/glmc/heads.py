@@ -32,9 +32,9 @@ def default_proj_dim(feature_dim: int) -> int:
 class GLMCNet(nn.Module):
     """A backbone with ``.features(x) -> (N, d)`` and ``.feature_dim`` plus the four GLMC heads.
 
-    A classifier the backbone carries as ``.linear`` (ltsam's ResNetCifar, SmallCNN) is unused by GLMC;
-    with ``drop_backbone_head`` (default) it is replaced by ``nn.Identity`` so the model holds no dead
-    parameters (note: this modifies the passed backbone).
+    A classifier the backbone carries (``.linear`` of ltsam's ResNetCifar and SmallCNN, ``fc`` of the
+    torchvision ResNets via ``drop_classifier()``) is unused by GLMC; with ``drop_backbone_head`` (default)
+    it is replaced by ``nn.Identity`` so the model holds no dead parameters (this modifies the backbone).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int | None = None,
@@ -42,7 +42,9 @@ class GLMCNet(nn.Module):
         super().__init__()
         if not hasattr(backbone, "features") or not hasattr(backbone, "feature_dim"):
             raise TypeError("the GLMC backbone needs a .features(x) method and a .feature_dim attribute")
-        if drop_backbone_head and isinstance(getattr(backbone, "linear", None), nn.Module):
+        if drop_backbone_head and hasattr(backbone, "drop_classifier"):
+            backbone.drop_classifier()
+        elif drop_backbone_head and isinstance(getattr(backbone, "linear", None), nn.Module):
             backbone.linear = nn.Identity()
         d = int(backbone.feature_dim)
         h = default_proj_dim(d) if proj_dim is None else int(proj_dim)

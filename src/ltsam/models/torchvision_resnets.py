@@ -44,6 +44,10 @@ class TorchvisionResNet(nn.Module):
         net.fc = NormedLinear(self.feature_dim, num_classes) if use_norm else nn.Linear(self.feature_dim, num_classes)
         self.net = net
 
+    def drop_classifier(self) -> None:
+        """Replace ``fc`` by ``nn.Identity`` (a model that brings its own heads, such as GLMC's)."""
+        self.net.fc = nn.Identity()
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
