@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_listfile import make_list_dataset
 from torch.utils.data import Dataset
 
 from ltsam.cli import main
 from ltsam.glmc.source import GLMCBatchSource, GLMCStreamSource
 from ltsam.glmc.transforms import RandomGaussianBlur, TwoViews, glmc_train_transform
-from test_listfile import make_list_dataset
 
 
 # --------------------------------------------------------------------------- transforms
