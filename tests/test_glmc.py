@@ -512,3 +512,30 @@ def test_few_glmc_steps_end_to_end(use_sam):
     with torch.no_grad():
         logits = net(torch.zeros(2, 3, 8, 8))
     assert logits.shape == (2, 4)
+
+
+@pytest.mark.parametrize("use_sam", [False, True])
+def test_step_through_grad_scaler_equals_unscaled(use_sam):
+    """fp16 loss scaling (here on fp32, so exact up to rounding): scaling the backward passes by 2^10 and
+    unscaling before the update gives the unscaled step's weights, for SGD and for GLMC's SAM step."""
+    counts = [24, 12, 8, 4]
+    images, targets = _dataset(counts, size=8)
+    src = _source(images, targets, batch_size=16, resample_q=0.5)
+    nets = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        torch.manual_seed(0)
+        net = wrap_backbone(SmallCNN(4, in_channels=3, width=8), 4)
+        kw = dict(lr=0.05, momentum=0.9, weight_decay=5e-3)
+        opt = (SAM(net.parameters(), torch.optim.SGD, rho=0.05, **kw) if use_sam
+               else torch.optim.SGD(net.parameters(), **kw))
+        step = GLMCStep(opt, label_weights(counts, 1.2), 4, 1.0, torch.Generator().manual_seed(1), use_sam=use_sam,
+                        scaler=scaler)
+        src.set_epoch(0)
+        net.train()
+        for batch_a, batch_b in src:
+            step(net, batch_a, batch_b, 0.7)
+        nets.append(net)
+        if scaler is not None:
+            assert scaler.get_scale() == 2.0**10  # no overflow, no skipped step
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

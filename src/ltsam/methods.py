@@ -49,22 +49,17 @@ class GLMCMethod:
 
     def __init__(self, trainer: Any):
         from ltsam.glmc import GLMCStep, label_weights, mixing_generator
-        from ltsam.sam import SAM
 
         cfg, data = trainer.cfg, trainer.data
         self.trainer = trainer
         self.source = data.glmc_source(cfg.batch_size, cfg.seed, trainer.device, cfg.resample_weighting,
                                        cfg.channels_last, cfg.workers, trainer.ctx.rank, trainer.ctx.world)
-        params = trainer.model.parameters()
-        if cfg.uses_sam:
-            self.optimizer = SAM(params, torch.optim.SGD, rho=cfg.rho, adaptive=cfg.adaptive, lr=cfg.lr,
-                                 momentum=cfg.momentum, weight_decay=cfg.wd)
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+        self.optimizer, _ = build_optimizer(trainer.model, cfg.uses_sam, cfg.lr, cfg.momentum, cfg.wd, cfg.rho,
+                                            cfg.adaptive)
         weights = label_weights(data.cls_num_list, cfg.label_weighting).to(trainer.device)
         self.step = GLMCStep(self.optimizer, weights, data.num_classes, cfg.contrast_weight,
                              mixing_generator(cfg.seed, 0), cfg.uses_sam, beta=cfg.mix_beta,
-                             autocast=trainer.autocast)
+                             autocast=trainer.autocast, scaler=trainer.scaler)
         self.alpha = 1.0
 
     def compile_trial(self, net: nn.Module) -> None:

@@ -103,8 +103,10 @@ class GLMCStep:
     ``optimizer`` is a ``torch.optim`` optimizer (``use_sam=False``) or an ``ltsam.sam.SAM``
     (``use_sam=True``). ``label_w`` are the (C,) label weights of ``fc_cb``'s targets. ``generator``
     (CPU) drives lam and the CutMix box; ``beta`` is the Beta(beta, beta) parameter of lam (1.0 = the
-    reference). ``autocast`` (a context factory) adds bf16 autocast; the losses run in float32.
-    fp16 loss scaling is not supported.
+    reference). ``autocast`` (a context factory) adds mixed precision; the losses run in float32.
+    ``scaler`` (a GradScaler, fp16) scales the backward passes: SAM's ascent needs no unscaling (its
+    perturbation is scale-invariant) and skips a step whose gradient overflowed; the descent goes
+    through the scaler.
 
     The returned dict: ``loss`` (detached alpha L_bal + (1 - alpha) L_reb, first pass), ``logits``
     (detached fc_cb logits of X_mix, first pass), ``targets`` (y_A), ``bal``, ``reb``, ``con``, ``total``
@@ -113,7 +115,7 @@ class GLMCStep:
 
     def __init__(self, optimizer: torch.optim.Optimizer, label_w: torch.Tensor, num_classes: int,
                  contrast_weight: float, generator: torch.Generator, use_sam: bool, beta: float = 1.0,
-                 autocast: Callable = contextlib.nullcontext):
+                 autocast: Callable = contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None):
         if use_sam and not isinstance(optimizer, SAM):
             raise TypeError("use_sam=True needs an ltsam.sam.SAM optimizer")
         if not use_sam and isinstance(optimizer, SAM):
@@ -130,6 +132,7 @@ class GLMCStep:
         self.use_sam = use_sam
         self.beta = float(beta)
         self.autocast = autocast
+        self.scaler = scaler
 
     def reseed(self, seed: int, epoch: int) -> None:
         """Replace the generator by ``mixing_generator(seed, epoch)`` (call at every epoch start)."""
@@ -164,19 +167,34 @@ class GLMCStep:
                              self.contrast_weight)
         return losses, out_mix[1]
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _scaled_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
     def update(self, model: nn.Module, m: MixedBatch, alpha: float) -> dict:
         """Steps 6-10: forwards, losses, backward(s) and the optimizer update on a mixed batch."""
         self.optimizer.zero_grad(set_to_none=True)
         first, logits = self._losses(model, m, alpha)
         if self.use_sam:
-            first.cls.backward()  # ascent direction from the classification losses only
-            self.optimizer.first_step(zero_grad=True)
+            self._backward(first.cls)  # ascent direction from the classification losses only
+            self.optimizer.first_step(zero_grad=True, skip_nonfinite=self.scaler is not None)
             second, _ = self._losses(model, m, alpha)
-            second.total.backward()
-            self.optimizer.second_step(zero_grad=True)
+            self._backward(second.total)
+            if self.scaler is None:
+                self.optimizer.second_step(zero_grad=True)
+            else:
+                self.optimizer.restore()
+                self._scaled_step(self.optimizer.base_optimizer)
+                self.optimizer.zero_grad()
         else:
-            first.total.backward()
-            self.optimizer.step()
+            self._backward(first.total)
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self._scaled_step(self.optimizer)
         return {"loss": first.cls.detach(), "logits": logits.detach(), "targets": m.y_a,
                 "bal": first.bal.detach(), "reb": first.reb.detach(), "con": first.con.detach(),
                 "total": first.total.detach(), "lam": m.lam}
