@@ -5,7 +5,8 @@
 - :mod:`ltsam.glmc.heads`: ``GLMCNet`` (backbone + fc / fc_cb / projection / contrast heads), the
   reference's CIFAR ResNet-34 and wide ResNet-32;
 - :mod:`ltsam.glmc.step`: the losses and one SGD or SAM step;
-- :mod:`ltsam.glmc.source`: paired (instance, weighted) batches with two augmented views each.
+- :mod:`ltsam.glmc.source`: paired (instance, weighted) batches with two augmented views each;
+- :mod:`ltsam.glmc.transforms`: GLMC's two-view ImageNet augmentation for list-file images.
 """
 
 from ltsam.glmc.heads import (
@@ -18,7 +19,7 @@ from ltsam.glmc.heads import (
     wrap_backbone,
 )
 from ltsam.glmc.mixing import box_from_centre, cutmix, cutmix_box, mix_targets, mixup, sample_lambda
-from ltsam.glmc.source import GLMCBatchSource
+from ltsam.glmc.source import GLMCBatchSource, GLMCStreamSource
 from ltsam.glmc.step import (
     GLMCLosses,
     GLMCStep,
@@ -28,10 +29,12 @@ from ltsam.glmc.step import (
     negative_cosine,
     soft_cross_entropy,
 )
+from ltsam.glmc.transforms import RandomGaussianBlur, TwoViews, glmc_train_transform
 from ltsam.glmc.weights import cumulative_alpha, label_weights, resample_weights, sample_weights
 
 __all__ = [
-    "GLMC_ARCHS", "GLMCBatchSource", "GLMCLosses", "GLMCNet", "GLMCStep", "MixedBatch", "box_from_centre",
+    "GLMC_ARCHS", "GLMCBatchSource", "GLMCLosses", "GLMCStreamSource", "RandomGaussianBlur", "TwoViews",
+    "glmc_train_transform", "GLMCNet", "GLMCStep", "MixedBatch", "box_from_centre",
     "build_glmc_model",
     "cumulative_alpha", "cutmix", "cutmix_box", "default_proj_dim", "glmc_losses", "glmc_resnet32_wide",
     "glmc_resnet34_cifar", "label_weights", "mix_targets", "mixing_generator", "mixup", "negative_cosine",
