@@ -205,3 +205,13 @@ def test_glmc_trains_on_list_files(tmp_path: Path, rho: str) -> None:
     report = tmp_path / "eval.json"
     assert main(["eval", str(out), "--which", "last", "--json", str(report)]) == 0
     assert abs(json.loads(report.read_text())["top1"] - final["final"]["top1"]) < 1e-9
+
+
+@pytest.mark.parametrize("dataset", ["imagenet_lt", "inat18"])
+def test_glmc_defaults_on_the_large_sets(dataset: str) -> None:
+    from ltsam.config import resolve
+
+    cfg = resolve({"method": "glmc", "dataset": dataset})
+    assert (cfg.arch, cfg.lr_schedule, cfg.batch_size, cfg.lr, cfg.wd, cfg.momentum) == (
+        "resnext50_32x4d", "glmc", 64, 0.01, 5e-3, 0.9)
+    assert cfg.workers == 4 and cfg.epochs == 90
