@@ -33,7 +33,7 @@ import torch
 import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
-from train_epoch import MEAN, STD, ReferenceCIFAR, ReferenceSAM, forever, sync, timed
+from train_epoch import MEAN, STD, ReferenceCIFAR, ReferenceSAM, forever, images_per_second, sync
 
 from ltsam.acceleration import compile_with_fallback
 from ltsam.glmc import GLMCBatchSource, GLMCStep, build_glmc_model, glmc_losses, label_weights, sample_weights
@@ -203,15 +203,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for opt in ("sgd", "sam"):
             for side in ("a", "b", "c"):
-                pipe = pipes[f"{side}_{opt}"]
-                for _ in range(drain if side == "a" else 1):
-                    pipe.step()
-
-                def window(pipe=pipe) -> None:
-                    for _ in range(args.steps):
-                        pipe.step()
-
-                ips[f"{side}_{opt}"].append(args.steps * bs / timed(window, device))
+                lead_in = drain if side == "a" else 1
+                ips[f"{side}_{opt}"].append(images_per_second(pipes[f"{side}_{opt}"], args.steps, bs, device, lead_in))
         sync(device)
 
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)

@@ -216,6 +216,18 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def images_per_second(pipe, steps: int, batch_size: int, device: torch.device, lead_in: int = 1) -> float:
+    """``lead_in`` untimed steps (a DataLoader's prefetch queue drains in them), then ``steps`` timed ones."""
+    for _ in range(lead_in):
+        pipe.step()
+
+    def window() -> None:
+        for _ in range(steps):
+            pipe.step()
+
+    return steps * batch_size / timed(window, device)
+
+
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -350,14 +362,8 @@ def main() -> None:
             for side in ("a", "b"):
                 pipe = pipes[f"{side}_{opt}"]
                 pipe.train()
-                for _ in range(drain if side == "a" else 1):
-                    pipe.step()
-
-                def window(pipe=pipe) -> None:
-                    for _ in range(args.steps):
-                        pipe.step()
-
-                ips[f"{side}_{opt}"].append(args.steps * bs / timed(window, device))
+                lead_in = drain if side == "a" else 1
+                ips[f"{side}_{opt}"].append(images_per_second(pipe, args.steps, bs, device, lead_in))
 
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"device {device} ({threads}); resnet32 (cosine head, LDAM), batch {bs}, {n} CIFAR-10-LT-shaped "
