@@ -63,3 +63,44 @@ def test_hessian_errors(two_runs, tmp_path: Path, capsys) -> None:
     assert "--classes" in capsys.readouterr().err
     assert main(["hessian-compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "ltsam hessian" in capsys.readouterr().err
+
+
+def test_hessian_on_a_list_file_run_decodes_only_the_chosen_images(tmp_path: Path) -> None:
+    """A GLMC run on list files (ImageNet-LT layout): the analysed inputs are the first N test-transformed
+    images of each chosen class, and the summary holds only those classes (no whole-data entry)."""
+    import torch
+    from PIL import Image
+
+    from ltsam.data import build_lt_data
+    from ltsam.data.streaming import test_transform
+    from ltsam.hessian_cli import hessian_inputs
+    from tests.test_listfile import make_list_dataset
+
+    root = make_list_dataset(tmp_path / "imnet")
+    run = tmp_path / "run"
+    assert main(["train", "--method", "glmc", "--dataset", "imagenet_lt", "--data-root", str(root), "--image-size",
+                 "16", "--arch", "resnet10", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                 "--out", str(run), "--no-progress"]) == 0
+    data = build_lt_data("imagenet_lt", root, image_size=16)
+    x, y = hessian_inputs(data, "train", False, 0, 2, [1, 3])
+    assert y.tolist() == [1, 1, 3, 3]
+    first = int(torch.where(data.train_labels == 3)[0][0])
+    with Image.open(data.train_paths[first]) as im:
+        expected = test_transform(16, data.mean, data.std)(im.convert("RGB"))
+    torch.testing.assert_close(x[2], expected)
+    # --augment: one seeded draw of the training augmentation, the same for the same seed
+    a1, _ = hessian_inputs(data, "train", True, 5, 2, [1, 3])
+    a2, _ = hessian_inputs(data, "train", True, 5, 2, [1, 3])
+    a3, _ = hessian_inputs(data, "train", True, 6, 2, [1, 3])
+    assert torch.equal(a1, a2) and not torch.equal(a1, a3) and not torch.equal(a1, x)
+    assert main(["hessian", str(run), "--classes", "1,3", "--max-per-class", "2", "--slq-steps", "4",
+                 "--trace-iters", "3", "--power-iters", "4", "--no-progress"]) == 0
+    summary = json.loads((run / "hessian" / "train" / "summary.json").read_text())
+    assert summary["order"] == ["1", "3"]
+    assert [summary["entries"][k]["count"] for k in ("1", "3")] == [2, 2]
+    # all classes: every class (default 20 per class covers these small ones) and the whole-data entry
+    assert main(["hessian", str(run), "--slq-steps", "4", "--trace-iters", "3", "--power-iters", "4",
+                 "--out", str(tmp_path / "h_all"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "h_all" / "summary.json").read_text())
+    assert summary["order"] == ["0", "1", "2", "3", "all"]
+    assert summary["entries"]["all"]["count"] == 27

@@ -24,14 +24,26 @@ def _classes(text: str, num_classes: int) -> list[int]:
     return chosen
 
 
-def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: int | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+# List-file sets are decoded into memory for the analysis; without --max-per-class this many per class.
+LIST_FILE_PER_CLASS = 20
+
+
+def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: int | None,
+                   classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised inputs and targets of one split; ``augment`` applies one seeded draw of the
-    training augmentation; ``max_per_class`` keeps the first N images of each class."""
+    training augmentation; ``max_per_class`` keeps the first N images of each class.
+
+    List-file sets (ImageNet-LT, iNaturalist) decode only the images analysed: the first
+    ``max_per_class`` (default ``LIST_FILE_PER_CLASS``) of each of ``classes`` (default all).
+    """
     from ltsam.data.augment import crop_flip, draw_crop_flip, normalize
 
     if not hasattr(data, "train"):
-        raise UserError("ltsam hessian works on in-memory data sets (digits, cifar10/100, folder) in this version")
+        per_class = LIST_FILE_PER_CLASS if max_per_class is None else max_per_class
+        labels = data.labels(split)
+        chosen = range(data.num_classes) if classes is None else classes
+        keep = torch.cat([torch.where(labels == c)[0][:per_class] for c in chosen])
+        return data.decode(split, keep.tolist(), augment, seed)
     images, targets = (data.train.images, data.train.targets) if split == "train" else (data.test.images,
                                                                                         data.test.targets)
     if max_per_class is not None:
@@ -66,8 +78,11 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data_root = args.data_root
     data = load_data(cfg)
-    inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class)
     classes = _classes(args.classes, data.num_classes)
+    every_class = args.classes == "all"
+    streaming = not hasattr(data, "train")
+    inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
+                                     None if every_class else classes)
     loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg.margin).to(device)
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent
@@ -77,7 +92,8 @@ def cmd_hessian(args: argparse.Namespace) -> int:
         model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
         power_iters=args.power_iters, power_tol=args.power_tol, trace_iters=args.trace_iters,
         trace_tol=args.trace_tol, slq_steps=args.slq_steps, slq_runs=args.slq_runs, seed=args.seed,
-        method=args.method, class_sizes=data.cls_num_list, progress=not args.no_progress)
+        method=args.method, class_sizes=data.cls_num_list, progress=not args.no_progress,
+        include_all=every_class or not streaming)  # a list-file subset holds only the chosen classes
     print_hessian_table(summary, data.cls_num_list, title=f"Hessian of the {args.loss.upper()} loss, "
                         f"{args.split} split, {run_dir.name} ({args.which}, epoch {ckpt['epoch']})")
     print(f"results in {out_dir}/summary.json and its figures")
@@ -153,7 +169,8 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
                    help="drw: effective-number class weights in that loss")
     p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")
-    p.add_argument("--max-per-class", type=int, help="use at most N images of each class")
+    p.add_argument("--max-per-class", type=int,
+                   help=f"use at most N images of each class (list-file sets: default {LIST_FILE_PER_CLASS})")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--power-iters", type=int, default=100)
     p.add_argument("--power-tol", type=float, default=1e-3)

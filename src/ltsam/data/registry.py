@@ -136,6 +136,33 @@ class StreamingLTData:
         sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
         return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
 
+    def labels(self, split: str) -> torch.Tensor:
+        """The (re-mapped) labels of the ``train`` or ``test`` list."""
+        return self.train_labels if split == "train" else self.test_labels
+
+    def decode(self, split: str, indices: list[int], augment: bool = False, seed: int = 0,
+               workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images at ``indices`` of one list as one normalised float tensor, with their labels.
+
+        The test transform (resize, centre crop), or with ``augment`` one draw of the training
+        augmentation seeded by ``seed`` (for the Hessian analysis, which needs fixed inputs).
+        """
+        from torch.utils.data import DataLoader, Subset
+
+        from ltsam.data.streaming import FileImageDataset, test_transform, train_transform
+
+        paths, labels = (self.train_paths, self.train_labels) if split == "train" else (self.test_paths,
+                                                                                      self.test_labels)
+        make = train_transform if augment else test_transform
+        ds = Subset(FileImageDataset(paths, labels, make(self.image_size, self.mean, self.std)), list(indices))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            loader = DataLoader(ds, batch_size=64, num_workers=workers,
+                                generator=torch.Generator().manual_seed(seed))
+            xs, ys = zip(*loader) if len(ds) else ((torch.empty(0, 3, self.image_size, self.image_size),),
+                                                   (torch.empty(0, dtype=torch.long),))
+        return torch.cat(xs), torch.cat(ys)
+
     def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
                     channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
         """GLMC's paired two-view batches with its ImageNet augmentation (SPEC §8.1), decoded in workers."""
