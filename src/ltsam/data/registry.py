@@ -151,8 +151,7 @@ class StreamingLTData:
 
         from ltsam.data.streaming import FileImageDataset, test_transform, train_transform
 
-        paths, labels = (self.train_paths, self.train_labels) if split == "train" else (self.test_paths,
-                                                                                      self.test_labels)
+        paths, labels = (self.train_paths if split == "train" else self.test_paths), self.labels(split)
         make = train_transform if augment else test_transform
         ds = Subset(FileImageDataset(paths, labels, make(self.image_size, self.mean, self.std)), list(indices))
         with torch.random.fork_rng(devices=[]):
