@@ -464,17 +464,22 @@ def _with_epoch(src, epoch):
     return src
 
 
+def b_class_frequencies(src, epochs: int, num_classes: int) -> torch.Tensor:
+    """How often each class appears in a paired source's B stream over ``epochs`` epochs (fractions)."""
+    drawn = torch.zeros(num_classes)
+    for epoch in range(epochs):
+        src.set_epoch(epoch)
+        for _, (_, _, yb) in src:
+            drawn += torch.bincount(yb, minlength=num_classes)
+    return drawn / drawn.sum()
+
+
 @pytest.mark.parametrize("q", [0.0, 1.0])
 def test_source_b_follows_the_resampling_weights(q):
     counts = [120, 60, 40, 20]
     images, targets = _dataset(counts, size=2)
     src = _source(images, targets, batch_size=48, resample_q=q, pad=0, flip=False)
-    drawn = torch.zeros(4)
-    for epoch in range(6):
-        src.set_epoch(epoch)
-        for _, (_, _, yb) in src:
-            drawn += torch.bincount(yb, minlength=4)
-    freq = drawn / drawn.sum()
+    freq = b_class_frequencies(src, epochs=6, num_classes=4)
     n = torch.tensor(counts, dtype=torch.float64)
     expected = n * n ** (-q)
     expected = expected / expected.sum()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_glmc import b_class_frequencies
 from test_listfile import make_list_dataset
 from torch.utils.data import Dataset
 
@@ -140,12 +141,7 @@ def test_stream_source_b_follows_class_balancing_weights() -> None:
     counts = [120, 60, 40, 20]
     labels = _labels(counts)
     src = _stream(labels, batch_size=60, resample_q=1.0)
-    drawn = torch.zeros(4)
-    for epoch in range(8):
-        src.set_epoch(epoch)
-        for _, (_, _, yb) in src:
-            drawn += torch.bincount(yb, minlength=4)
-    freq = drawn / drawn.sum()
+    freq = b_class_frequencies(src, epochs=8, num_classes=4)
     assert torch.allclose(freq, torch.full((4,), 0.25), atol=0.04), freq  # q = 1: classes equally often
 
 
