@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, one script for a lent GPU machine (H100), inside about 9 minutes:
 #   1. a Python with torch (system python3, or $PYTHON), ltsam installed into it (pip install -e .);
+#      steps 1 and 3 are shared with scripts/gpu_table.sh through scripts/gpu_common.sh;
 #   2. benchmarks/train_epoch.py on the GPU (reference pipeline vs ltsam, SGD and SAM);
 #   3. the JPEG CIFAR-10 copy extracted, then the full CIFAR-10-LT (imbalance 0.01) LDAM-DRW-SAM
 #      recipe (rho 0.8, resnet32, 200 epochs) trained, and its final/best accuracies printed.
@@ -34,8 +35,6 @@ export PYTHONUNBUFFERED=1
 
 EPOCHS="${EPOCHS:-200}"
 OUT="${OUT:-./runs}"
-DATA_TAR="${DATA_TAR:-gpu_data/cifar10-jpeg.tar.gz}"
-EXTRACT_DIR="${EXTRACT_DIR:-/tmp/ltsam-cifar10-jpeg}"
 BENCH="${BENCH:-auto}"
 BENCH_ARGS="${BENCH_ARGS:---steps 20 --rounds 3}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-200}"
@@ -47,47 +46,11 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 
 say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
-has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
+# shellcheck source=scripts/gpu_common.sh
+source "$REPO/scripts/gpu_common.sh"   # gpu_python (PY, HAS_CUDA) and gpu_data (ROOT)
 
 # ---------------------------------------------------------------- 1. Python, torch, ltsam
-if [[ -n "${PYTHON:-}" ]]; then
-    PY="$PYTHON"
-elif has_torch python3; then
-    PY=$(command -v python3)
-else
-    # No torch on the system python: a venv of our own (torch must come from pip's cache, wheels or an index).
-    VENV="${VENV:-/tmp/ltsam-gpu-venv}"
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv --system-site-packages "$VENV" || { say "cannot create a venv"; exit 1; }
-    PY="$VENV/bin/python"
-    has_torch "$PY" || "$PY" -m pip install -q torch torchvision || { say "no torch available"; exit 1; }
-fi
-say "python: $PY"
-LTSAM_AT=$("$PY" -c "import pathlib, ltsam; print(pathlib.Path(ltsam.__file__).resolve().parent)" 2>/dev/null)
-if [[ "$LTSAM_AT" == "$REPO/src/ltsam" ]]; then
-    say "ltsam already installed from this checkout"
-elif [[ -n "$LTSAM_AT" ]]; then
-    # Installed from another checkout: leave that environment alone, put this one first.
-    export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
-    say "ltsam installed from $LTSAM_AT; using this checkout through PYTHONPATH=src"
-else
-    # Offline machine: no build isolation (setuptools comes from the environment), no dependency
-    # resolution (torch, torchvision, numpy, ... are there already), no index.
-    if "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e . >>"$LOG" 2>&1; then
-        say "installed ltsam (pip install -e .)"
-    else
-        say "pip install -e . failed (see $LOG); using PYTHONPATH=src instead"
-        export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
-    fi
-fi
-"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
-import platform, torch, ltsam
-cuda = torch.cuda.is_available()
-print(f"python {platform.python_version()}, torch {torch.__version__}, ltsam from {ltsam.__file__}")
-print("device:", torch.cuda.get_device_name(0) if cuda else f"CPU only ({torch.get_num_threads()} threads)")
-EOF
-if ! "$PY" -c "import ltsam.cli" >/dev/null 2>&1; then say "ltsam does not import"; exit 1; fi
-HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+gpu_python || exit 1
 
 # ---------------------------------------------------------------- 2. benchmark
 if [[ "$BENCH" == "1" || ( "$BENCH" == "auto" && "$HAS_CUDA" == "1" ) ]]; then
@@ -102,26 +65,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. data
-if [[ -n "${DATA_ROOT:-}" ]]; then
-    ROOT="$DATA_ROOT"
-else
-    if [[ ! -f "$DATA_TAR" ]]; then
-        say "no data: $DATA_TAR is missing (copy cifar10-jpeg.tar.gz there, or set DATA_ROOT)"
-        exit 1
-    fi
-    if [[ ! -f "$EXTRACT_DIR/.complete" ]]; then
-        say "extracting $DATA_TAR into $EXTRACT_DIR"
-        rm -rf "$EXTRACT_DIR" && mkdir -p "$EXTRACT_DIR"
-        tar -xzf "$DATA_TAR" -C "$EXTRACT_DIR" || { say "extraction failed"; exit 1; }
-        touch "$EXTRACT_DIR/.complete"
-    fi
-    # The archive holds train/ and test/ at its top (or inside one folder).
-    TRAIN_DIR=$(find "$EXTRACT_DIR" -maxdepth 2 -type d -name train | head -n 1)
-    ROOT=$(dirname "${TRAIN_DIR:-$EXTRACT_DIR/train}")
-fi
-if [[ ! -d "$ROOT/train" ]]; then say "no train/ folder under $ROOT"; exit 1; fi
-TEST_DIR="$ROOT/test"; [[ -d "$TEST_DIR" ]] || TEST_DIR="$ROOT/val"
-say "data: $ROOT ($(find "$ROOT/train" -type f | wc -l) train / $(find "$TEST_DIR" -type f 2>/dev/null | wc -l) test files)"
+gpu_data || exit 1
 
 # ---------------------------------------------------------------- 4. the 200-epoch recipe
 left=$(( BUDGET_S - ($(date +%s) - T0) ))
