@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ltsam.errors import UserError
+from ltsam.errors import TrainingDiverged, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,13 +132,15 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ltsam.config import resolve, run_name
+    from ltsam.config import config_warnings, resolve, run_name
     from ltsam.recipes import get_recipe
     from ltsam.report import print_results
     from ltsam.runs import prepare_run_dir, read_run_config
     from ltsam.trainer import Trainer
 
     overrides = _train_overrides(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "last.pt").is_file():
@@ -152,10 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key in ("device", "workers", "epochs"):
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
-        from ltsam.config import validate
+        from ltsam.config import resolve_derived, validate
         from ltsam.io import write_json
 
         validate(cfg)
+        resolve_derived(cfg)
         trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
         if trainer.ctx.is_main:
             write_json(run_dir / "config.json", cfg.to_dict())
@@ -174,6 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
             write_json(run_dir / "config.json", cfg.to_dict())
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+        if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
+            write_json(run_dir / "config.json", cfg.to_dict())
+    if trainer.ctx.is_main:
+        for note in config_warnings(cfg):
+            print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)
         return 0
@@ -193,11 +201,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ltsam.evaluate import evaluate
-    from ltsam.io import write_json
+    from ltsam.io import check_writable_file, write_json
     from ltsam.report import print_results
     from ltsam.runs import load_trained
     from ltsam.trainer import load_data
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     model, cfg, ckpt = load_trained(args.target, args.which, args.device or "cpu")
     if args.data_root:
         cfg.data_root = args.data_root
@@ -253,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"ltsam: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"ltsam: error: {exc}", file=sys.stderr)
+        return TrainingDiverged.exit_code
     except KeyboardInterrupt:
         print("ltsam: interrupted; `ltsam train --resume RUN_DIR` continues a training run",
               file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +94,37 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise UserError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _typed(k, v, hints[k]) for k, v in values.items()})
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type (ints accepted as floats); a UserError otherwise.
+
+    A hand-edited or foreign ``config.json`` then fails with one line naming the key, instead of a
+    traceback somewhere deep in training.
+    """
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        origin = typing.get_origin(option)
+        if origin is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_typed(key, v, item) for v in value]
+        if origin is dict and isinstance(value, dict):
+            return value
+    wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
+    raise UserError(f"configuration key {key!r} must be {wanted}, got {value!r}; fix the config.json "
+                    f"or pass the value as a flag")
 
 
 # What suits each data set when the user does not say otherwise.
@@ -113,6 +146,39 @@ LARGE_DATASETS = ("imagenet_lt", "inat18")
 def native_epochs(dataset: str) -> int:
     """Length of the reference schedule whose boundaries ltsam scales: 90 (ImageNet-LT, iNat) or 200."""
     return 90 if dataset in LARGE_DATASETS else 200
+
+
+def default_drw_epoch(dataset: str, epochs: int) -> int:
+    """0-indexed epoch DRW switches on when --drw-epoch is not given: 160 of 200 (CIFAR) or
+    60 of 90 (ImageNet-LT, iNat), scaled to ``epochs``."""
+    from ltsam.schedules import scale_epoch
+
+    native = native_epochs(dataset)
+    return scale_epoch(160 if native == 200 else 60, epochs, native)
+
+
+STEP_RHO_DEFAULT = [0.05, 0.1, 0.5, 0.6]  # the reference CIFAR script's hard-coded step rho values
+
+
+def resolve_derived(cfg: TrainConfig) -> TrainConfig:
+    """Fill the values left to ltsam (DRW switch epoch, cosine head, step-rho values), so the saved
+    ``config.json`` states what the run does rather than ``null``."""
+    if cfg.drw_epoch is None:
+        cfg.drw_epoch = default_drw_epoch(cfg.dataset, cfg.epochs)
+    if cfg.use_norm is None:
+        cfg.use_norm = cfg.method == "erm" and cfg.loss == "ldam"
+    if cfg.rho_steps is None and cfg.rho_schedule == "step":
+        cfg.rho_steps = list(STEP_RHO_DEFAULT)
+    return cfg
+
+
+def config_warnings(cfg: TrainConfig) -> list[str]:
+    """Settings that are valid but almost certainly not what the user meant."""
+    notes = []
+    if cfg.train_rule == "drw" and cfg.drw_epoch is not None and cfg.drw_epoch >= cfg.epochs:
+        notes.append(f"--drw-epoch {cfg.drw_epoch} is not below --epochs {cfg.epochs}: DRW never switches on "
+                     f"and this run trains unweighted")
+    return notes
 
 CHOICES = {
     "dataset": ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18"),
@@ -152,7 +218,43 @@ def resolve(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> 
     merged.update(values)
     cfg = TrainConfig.from_dict(merged)
     validate(cfg)
-    return cfg
+    return resolve_derived(cfg)
+
+
+# Flags that must be finite, with the smallest value each accepts (None: any finite value).
+_FINITE_MIN = {"imb_factor": None, "beta": None, "focal_gamma": 0.0, "vs_gamma": None, "vs_tau": None,
+               "margin": None, "ldam_s": None, "resample_weighting": None, "label_weighting": None,
+               "contrast_weight": 0.0, "mix_beta": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None,
+               "momentum": None, "wd": None}
+# Integer flags and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
+_INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
+            "epochs": 1, "batch_size": 1, "drw_epoch": 0}
+_SEED_MAX = 2**32 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every float flag finite (a NaN --rho silently trained plain SGD), ints within range."""
+    for key, low in _FINITE_MIN.items():
+        value = getattr(cfg, key)
+        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+            raise UserError(f"{_flag(key)} must be a finite number that fits float32, got {value}")
+        if low is not None and value < low:
+            raise UserError(f"{_flag(key)} must be non-negative, got {value}")
+    for value in cfg.rho_steps or []:
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--rho-steps takes four finite non-negative values a b c d, got {cfg.rho_steps}")
+    for key, low in _INT_MIN.items():
+        value = getattr(cfg, key)
+        if value is not None and value < low:
+            raise UserError(f"{_flag(key)} must be at least {low}, got {value}")
+    for key in ("seed", "rand_number"):
+        if getattr(cfg, key) > _SEED_MAX:
+            raise UserError(f"{_flag(key)} must lie in 0..{_SEED_MAX}, got {getattr(cfg, key)}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -175,18 +277,11 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--method glmc uses its own soft-target losses; drop --loss (or use --loss ce)")
     if cfg.method == "glmc" and cfg.train_rule not in ("none",):
         raise UserError("--method glmc re-balances by itself (re-sampled stream, label weights); drop --train-rule")
+    _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
-    if cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    for name in ("rho", "min_rho", "max_rho"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(cfg, name)}")
-    if cfg.rho_steps is not None:
-        if len(cfg.rho_steps) != 4 or min(cfg.rho_steps) < 0:
-            raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
+    if cfg.rho_steps is not None and len(cfg.rho_steps) != 4:
+        raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
     if cfg.shot_split == "index" and cfg.dataset not in LARGE_DATASETS:
         raise UserError("--shot-split index is the reference's ImageNet-LT / iNat split; use counts here")
     if cfg.amp is not None:
@@ -197,8 +292,6 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     if cfg.wd < 0 or not (0 <= cfg.momentum < 1):
         raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
-    if cfg.drw_epoch is not None and cfg.drw_epoch < 0:
-        raise UserError(f"--drw-epoch must be >= 0, got {cfg.drw_epoch}")
     if not (0 <= cfg.beta < 1):
         raise UserError(f"--beta must lie in [0, 1), got {cfg.beta}")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ltsam.argtypes import non_negative_float, non_negative_int, positive_int
 from ltsam.errors import UserError
 
 
@@ -73,6 +74,11 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     from ltsam.runs import load_trained, resolve_device
     from ltsam.trainer import load_data
 
+    target = Path(args.target)
+    run_dir = target if target.is_dir() else target.parent
+    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; the Hessian analysis writes a folder — choose a folder name")
     device = resolve_device(args.device)
     model, cfg, ckpt = load_trained(args.target, args.which, str(device))
     if args.data_root:
@@ -84,9 +90,6 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
                                      None if every_class else classes)
     loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg.margin).to(device)
-    target = Path(args.target)
-    run_dir = target if target.is_dir() else target.parent
-    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
     model.eval()
     summary = analyze_classes(
         model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
@@ -169,19 +172,19 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
                    help="drw: effective-number class weights in that loss")
     p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")
-    p.add_argument("--max-per-class", type=int,
+    p.add_argument("--max-per-class", type=positive_int,
                    help=f"use at most N images of each class (list-file sets: default {LIST_FILE_PER_CLASS})")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--power-iters", type=int, default=100)
-    p.add_argument("--power-tol", type=float, default=1e-3)
-    p.add_argument("--trace-iters", type=int, default=100)
-    p.add_argument("--trace-tol", type=float, default=1e-3)
-    p.add_argument("--slq-steps", type=int, default=100)
-    p.add_argument("--slq-runs", type=int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--power-iters", type=positive_int, default=100)
+    p.add_argument("--power-tol", type=non_negative_float, default=1e-3)
+    p.add_argument("--trace-iters", type=positive_int, default=100)
+    p.add_argument("--trace-tol", type=non_negative_float, default=1e-3)
+    p.add_argument("--slq-steps", type=positive_int, default=100)
+    p.add_argument("--slq-runs", type=positive_int, default=1)
     p.add_argument("--method", choices=["fast", "reference"], default="fast",
                    help="fast: batched products, λ from Lanczos; reference: separate power iteration")
     p.add_argument("--augment", action="store_true", help="apply one seeded draw of the training augmentation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="where the data set is now, if it moved")
     p.add_argument("--out", help="output folder (default RUN_DIR/hessian/<split>)")

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ltsam.acceleration import autocast_context, compile_with_fallback, grad_scaler, should_compile
-from ltsam.config import LARGE_DATASETS, TrainConfig, native_epochs
+from ltsam.config import LARGE_DATASETS, TrainConfig, default_drw_epoch, native_epochs
 from ltsam.data import build_lt_data
 from ltsam.distributed import all_reduce_sum, barrier, init_distributed
-from ltsam.errors import UserError
+from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate
-from ltsam.io import load_checkpoint, save_checkpoint, write_json
+from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
 from ltsam.losses import build_loss, class_weights_for_epoch
 from ltsam.methods import build_method
 from ltsam.metrics import index_groups
@@ -45,10 +45,7 @@ def load_data(cfg: TrainConfig):
 def drw_switch_epoch(cfg: TrainConfig) -> int:
     """0-indexed epoch from which DRW weights apply: --drw-epoch, else 160 of 200 (CIFAR) or
     60 of 90 (ImageNet-LT, iNat), scaled to --epochs."""
-    if cfg.drw_epoch is not None:
-        return cfg.drw_epoch
-    native = native_epochs(cfg.dataset)
-    return scale_epoch(160 if native == 200 else 60, cfg.epochs, native)
+    return cfg.drw_epoch if cfg.drw_epoch is not None else default_drw_epoch(cfg.dataset, cfg.epochs)
 
 
 def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
@@ -117,7 +114,8 @@ class Trainer:
         under torchrun."""
         net: torch.nn.Module = self.model
         total_steps = len(self.source) * self.cfg.epochs
-        if should_compile(self.cfg.compile, self.device, total_steps):  # GLMC too: 1.25x (SAM) / 1.43x (SGD) on a CPU
+        self.cfg.compile = should_compile(self.cfg.compile, self.device, total_steps)  # recorded in config.json
+        if self.cfg.compile:  # GLMC too: 1.25x (SAM) / 1.43x (SGD) on a CPU
             t0 = time.perf_counter()
             net, ok = compile_with_fallback(self.model, self.method.compile_trial)
             if ok and self.ctx.is_main:
@@ -145,8 +143,13 @@ class Trainer:
         if ckpt.get("model_meta") != self.meta:
             raise UserError(f"cannot resume: checkpoint is a {ckpt.get('model_meta')} model, this run "
                             f"builds {self.meta}; resume with the run's own configuration")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot resume: the weights or optimizer state in last.pt do not fit this run "
+                            f"({str(exc).strip().splitlines()[0][:160]}); the file is damaged or from another run"
+                            ) from None
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
@@ -177,18 +180,45 @@ class Trainer:
 
         self.net.train()
         self.source.set_epoch(epoch)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, seen
+        # loss sum, correct, seen, steps with a non-finite loss; kept on the device (no sync per step)
+        sums = torch.zeros(4, device=self.device, dtype=torch.float64)
+        step = torch.zeros((), device=self.device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         bar = tqdm(self.source, total=len(self.source), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.progress, unit="batch")
         self.method.prepare(epoch, criterion)
         for batch in bar:
             loss, logits, y = self.method(self.net, batch)
+            bad = ~torch.isfinite(loss)
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             sums[0] += loss.double() * len(y)
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(y)
+            sums[3] += bad
+            step += 1
         sums = all_reduce_sum(sums, self.ctx).cpu()
+        self._check_finite(epoch, int(sums[3]), int(first_bad), int(step))
         seen = max(float(sums[2]), 1.0)
         return {"train_loss": float(sums[0]) / seen, "train_acc": 100.0 * float(sums[1]) / seen}
+
+    def _check_finite(self, epoch: int, bad_steps: int, first_bad: int, steps: int) -> None:
+        """Stop on a diverged run before its checkpoint is written, so ``last.pt`` stays finite.
+
+        Weights or batch-norm statistics that are no longer finite stop the run. So does a non-finite
+        loss, except under fp16 loss scaling, where the scaler skips an overflowing step: there only an
+        epoch that is non-finite throughout counts as divergence.
+        """
+        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # batch-norm statistics too
+        weights_ok = bool(torch.stack([torch.isfinite(t).all() for t in state]).all())
+        if weights_ok and (bad_steps == 0 or (self.scaler is not None and bad_steps < steps * self.ctx.world)):
+            return
+        what = (f"the loss became non-finite at epoch {epoch + 1}, step {first_bad + 1} of {steps} "
+                f"({bad_steps} non-finite steps)" if first_bad >= 0 else
+                f"the weights or batch-norm statistics became non-finite in epoch {epoch + 1}")
+        kept = (f"the last finite checkpoint, {self.run_dir / 'last.pt'} (epoch {epoch}), is kept" if epoch > 0
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged: {what}; {kept}. Start again with a smaller --lr "
+                               f"(now {self.cfg.lr:g}) or check the data")
 
     def evaluate(self, criterion: torch.nn.Module | None) -> tuple[dict[str, Any], torch.Tensor]:
         batches = self.data.test_batches(self.cfg.eval_batch_size, self.device, self.cfg.channels_last,
@@ -223,7 +253,7 @@ class Trainer:
                 self.best_top1, self.best_record = test["top1"], record
             if main:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(to_json(record) + "\n")
                 self._save(epoch, is_best)
                 _log_scalars(writer, wandb_run, record)
                 print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  rho {rho:.3g}  "

@@ -111,12 +111,22 @@ class StreamingLTData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
+    train_origins: list[str] | None = None  # "list_file:line" per image, named when one cannot be read
+    test_origins: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     in_channels = 3
+
+    def files(self, split: str, transform):
+        """The ``train`` or ``test`` list as a FileImageDataset with ``transform``."""
+        from ltsam.data.streaming import FileImageDataset
+
+        if split == "train":
+            return FileImageDataset(self.train_paths, self.train_labels, transform, self.train_origins)
+        return FileImageDataset(self.test_paths, self.test_labels, transform, self.test_origins)
 
     @property
     def train_size(self) -> int:
@@ -129,10 +139,9 @@ class StreamingLTData:
     def train_source(self, batch_size: int, seed: int, device: torch.device,
                      class_weights: torch.Tensor | None = None, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1):
-        from ltsam.data.streaming import EpochSampler, FileImageDataset, LoaderBatchSource, train_transform
+        from ltsam.data.streaming import EpochSampler, LoaderBatchSource, train_transform
 
-        transform = train_transform(self.image_size, self.mean, self.std)
-        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
+        ds = self.files("train", train_transform(self.image_size, self.mean, self.std))
         sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
         return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
 
@@ -149,36 +158,33 @@ class StreamingLTData:
         """
         from torch.utils.data import DataLoader, Subset
 
-        from ltsam.data.streaming import FileImageDataset, test_transform, train_transform
+        from ltsam.data.streaming import test_transform, train_transform, worker_errors
 
-        paths, labels = (self.train_paths if split == "train" else self.test_paths), self.labels(split)
         make = train_transform if augment else test_transform
-        ds = Subset(FileImageDataset(paths, labels, make(self.image_size, self.mean, self.std)), list(indices))
+        ds = Subset(self.files(split, make(self.image_size, self.mean, self.std)), list(indices))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             loader = DataLoader(ds, batch_size=64, num_workers=workers,
                                 generator=torch.Generator().manual_seed(seed))
-            xs, ys = zip(*loader) if len(ds) else ((torch.empty(0, 3, self.image_size, self.image_size),),
-                                                   (torch.empty(0, dtype=torch.long),))
+            empty = ((torch.empty(0, 3, self.image_size, self.image_size),), (torch.empty(0, dtype=torch.long),))
+            xs, ys = zip(*worker_errors(loader)) if len(ds) else empty
         return torch.cat(xs), torch.cat(ys)
 
     def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
                     channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
         """GLMC's paired two-view batches with its ImageNet augmentation (SPEC §8.1), decoded in workers."""
-        from ltsam.data.streaming import FileImageDataset
         from ltsam.glmc.source import GLMCStreamSource
         from ltsam.glmc.transforms import TwoViews, glmc_train_transform
 
-        transform = TwoViews(glmc_train_transform(self.image_size, self.mean, self.std))
-        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
+        ds = self.files("train", TwoViews(glmc_train_transform(self.image_size, self.mean, self.std)))
         return GLMCStreamSource(ds, self.train_labels, batch_size, seed, device, resample_q, self.cls_num_list,
                                 workers, channels_last, rank, world)
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
-        from ltsam.data.streaming import FileImageDataset, loader_batches, test_transform
+        from ltsam.data.streaming import loader_batches, test_transform
 
-        ds = FileImageDataset(self.test_paths, self.test_labels, test_transform(self.image_size, self.mean, self.std))
+        ds = self.files("test", test_transform(self.image_size, self.mean, self.std))
         indices = range(rank, len(ds), world) if world > 1 else None
         return loader_batches(ds, batch_size, workers, device, indices)
 
@@ -287,7 +293,7 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
     mean, std = NORMS[norm_name]
     return StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
-                           mean, std, image_size)
+                           mean, std, image_size, train.origins, test.origins)
 
 
 def _load_folder(root: Path, imb_type: str, imb_factor: float, rand_number: int, image_size: int | None,

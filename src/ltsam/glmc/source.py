@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ltsam.data.sources import InMemoryBatchSource, epoch_generator
-from ltsam.data.streaming import EpochSampler
+from ltsam.data.streaming import EpochSampler, worker_errors
 from ltsam.glmc.weights import sample_weights
 
 View = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -117,12 +117,12 @@ class GLMCStreamSource:
         return v1, v2, y.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[View, View]]:
-        it_b = iter(self.loader_b)
-        for views_a, y_a in self.loader_a:
+        it_b = iter(worker_errors(self.loader_b))
+        for views_a, y_a in worker_errors(self.loader_a):
             try:
                 views_b, y_b = next(it_b)
             except StopIteration:  # B exhausted (only if it were shorter than A): start it again
-                it_b = iter(self.loader_b)
+                it_b = iter(worker_errors(self.loader_b))
                 views_b, y_b = next(it_b)
             m = len(y_a)
             yield self._move(views_a, y_a), self._move([v[:m] for v in views_b], y_b[:m])
