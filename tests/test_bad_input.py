@@ -60,7 +60,7 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("flags, word", [
     (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "-inf"], "--lr"),
     (["--wd", "nan"], "--wd"), (["--margin", "nan"], "--margin"), (["--focal-gamma", "nan"], "--focal-gamma"),
-    (["--tau", "nan"], "--vs-tau"), (["--gamma", "inf"], "--vs-gamma"), (["--rho", "nan"], "--rho"),
+    (["--tau", "nan"], "--tau"), (["--gamma", "inf"], "--gamma"), (["--rho", "nan"], "--rho"),
     (["--min-rho", "nan"], "--min-rho"), (["--max-rho", "inf"], "--max-rho"), (["--beta", "nan"], "--beta"),
     (["--momentum", "nan"], "--momentum"), (["--imb-factor", "nan"], "--imb-factor"),
     (["--rho-schedule", "step", "--rho-steps", "0.1", "nan", "0.2", "0.3"], "--rho-steps"),

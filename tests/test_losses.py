@@ -18,9 +18,9 @@ from ltsam.losses import (
     LDAMLoss,
     VSLoss,
     build_loss,
-    class_weights_for_epoch,
     effective_number_weights,
 )
+from ltsam.rules import class_weights_for_epoch
 
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # SPEC §2.1
 

@@ -10,6 +10,8 @@ import torch
 
 from ltsam.argtypes import non_negative_float, non_negative_int, positive_int
 from ltsam.errors import UserError
+from ltsam.losses import LOSSES
+from ltsam.report import console
 
 
 def _classes(text: str, num_classes: int) -> list[int]:
@@ -57,8 +59,9 @@ def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: in
     return normalize(images, data.mean, data.std), targets
 
 
-def hessian_loss(name: str, rule: str, cls_num_list: list[int], margin: float) -> torch.nn.Module:
-    """The loss whose Hessian is taken: CE (default) or LDAM, unweighted or with DRW's weights.
+def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Any = None) -> torch.nn.Module:
+    """The loss whose Hessian is taken: CE (default) or any registered loss, with the run's options
+    (``config``), unweighted or with DRW's weights.
 
     With single-class batches the weighted-mean normalisation cancels the weights exactly (the
     reference's DRW variant gives the same Hessian); they matter for the whole-data spectrum.
@@ -66,13 +69,14 @@ def hessian_loss(name: str, rule: str, cls_num_list: list[int], margin: float) -
     from ltsam.losses import build_loss, effective_number_weights
 
     weights = effective_number_weights(cls_num_list) if rule == "drw" else None
-    return build_loss(name, cls_num_list, weights, max_m=margin)
+    return build_loss(name, cls_num_list, weights, config=config)
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
+    from ltsam.data.registry import load_data
+    from ltsam.distributed import resolve_device
     from ltsam.hessian.analysis import analyze_classes
-    from ltsam.runs import load_trained, resolve_device
-    from ltsam.trainer import load_data
+    from ltsam.runs import load_trained
 
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent
@@ -89,7 +93,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     streaming = not hasattr(data, "train")
     inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
                                      None if every_class else classes)
-    loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg.margin).to(device)
+    loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg).to(device)
     model.eval()
     summary = analyze_classes(
         model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
@@ -101,15 +105,6 @@ def cmd_hessian(args: argparse.Namespace) -> int:
                         f"{args.split} split, {run_dir.name} ({args.which}, epoch {ckpt['epoch']})")
     print(f"results in {out_dir}/summary.json and its figures")
     return 0
-
-
-def console():
-    """A rich console that keeps wide tables readable in logs (non-terminal output gets 160 columns)."""
-    import sys
-
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _num(v: Any, fmt: str = "{:.4g}") -> str:
@@ -167,8 +162,8 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("target", help="run folder or checkpoint file")
     p.add_argument("--which", choices=["best", "last"], default="last")
     p.add_argument("--split", choices=["train", "test"], default="train")
-    p.add_argument("--loss", type=str.lower, choices=["ce", "ldam"], default="ce",
-                   help="loss whose Hessian is taken (default CE, as the reference)")
+    p.add_argument("--loss", type=str.lower, choices=LOSSES.names(), default="ce",
+                   help="loss whose Hessian is taken, with the run's options (default CE, as the reference)")
     p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
                    help="drw: effective-number class weights in that loss")
     p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")

@@ -21,6 +21,7 @@ Both sources yield ((A1, A2, y_A), (B1, B2, y_B)):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -126,3 +127,19 @@ class GLMCStreamSource:
                 views_b, y_b = next(it_b)
             m = len(y_a)
             yield self._move(views_a, y_a), self._move([v[:m] for v in views_b], y_b[:m])
+
+
+def glmc_source(data: Any, batch_size: int, seed: int, device: torch.device | str, resample_q: float,
+                channels_last: bool = False, workers: int = 0, rank: int = 0,
+                world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
+    """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
+    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation (SPEC §8.1)."""
+    if hasattr(data, "train"):  # InMemoryLTData
+        return GLMCBatchSource(data.train.images, data.train.targets, batch_size, data.mean, data.std, data.pad,
+                               data.flip, seed, device, resample_q, data.cls_num_list, channels_last=channels_last,
+                               rank=rank, world=world)
+    from ltsam.glmc.transforms import TwoViews, glmc_train_transform
+
+    ds = data.files("train", TwoViews(glmc_train_transform(data.image_size, data.mean, data.std)))
+    return GLMCStreamSource(ds, data.train_labels, batch_size, seed, device, resample_q, data.cls_num_list,
+                            workers, channels_last, rank, world)
