@@ -134,4 +134,4 @@ def uses_cosine_head(cfg: Any) -> bool:
     """The normalised (cosine) head: ``--head``, else the loss's own choice (LDAM's)."""
     if cfg.use_norm is not None:
         return bool(cfg.use_norm)
-    return cfg.method == "erm" and bool(LOSSES.entry(cfg.loss).meta.get("cosine_head", False))
+    return bool(LOSSES.entry(cfg.loss).meta.get("cosine_head", False))
