@@ -24,6 +24,16 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _choices_flag(g, registry, *names: str, **kw) -> None:
     """A flag naming an entry of ``registry``; its help lists the registered entries."""
     g.add_argument(*names, dest=registry.key, type=_lower, help=registry.help_text(), **kw)
@@ -51,10 +61,10 @@ def _flag_bool(text: str) -> bool:
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     from ltsam.extensions import REGISTRIES as R
 
-    S = argparse.SUPPRESS
     g = p.add_argument_group("data")
     _choices_flag(g, R["dataset"], "--dataset")
-    g.add_argument("--data-root", help="CIFAR pickles or image folders (default ./data)")
+    g.add_argument("--data-root", "--data_path", dest="data_root",
+                   help="CIFAR pickles, image folders, or the folder list-file paths are relative to (default ./data)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR (checksummed)")
     g.add_argument("--imb-type", "--imb_type", dest="imb_type", type=_lower, help="exp, step or none")
     g.add_argument("--imb-factor", "--imb_factor", dest="imb_factor", type=float,
@@ -88,6 +98,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("-b", "--batch-size", dest="batch_size", type=int)
     g.add_argument("--lr", type=float)
     _choices_flag(g, R["lr_schedule"], "--lr-schedule")
+    g.add_argument("--cos_lr", dest="lr_schedule", action="store_const", const="cosine",
+                   help="reference spelling of --lr-schedule cosine")
     g.add_argument("--momentum", type=float)
     g.add_argument("--wd", "--weight-decay", "--weight_decay", dest="wd", type=float)
     for registry in R.values():
@@ -109,8 +121,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
     g.add_argument("--recipe", type=_lower, help="start from a named recipe (`ltsam recipes`)")
     g.add_argument("--wandb", action="store_true", default=None, help="also log to Weights & Biases")
-    g.add_argument("--log_results", action="store_true", help=S)
-    g.add_argument("--exp_str", help=S)
+    g.add_argument("--log_results", action="store_true",
+                   help="reference spelling: log to Weights & Biases when it is installed (else the run folder only)")
+    g.add_argument("--exp_str", help="reference spelling: suffix of the default run-folder name")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -140,6 +153,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         values["device"] = f"cuda:{args.gpu}" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            print(f"ltsam: --gpu {args.gpu}: no CUDA GPU on this machine; training on the CPU", flush=True)
     if args.log_results and args.wandb is None:
         import importlib.util
 
@@ -153,7 +168,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ltsam.config import config_warnings, resolve, run_name
+    from ltsam.config import config_warnings, implied_defaults, resolve, run_name
     from ltsam.recipes import get_recipe
     from ltsam.report import print_results
     from ltsam.runs import prepare_run_dir, read_run_config
@@ -186,6 +201,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         recipe = get_recipe(args.recipe) if args.recipe else None
         cfg = resolve(overrides, recipe)
+        implied = implied_defaults(overrides, recipe)
+        if implied and int(os.environ.get("RANK", "0")) == 0:
+            print(f"ltsam: {cfg.dataset}{'' if cfg.method == 'erm' else ' / ' + cfg.method} defaults in effect: "
+                  + ", ".join(f"{_flag(k)} {_show(v)}" for k, v in implied.items()), flush=True)
         name = run_name(cfg) + (f"_{args.exp_str}" if args.exp_str else "")
         run_dir = Path(args.out) if args.out else Path("runs") / name
         cfg.out = str(run_dir)
@@ -201,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
             write_json(run_dir / "config.json", cfg.to_dict())
     if trainer.ctx.is_main:
-        for note in config_warnings(cfg):
+        for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)

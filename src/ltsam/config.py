@@ -171,19 +171,38 @@ CHOICES = {
 def resolve(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults <- data set's defaults <- method's defaults <- recipe <- explicit overrides, then
     validated and the values left to ltsam filled in."""
-    values: dict[str, Any] = {}
-    if recipe:
-        values.update(recipe)
+    values = _given(overrides, recipe)
+    merged = _implied_defaults(values)
+    merged.update(values)
+    cfg = TrainConfig.from_dict(merged)
+    validate(cfg)
+    return resolve_derived(cfg)
+
+
+def _given(overrides: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+    values: dict[str, Any] = dict(recipe or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def _implied_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The data set's defaults, then the method's, for the data set and method ``values`` name."""
     dataset = str(values.get("dataset", TrainConfig.dataset)).lower()
     merged = dict(DATASETS.entry(dataset).meta.get("defaults", {})) if dataset in DATASETS else {}
     method = str(values.get("method", TrainConfig.method)).lower()
     if method in METHODS:
         merged.update(METHODS.get(method).defaults(dataset))
-    merged.update(values)
-    cfg = TrainConfig.from_dict(merged)
-    validate(cfg)
-    return resolve_derived(cfg)
+    return merged
+
+
+def implied_defaults(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Settings the data set or method chose that neither the recipe nor a flag gave and that differ
+    from ``TrainConfig``'s (the README flag table's) defaults: said at start, so no default overrides
+    silently."""
+    values = _given(overrides, recipe)
+    table = TrainConfig()
+    return {k: v for k, v in _implied_defaults(values).items()
+            if k not in values and k in _FIELDS and getattr(table, k) != v}
 
 
 def resolve_derived(cfg: TrainConfig) -> TrainConfig:
@@ -201,10 +220,10 @@ def resolve_derived(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def config_warnings(cfg: TrainConfig) -> list[str]:
-    """Settings that are valid but almost certainly not what the user meant."""
+def config_warnings(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Settings the user gave (``explicit`` keys) that are valid but almost certainly not what they meant."""
     notes = []
-    if cfg.train_rule == "drw" and cfg.drw_epoch is not None and cfg.drw_epoch >= cfg.epochs:
+    if cfg.train_rule == "drw" and "drw_epoch" in explicit and cfg.drw_epoch >= cfg.epochs:
         notes.append(f"--drw-epoch {cfg.drw_epoch} is not below --epochs {cfg.epochs}: DRW never switches on "
                      f"and this run trains unweighted")
     return notes

@@ -72,24 +72,29 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, key: str | None = None):
         self.kind, self.key = kind, key
         self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
 
     @property
     def flag(self) -> str:
         return "--" + (self.key or self.kind).replace("_", "-")
 
-    def register(self, name: str, *, help: str = "", options: Sequence[Option] = (),
+    def register(self, name: str, *, help: str = "", options: Sequence[Option] = (), aliases: Sequence[str] = (),
                  **meta: Any) -> Callable[[T], T]:
         """Decorator: register the decorated class or function under ``name`` and return it unchanged."""
         def add(obj: T) -> T:
-            self.add(name, obj, help=help, options=options, **meta)
+            self.add(name, obj, help=help, options=options, aliases=aliases, **meta)
             return obj
 
         return add
 
-    def add(self, name: str, obj: T, *, help: str = "", options: Sequence[Option] = (), **meta: Any) -> T:
-        """Register ``obj`` under ``name`` (lower case). Registering a name twice replaces the entry
-        only when it is the same object (re-imports); another object under a taken name is an error."""
+    def add(self, name: str, obj: T, *, help: str = "", options: Sequence[Option] = (),
+            aliases: Sequence[str] = (), **meta: Any) -> T:
+        """Register ``obj`` under ``name`` (lower case), also reachable as ``aliases`` (e.g. the
+        reference scripts' spellings). Registering a name twice replaces the entry only when it is the
+        same object (re-imports); another object under a taken name is an error."""
         key = name.lower()
+        for alias in aliases:
+            self._aliases[alias.lower()] = key
         old = self._entries.get(key)
         if old is not None and old.obj is not obj and getattr(old.obj, "__qualname__", None) != getattr(
                 obj, "__qualname__", object()):
@@ -98,7 +103,11 @@ class Registry(Generic[T]):
         return obj
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._entries
+        return isinstance(name, str) and self._key(name) in self._entries
+
+    def _key(self, name: str) -> str:
+        key = str(name).lower()
+        return self._aliases.get(key, key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -114,7 +123,7 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry[T]:
         """The entry of ``name``; an unknown name is a UserError that lists the choices."""
-        key = str(name).lower()
+        key = self._key(name)
         if key not in self._entries:
             raise UserError(f"unknown {self.flag} {name!r}; choose one of {', '.join(self._entries)}")
         return self._entries[key]

@@ -330,8 +330,10 @@ def _list_files(name: str) -> Callable[[DataRequest], StreamingLTData]:
 # The reference's ImageNet-LT / iNaturalist-2018 scripts: ResNet-50, 90 epochs, cosine LR.
 _LARGE = dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4)
 DATASETS.add("imagenet_lt", _list_files("imagenet_lt"), help="ImageNet-LT list files", native_epochs=90,
+             aliases=("imagenet",),
              defaults=_LARGE, index_split=INDEX_SPLITS["imagenet_lt"], streaming=True)
 DATASETS.add("inat18", _list_files("inat18"), help="iNaturalist-2018 list files", native_epochs=90,
+             aliases=("inat_18",),
              defaults=_LARGE, index_split=INDEX_SPLITS["inat18"], streaming=True)
 
 
