@@ -1,4 +1,5 @@
-"""Run by tests/test_distributed.py under torchrun: a few SAM steps of a batch-norm-free model."""
+"""Run by tests/test_distributed.py under torchrun: a few SAM steps of a batch-norm-free model, in float64
+(the comparison with a single process is about the algebra; see the test)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ltsam.steps import build_optimizer
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(16, 3))
+                         nn.Linear(16, 3)).double()
 
 
 def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +36,7 @@ def train(batch_size: int, rank: int, world: int, steps: int = 3) -> nn.Module:
     for i, (x, y) in enumerate(source):
         if i == steps:
             break
-        step(net, x, y, criterion)
+        step(net, x.double(), y, criterion)
     return model
 
 

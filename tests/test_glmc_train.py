@@ -47,7 +47,7 @@ def test_glmc_resume_is_bitwise_identical(tmp_path: Path) -> None:
 
 
 def test_glmc_lr_schedule_values() -> None:
-    from ltsam.schedules import glmc_lr
+    from ltsam.glmc.schedule import glmc_lr
 
     base, epochs = 0.1, 100
     assert glmc_lr(0, base, epochs) == base  # epoch 0 at full LR (set before any epoch ran)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ltsam.errors import UserError
+from ltsam.errors import TrainingDiverged, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,12 +24,47 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _choices_flag(g, registry, *names: str, **kw) -> None:
+    """A flag naming an entry of ``registry``; its help lists the registered entries."""
+    g.add_argument(*names, dest=registry.key, type=_lower, help=registry.help_text(), **kw)
+
+
+def _option_flags(p: argparse.ArgumentParser, title: str, options) -> None:
+    """The flags of the options registered entries declare (``--la-tau`` for a loss's ``la_tau``)."""
+    if not options:
+        return
+    g = p.add_argument_group(title)
+    for o in options:
+        kind = _lower if o.type is str else (_flag_bool if o.type is bool else o.type)
+        g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, nargs=o.nargs, metavar=o.metavar,
+                       choices=o.choices, help=o.help or None)
+
+
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS
+    from ltsam.extensions import REGISTRIES as R
+
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", type=_lower,
-                   help="digits (default, offline), cifar10, cifar100, folder, imagenet_lt, inat18")
-    g.add_argument("--data-root", help="CIFAR pickles or image folders (default ./data)")
+    _choices_flag(g, R["dataset"], "--dataset")
+    g.add_argument("--data-root", "--data_path", dest="data_root",
+                   help="CIFAR pickles, image folders, or the folder list-file paths are relative to (default ./data)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR (checksummed)")
     g.add_argument("--imb-type", "--imb_type", dest="imb_type", type=_lower, help="exp, step or none")
     g.add_argument("--imb-factor", "--imb_factor", dest="imb_factor", type=float,
@@ -40,35 +76,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-list", help="list file of test images (ImageNet-LT / iNat)")
     g.add_argument("--shot-split", type=_lower, help="counts (>100/20-100/<20 images) or index (reference ranges)")
     g.add_argument("--norm", type=_lower, help="normalisation constants: cifar, imagenet or data")
-    g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", type=_lower, help="resnet20/32/44/56/110 or small_cnn")
-    g.add_argument("--head", type=_lower, choices=["auto", "linear", "cosine"],
-                   help="classifier head; auto = cosine (NormedLinear) with LDAM, else linear")
-    g = p.add_argument_group("loss and re-balancing")
-    g.add_argument("--loss", "--loss_type", dest="loss", type=_lower, help="ce, focal, ldam or vs")
-    g.add_argument("--train-rule", "--train_rule", dest="train_rule", type=_lower,
-                   help="none, reweight, resample or drw")
-    g.add_argument("--drw-epoch", type=int, help="0-indexed epoch DRW switches on (default 160 of 200, scaled)")
-    g.add_argument("--beta", type=float, help="effective-number beta (default 0.9999)")
-    g.add_argument("--focal-gamma", type=float, help="focal loss gamma (default 1)")
-    g.add_argument("--gamma", dest="vs_gamma", type=float, help="VS loss gamma (default 0.3)")
-    g.add_argument("--tau", dest="vs_tau", type=float, help="VS loss tau (default 1.0)")
-    g.add_argument("--margin", type=float, help="LDAM max margin (default 0.5)")
-    g = p.add_argument_group("GLMC (--method glmc)")
-    g.add_argument("--method", type=_lower, help="erm (default: losses + rules) or glmc")
-    g.add_argument("--resample-weighting", "--resample_weighting", dest="resample_weighting", type=float,
-                   help="GLMC: q of the re-sampled stream's weights n_c^-q (default 0.2)")
-    g.add_argument("--label-weighting", "--label_weighting", dest="label_weighting", type=float,
-                   help="GLMC: gamma of the label weights n_c^-gamma (default 1.0)")
-    g.add_argument("--contrast-weight", "--contrast_weight", dest="contrast_weight", type=float,
-                   help="GLMC: weight of the consistency loss (default 10)")
-    g.add_argument("--mix-beta", type=float, help="GLMC: lambda ~ Beta(b, b) (default 1 = the reference)")
     g.add_argument("--lt-generator", type=_lower, help="standard (the paper's image selection) or glmc (GLMC's)")
+    g = p.add_argument_group("model")
+    _choices_flag(g, R["arch"], "-a", "--arch")
+    g.add_argument("--head", type=_lower, choices=["auto", "linear", "cosine"],
+                   help="classifier head; auto = cosine (NormedLinear) when the loss asks for it (LDAM), else linear")
+    g = p.add_argument_group("method, loss and re-balancing")
+    _choices_flag(g, R["method"], "--method")
+    _choices_flag(g, R["loss"], "--loss", "--loss_type")
+    _choices_flag(g, R["train_rule"], "--train-rule", "--train_rule")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", type=_lower, help="sam (default) or sgd")
+    _choices_flag(g, R["optimizer"], "--optimizer")
     g.add_argument("--rho", type=float, help="SAM radius (0 = plain SGD)")
-    g.add_argument("--rho-schedule", "--rho_schedule", dest="rho_schedule", type=_lower,
-                   help="none, linear or step")
+    _choices_flag(g, R["rho_schedule"], "--rho-schedule", "--rho_schedule")
     g.add_argument("--min-rho", "--min_rho", dest="min_rho", type=float)
     g.add_argument("--max-rho", "--max_rho", dest="max_rho", type=float)
     g.add_argument("--rho-steps", "--rho_steps", dest="rho_steps", type=float, nargs=4,
@@ -77,9 +97,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("-b", "--batch-size", dest="batch_size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--lr-schedule", type=_lower, help="step (reference CIFAR) or cosine")
+    _choices_flag(g, R["lr_schedule"], "--lr-schedule")
+    g.add_argument("--cos_lr", dest="lr_schedule", action="store_const", const="cosine",
+                   help="reference spelling of --lr-schedule cosine")
     g.add_argument("--momentum", type=float)
     g.add_argument("--wd", "--weight-decay", "--weight_decay", dest="wd", type=float)
+    for registry in R.values():
+        _option_flags(p, f"{registry.kind} options", registry.options())
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -97,28 +121,40 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
     g.add_argument("--recipe", type=_lower, help="start from a named recipe (`ltsam recipes`)")
     g.add_argument("--wandb", action="store_true", default=None, help="also log to Weights & Biases")
-    g.add_argument("--log_results", action="store_true", help=S)
-    g.add_argument("--exp_str", help=S)
+    g.add_argument("--log_results", action="store_true",
+                   help="reference spelling: log to Weights & Biases when it is installed (else the run folder only)")
+    g.add_argument("--exp_str", help="reference spelling: suffix of the default run-folder name")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-CONFIG_KEYS = ("dataset", "data_root", "download", "imb_type", "imb_factor", "rand_number", "image_size",
-               "norm", "train_list", "test_list", "shot_split", "arch", "loss", "train_rule", "drw_epoch",
-               "beta", "focal_gamma", "vs_gamma", "vs_tau", "margin", "optimizer", "rho", "rho_schedule",
-               "min_rho", "max_rho", "rho_steps", "adaptive", "epochs", "batch_size", "lr", "lr_schedule",
-               "momentum", "wd", "seed", "device", "workers", "threads", "eval_batch_size", "channels_last", "compile",
-               "amp", "wandb", "method", "resample_weighting", "label_weighting", "contrast_weight", "mix_beta",
-               "lt_generator")
+def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", metavar="MODULE",
+                   help="import MODULE first, so the losses, steps, rules, data sets or methods it registers "
+                        "can be used (repeatable; also read from the ltsam.plugins entry points)")
+
+
+def config_keys() -> tuple[str, ...]:
+    """The configuration keys a ``train`` flag can set: the config's fields and every registered option."""
+    from ltsam.config import TrainConfig
+    from ltsam.extensions import all_options
+
+    internal = {"use_norm", "out", "recipe", "extra", "options", "plugins"}
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in internal]
+    return tuple(fields) + tuple(all_options())
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {k: getattr(args, k) for k in CONFIG_KEYS}
+    values = {k: getattr(args, k, None) for k in config_keys()}
+    if args.plugin:
+        values["plugins"] = list(args.plugin)
     if args.head is not None:
         values["use_norm"] = None if args.head == "auto" else args.head == "cosine"
     if args.gpu is not None and args.device is None:
         import torch
 
         values["device"] = f"cuda:{args.gpu}" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            print(f"ltsam: --gpu {args.gpu}: no CUDA GPU on this machine; training on the CPU", flush=True)
     if args.log_results and args.wandb is None:
         import importlib.util
 
@@ -132,13 +168,15 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ltsam.config import resolve, run_name
+    from ltsam.config import config_warnings, implied_defaults, resolve, run_name
     from ltsam.recipes import get_recipe
     from ltsam.report import print_results
     from ltsam.runs import prepare_run_dir, read_run_config
     from ltsam.trainer import Trainer
 
     overrides = _train_overrides(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "last.pt").is_file():
@@ -152,34 +190,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key in ("device", "workers", "epochs"):
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
-        from ltsam.config import validate
+        from ltsam.config import resolve_derived, validate
         from ltsam.io import write_json
 
         validate(cfg)
+        resolve_derived(cfg)
         trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
         if trainer.ctx.is_main:
             write_json(run_dir / "config.json", cfg.to_dict())
     else:
         recipe = get_recipe(args.recipe) if args.recipe else None
         cfg = resolve(overrides, recipe)
+        implied = implied_defaults(overrides, recipe)
+        if implied and int(os.environ.get("RANK", "0")) == 0:
+            print(f"ltsam: {cfg.dataset}{'' if cfg.method == 'erm' else ' / ' + cfg.method} defaults in effect: "
+                  + ", ".join(f"{_flag(k)} {_show(v)}" for k, v in implied.items()), flush=True)
         name = run_name(cfg) + (f"_{args.exp_str}" if args.exp_str else "")
         run_dir = Path(args.out) if args.out else Path("runs") / name
         cfg.out = str(run_dir)
         # Validate data and model before touching the run folder, so a bad flag changes nothing.
+        from ltsam.data.registry import load_data
         from ltsam.io import write_json
-        from ltsam.trainer import load_data
 
         data = load_data(cfg)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
             prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
             write_json(run_dir / "config.json", cfg.to_dict())
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+        if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
+            write_json(run_dir / "config.json", cfg.to_dict())
+    if trainer.ctx.is_main:
+        for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
+            print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)
         return 0
     print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
           f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
-          f"with {'GLMC' if cfg.method == 'glmc' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
+          f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
           f"{'SAM' if cfg.uses_sam else 'SGD'} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
     summary = trainer.fit(stop_after=args.stop_after)
@@ -192,12 +240,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ltsam.data.registry import load_data
     from ltsam.evaluate import evaluate
-    from ltsam.io import write_json
+    from ltsam.io import check_writable_file, write_json
     from ltsam.report import print_results
     from ltsam.runs import load_trained
-    from ltsam.trainer import load_data
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     model, cfg, ckpt = load_trained(args.target, args.which, args.device or "cpu")
     if args.data_root:
         cfg.data_root = args.data_root
@@ -242,10 +292,33 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_hessian_commands(sub)
+    for name in ("train", "eval", "hessian"):
+        if name in sub.choices:
+            _add_plugin_flag(sub.choices[name])
     return parser
 
 
+def plugin_modules(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin MODULE`` values of a command line, read before parsing it (the parser's choices
+    and flags come from the registries the plugins add to)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from ltsam.extensions import load_plugins
+
+        load_plugins(plugin_modules(argv))
+    except UserError as exc:
+        print(f"ltsam: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -253,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"ltsam: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"ltsam: error: {exc}", file=sys.stderr)
+        return TrainingDiverged.exit_code
     except KeyboardInterrupt:
         print("ltsam: interrupted; `ltsam train --resume RUN_DIR` continues a training run",
               file=sys.stderr)

@@ -1,16 +1,30 @@
-"""Training configuration: one dataclass, filled from defaults, data-set defaults, a recipe and flags."""
+"""Training configuration: one dataclass, filled from defaults, data-set and method defaults, a recipe
+and flags; every name and option checked against the registries (``ltsam.extensions``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ltsam.data.registry import DATASETS
 from ltsam.errors import UserError
+from ltsam.extensions import REGISTRIES, all_options
+from ltsam.methods import METHODS, uses_cosine_head
+from ltsam.optim import STEPS
+from ltsam.registry import Option
 
 
 @dataclass
 class TrainConfig:
+    """The settings of a run. Registered entries (losses, rules, steps, methods, ...) add their own
+    options; those live in ``options`` and read like fields (``cfg.margin``), and ``config.json`` holds
+    them flat beside the fields."""
+
     # data
     dataset: str = "digits"
     data_root: str = "data"
@@ -23,26 +37,14 @@ class TrainConfig:
     train_list: str | None = None
     test_list: str | None = None
     shot_split: str = "counts"  # counts: >100 / 20-100 / <20 images; index: the reference's ranges
+    lt_generator: str = "standard"  # which images the LT profile keeps: standard (LDAM/paper) or glmc
     # model
-    arch: str | None = None  # None: resnet32 (CIFAR, folders) or small_cnn (digits)
-    use_norm: bool | None = None  # None: cosine head iff loss is LDAM
-    # loss and re-balancing
+    arch: str | None = None  # None: the data set's (or method's) default
+    use_norm: bool | None = None  # None: cosine head iff the loss asks for it (LDAM)
+    # method, loss and re-balancing
+    method: str = "erm"
     loss: str = "ce"
     train_rule: str = "none"
-    drw_epoch: int | None = None  # None: 160 of 200, scaled with --epochs
-    beta: float = 0.9999
-    focal_gamma: float = 1.0
-    vs_gamma: float = 0.3
-    vs_tau: float = 1.0
-    margin: float = 0.5
-    ldam_s: float = 30.0
-    # method: erm (plain losses/rules) or glmc (global/local mixture consistency, SPEC §8)
-    method: str = "erm"
-    resample_weighting: float = 0.2  # GLMC: second stream's sampling weights n_c^-q
-    label_weighting: float = 1.0  # GLMC: label weights n_c^-gamma of the re-balanced head
-    contrast_weight: float = 10.0  # GLMC: weight of the consistency loss
-    mix_beta: float = 1.0  # GLMC: lambda ~ Beta(beta, beta); 1 = the reference's Uniform(0, 1)
-    lt_generator: str = "standard"  # which images the LT profile keeps: standard (LDAM/paper) or glmc
     # optimisation
     optimizer: str = "sam"
     rho: float = 0.05
@@ -69,11 +71,32 @@ class TrainConfig:
     out: str | None = None
     recipe: str | None = None
     wandb: bool = False
+    plugins: list[str] = field(default_factory=list)  # modules imported for this run's entries
     extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # registered entries' options, by config key
+
+    def __post_init__(self) -> None:
+        for name, option in all_options().items():
+            self.options.setdefault(name, option.default)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"TrainConfig has no field or registered option {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELDS:
+            object.__setattr__(self, name, value)
+        elif name in self.__dict__.get("options", {}) or name in all_options():
+            self.options[name] = value
+        else:
+            raise AttributeError(f"TrainConfig has no field or registered option {name!r}")
 
     @property
     def uses_sam(self) -> bool:
-        return self.optimizer == "sam" and self.rho_schedule_max() > 0
+        """A perturbing step (SAM and its variants) with a radius above 0 somewhere in the run."""
+        return STEPS.entry(self.optimizer).obj.perturbs and self.rho_schedule_max() > 0
 
     def rho_schedule_max(self) -> float:
         if self.rho_schedule == "linear":
@@ -83,111 +106,198 @@ class TrainConfig:
         return self.rho
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Fields and options, flat (the ``config.json`` layout)."""
+        values = {f: copy.deepcopy(getattr(self, f)) for f in _FIELDS if f != "options"}
+        return values | copy.deepcopy(self.options)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        known = all_options()
+        unknown = sorted(set(values) - set(_FIELDS) - set(known))
         if unknown:
-            raise UserError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**values)
+            raise UserError(f"unknown configuration keys: {', '.join(unknown)} (a plugin's options need the "
+                            f"plugin: --plugin MODULE)")
+        hints = typing.get_type_hints(cls)
+        fields = {k: _typed(k, v, hints[k]) for k, v in values.items() if k in _FIELDS and k != "options"}
+        options = {k: _typed(k, v, _option_hint(known[k])) for k, v in values.items() if k in known}
+        return cls(**fields, options=dict(values.get("options", {})) | options)
 
 
-# What suits each data set when the user does not say otherwise.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The offline default: the paper's method (LDAM + DRW + SAM) sized for a CPU demo.
-    "digits": dict(arch="small_cnn", loss="ldam", train_rule="drw", optimizer="sam", rho=0.05,
-                   imb_factor=0.1, epochs=30, batch_size=32, lr=0.05, wd=5e-4),
-    "cifar10": dict(arch="resnet32"),
-    "cifar100": dict(arch="resnet32"),
-    "folder": dict(arch="resnet32"),
-    # The reference's ImageNet-LT / iNaturalist-2018 scripts: ResNet-50, 90 epochs, cosine LR.
-    "imagenet_lt": dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4),
-    "inat18": dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4),
-}
-
-LARGE_DATASETS = ("imagenet_lt", "inat18")
+def _option_hint(option: Option) -> Any:
+    hint: Any = list[option.type] if option.nargs else option.type
+    return hint | None if option.default is None else hint
 
 
-def native_epochs(dataset: str) -> int:
-    """Length of the reference schedule whose boundaries ltsam scales: 90 (ImageNet-LT, iNat) or 200."""
-    return 90 if dataset in LARGE_DATASETS else 200
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type (ints accepted as floats); a UserError otherwise.
+
+    A hand-edited or foreign ``config.json`` then fails with one line naming the key, instead of a
+    traceback somewhere deep in training.
+    """
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        origin = typing.get_origin(option)
+        if origin is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_typed(key, v, item) for v in value]
+        if origin is dict and isinstance(value, dict):
+            return value
+    wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
+    raise UserError(f"configuration key {key!r} must be {wanted}, got {value!r}; fix the config.json "
+                    f"or pass the value as a flag")
+
+
+# Settings that are not extension points: their few values are fixed here.
 CHOICES = {
-    "dataset": ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18"),
     "shot_split": ("counts", "index"),
-    "method": ("erm", "glmc"),
     "lt_generator": ("standard", "glmc"),
     "imb_type": ("exp", "step", "none"),
-    "loss": ("ce", "focal", "ldam", "vs"),
-    "train_rule": ("none", "reweight", "resample", "drw"),
-    "optimizer": ("sgd", "sam"),
-    "rho_schedule": ("none", "linear", "step"),
-    "lr_schedule": ("step", "cosine", "glmc"),
 }
-
-
-# GLMC's own defaults (batch 64, lr 0.01, wd 5e-3, 200 epochs, cosine; SAM rho 0.05 when on).
-GLMC_DEFAULTS: dict[str, Any] = dict(batch_size=64, lr=0.01, wd=5e-3, epochs=200, momentum=0.9, lr_schedule="cosine",
-                                     loss="ce", train_rule="none")
-GLMC_ARCH = {"digits": "small_cnn", "cifar10": "glmc_resnet34", "cifar100": "glmc_resnet34", "folder": "glmc_resnet34",
-             "imagenet_lt": "resnext50_32x4d", "inat18": "resnext50_32x4d"}
 
 
 def resolve(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- data-set defaults <- (GLMC defaults) <- recipe <- explicit overrides, then validated."""
-    values: dict[str, Any] = {}
-    if recipe:
-        values.update(recipe)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    dataset = str(values.get("dataset", TrainConfig.dataset)).lower()
-    merged = dict(DATASET_DEFAULTS.get(dataset, {}))
-    if str(values.get("method", "erm")).lower() == "glmc":
-        merged.update(GLMC_DEFAULTS, arch=GLMC_ARCH.get(dataset, "glmc_resnet34"))
-        if dataset in LARGE_DATASETS:
-            merged.update(lr_schedule="glmc", epochs=DATASET_DEFAULTS[dataset]["epochs"])
-        if dataset == "digits":
-            merged.update(epochs=30, batch_size=32, lr=0.05, wd=5e-4, imb_factor=0.1)
+    """Defaults <- data set's defaults <- method's defaults <- recipe <- explicit overrides, then
+    validated and the values left to ltsam filled in."""
+    values = _given(overrides, recipe)
+    merged = _implied_defaults(values)
     merged.update(values)
     cfg = TrainConfig.from_dict(merged)
     validate(cfg)
+    return resolve_derived(cfg)
+
+
+def _given(overrides: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+    values: dict[str, Any] = dict(recipe or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def _implied_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The data set's defaults, then the method's, for the data set and method ``values`` name."""
+    dataset = str(values.get("dataset", TrainConfig.dataset)).lower()
+    merged = dict(DATASETS.entry(dataset).meta.get("defaults", {})) if dataset in DATASETS else {}
+    method = str(values.get("method", TrainConfig.method)).lower()
+    if method in METHODS:
+        merged.update(METHODS.get(method).defaults(dataset))
+    return merged
+
+
+def implied_defaults(overrides: dict[str, Any], recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Settings the data set or method chose that neither the recipe nor a flag gave and that differ
+    from ``TrainConfig``'s (the README flag table's) defaults: said at start, so no default overrides
+    silently."""
+    values = _given(overrides, recipe)
+    table = TrainConfig()
+    return {k: v for k, v in _implied_defaults(values).items()
+            if k not in values and k in _FIELDS and getattr(table, k) != v}
+
+
+def resolve_derived(cfg: TrainConfig) -> TrainConfig:
+    """Fill the values left to ltsam (e.g. DRW's switch epoch, the cosine head, the step-rho values), so
+    the saved ``config.json`` states what the run does rather than ``null``. Each chosen entry may
+    declare a ``resolve(cfg)`` hook in its registration."""
+    if cfg.use_norm is None:
+        cfg.use_norm = uses_cosine_head(cfg)
+    for key, registry in REGISTRIES.items():
+        name = getattr(cfg, key)
+        if name is not None and name in registry:
+            hook = registry.entry(name).meta.get("resolve")
+            if hook is not None:
+                hook(cfg)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    for key, options in CHOICES.items():
-        value = getattr(cfg, key)
-        if isinstance(value, str):
-            value = value.lower()
-            setattr(cfg, key, value)
-        if value not in options:
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(options)}")
-    from ltsam.models import MODELS
+def config_warnings(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Settings the user gave (``explicit`` keys) that are valid but almost certainly not what they meant."""
+    notes = []
+    if cfg.train_rule == "drw" and "drw_epoch" in explicit and cfg.drw_epoch >= cfg.epochs:
+        notes.append(f"--drw-epoch {cfg.drw_epoch} is not below --epochs {cfg.epochs}: DRW never switches on "
+                     f"and this run trains unweighted")
+    return notes
 
-    archs = set(MODELS) | ({"glmc_resnet34", "glmc_resnet32"} if cfg.method == "glmc" else set())
+
+# Core float settings that must be finite, with the smallest value each accepts (None: any).
+_FINITE_MIN = {"imb_factor": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None, "momentum": None,
+               "wd": None}
+# Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
+_INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
+            "epochs": 1, "batch_size": 1}
+_SEED_MAX = 2**32 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_number(flag: str, value: Any, low: float | None, below: float | None = None) -> None:
+    if isinstance(value, float) and (not math.isfinite(value) or abs(value) > _FLOAT32_MAX):
+        raise UserError(f"{flag} must be a finite number that fits float32, got {value}")
+    if low is not None and value < low:
+        raise UserError(f"{flag} must be non-negative, got {value}" if isinstance(value, float) and low == 0 else
+                        f"{flag} must be at least {low:g}, got {value}")
+    if below is not None and value >= below:
+        raise UserError(f"{flag} must lie below {below:g}, got {value}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every float finite (a NaN --rho silently trained plain SGD), every number within its range."""
+    for key, low in _FINITE_MIN.items():
+        _check_number(_flag(key), float(getattr(cfg, key)), low)
+    for value in cfg.rho_steps or []:
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--rho-steps takes four finite non-negative values a b c d, got {cfg.rho_steps}")
+    for key, low in _INT_MIN.items():
+        if getattr(cfg, key) is not None:
+            _check_number(_flag(key), getattr(cfg, key), low)
+    for key in ("seed", "rand_number"):
+        if getattr(cfg, key) > _SEED_MAX:
+            raise UserError(f"{_flag(key)} must lie in 0..{_SEED_MAX}, got {getattr(cfg, key)}")
+    for name, option in all_options().items():
+        values = cfg.options.get(name)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and option.type in (int, float):
+                _check_number(option.flag, float(value) if option.type is float else value, option.minimum,
+                              option.below)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every name known to its registry, every number possible, the method's own checks."""
+    for key in CHOICES:
+        value = getattr(cfg, key).lower()
+        setattr(cfg, key, value)
+        if value not in CHOICES[key]:
+            raise UserError(f"unknown {_flag(key)} {value!r}; choose one of {', '.join(CHOICES[key])}")
+    for key, registry in REGISTRIES.items():
+        if key == "arch" or getattr(cfg, key) is None:
+            continue
+        setattr(cfg, key, registry.entry(getattr(cfg, key)).name)  # unknown names: one line with the choices
+    method = METHODS.get(cfg.method)
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
+        archs = method.archs()
         if cfg.arch not in archs:
             raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(archs))}")
-    if cfg.method == "glmc" and cfg.loss != "ce":
-        raise UserError("--method glmc uses its own soft-target losses; drop --loss (or use --loss ce)")
-    if cfg.method == "glmc" and cfg.train_rule not in ("none",):
-        raise UserError("--method glmc re-balances by itself (re-sampled stream, label weights); drop --train-rule")
+    method.validate(cfg)
+    _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
-    if cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    for name in ("rho", "min_rho", "max_rho"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(cfg, name)}")
-    if cfg.rho_steps is not None:
-        if len(cfg.rho_steps) != 4 or min(cfg.rho_steps) < 0:
-            raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
-    if cfg.shot_split == "index" and cfg.dataset not in LARGE_DATASETS:
+    if cfg.rho_steps is not None and len(cfg.rho_steps) != 4:
+        raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
+    if cfg.shot_split == "index" and "index_split" not in DATASETS.entry(cfg.dataset).meta:
         raise UserError("--shot-split index is the reference's ImageNet-LT / iNat split; use counts here")
     if cfg.amp is not None:
         cfg.amp = cfg.amp.lower()
@@ -197,10 +307,6 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     if cfg.wd < 0 or not (0 <= cfg.momentum < 1):
         raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
-    if cfg.drw_epoch is not None and cfg.drw_epoch < 0:
-        raise UserError(f"--drw-epoch must be >= 0, got {cfg.drw_epoch}")
-    if not (0 <= cfg.beta < 1):
-        raise UserError(f"--beta must lie in [0, 1), got {cfg.beta}")
 
 
 def run_name(cfg: TrainConfig) -> str:

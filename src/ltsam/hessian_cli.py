@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
+from ltsam.argtypes import non_negative_float, non_negative_int, positive_int
 from ltsam.errors import UserError
+from ltsam.losses import LOSSES
+from ltsam.report import console
 
 
 def _classes(text: str, num_classes: int) -> list[int]:
@@ -56,8 +59,9 @@ def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: in
     return normalize(images, data.mean, data.std), targets
 
 
-def hessian_loss(name: str, rule: str, cls_num_list: list[int], margin: float) -> torch.nn.Module:
-    """The loss whose Hessian is taken: CE (default) or LDAM, unweighted or with DRW's weights.
+def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Any = None) -> torch.nn.Module:
+    """The loss whose Hessian is taken: CE (default) or any registered loss, with the run's options
+    (``config``), unweighted or with DRW's weights.
 
     With single-class batches the weighted-mean normalisation cancels the weights exactly (the
     reference's DRW variant gives the same Hessian); they matter for the whole-data spectrum.
@@ -65,14 +69,20 @@ def hessian_loss(name: str, rule: str, cls_num_list: list[int], margin: float) -
     from ltsam.losses import build_loss, effective_number_weights
 
     weights = effective_number_weights(cls_num_list) if rule == "drw" else None
-    return build_loss(name, cls_num_list, weights, max_m=margin)
+    return build_loss(name, cls_num_list, weights, config=config)
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
+    from ltsam.data.registry import load_data
+    from ltsam.distributed import resolve_device
     from ltsam.hessian.analysis import analyze_classes
-    from ltsam.runs import load_trained, resolve_device
-    from ltsam.trainer import load_data
+    from ltsam.runs import load_trained
 
+    target = Path(args.target)
+    run_dir = target if target.is_dir() else target.parent
+    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; the Hessian analysis writes a folder — choose a folder name")
     device = resolve_device(args.device)
     model, cfg, ckpt = load_trained(args.target, args.which, str(device))
     if args.data_root:
@@ -83,10 +93,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     streaming = not hasattr(data, "train")
     inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
                                      None if every_class else classes)
-    loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg.margin).to(device)
-    target = Path(args.target)
-    run_dir = target if target.is_dir() else target.parent
-    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
+    loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg).to(device)
     model.eval()
     summary = analyze_classes(
         model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
@@ -98,15 +105,6 @@ def cmd_hessian(args: argparse.Namespace) -> int:
                         f"{args.split} split, {run_dir.name} ({args.which}, epoch {ckpt['epoch']})")
     print(f"results in {out_dir}/summary.json and its figures")
     return 0
-
-
-def console():
-    """A rich console that keeps wide tables readable in logs (non-terminal output gets 160 columns)."""
-    import sys
-
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _num(v: Any, fmt: str = "{:.4g}") -> str:
@@ -164,24 +162,24 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("target", help="run folder or checkpoint file")
     p.add_argument("--which", choices=["best", "last"], default="last")
     p.add_argument("--split", choices=["train", "test"], default="train")
-    p.add_argument("--loss", type=str.lower, choices=["ce", "ldam"], default="ce",
-                   help="loss whose Hessian is taken (default CE, as the reference)")
+    p.add_argument("--loss", type=str.lower, choices=LOSSES.names(), default="ce",
+                   help="loss whose Hessian is taken, with the run's options (default CE, as the reference)")
     p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
                    help="drw: effective-number class weights in that loss")
     p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")
-    p.add_argument("--max-per-class", type=int,
+    p.add_argument("--max-per-class", type=positive_int,
                    help=f"use at most N images of each class (list-file sets: default {LIST_FILE_PER_CLASS})")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--power-iters", type=int, default=100)
-    p.add_argument("--power-tol", type=float, default=1e-3)
-    p.add_argument("--trace-iters", type=int, default=100)
-    p.add_argument("--trace-tol", type=float, default=1e-3)
-    p.add_argument("--slq-steps", type=int, default=100)
-    p.add_argument("--slq-runs", type=int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--power-iters", type=positive_int, default=100)
+    p.add_argument("--power-tol", type=non_negative_float, default=1e-3)
+    p.add_argument("--trace-iters", type=positive_int, default=100)
+    p.add_argument("--trace-tol", type=non_negative_float, default=1e-3)
+    p.add_argument("--slq-steps", type=positive_int, default=100)
+    p.add_argument("--slq-runs", type=positive_int, default=1)
     p.add_argument("--method", choices=["fast", "reference"], default="fast",
                    help="fast: batched products, λ from Lanczos; reference: separate power iteration")
     p.add_argument("--augment", action="store_true", help="apply one seeded draw of the training augmentation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="where the data set is now, if it moved")
     p.add_argument("--out", help="output folder (default RUN_DIR/hessian/<split>)")

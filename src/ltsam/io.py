@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,9 +31,29 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None``.
+
+    Python's json writes such floats as the tokens ``NaN``/``Infinity``, which are not JSON and
+    break other readers (jq, JavaScript, pandas with strict parsing); ``null`` says "no value".
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """Strict JSON text (non-finite floats as ``null``)."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON via a temporary file and a rename, so a reader never sees half a file."""
-    _atomic(Path(path), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    _atomic(Path(path), lambda f: f.write((to_json(data, indent=2) + "\n").encode()))
 
 
 def read_json(path: str | Path) -> Any:
@@ -67,7 +88,43 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an ltsam checkpoint (no '{CHECKPOINT_FORMAT}' tag); "
                         f"use a last.pt/best.pt from an ltsam run folder")
+    _check_keys(ckpt, path)
     return ckpt
+
+
+# What every checkpoint the trainer writes holds, with the type each must have.
+CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "model_meta": dict, "config": dict,
+                   "best_top1": (int, float)}
+MODEL_META_KEYS = {"arch": str, "num_classes": int, "in_channels": int}
+
+
+def _check_keys(ckpt: dict[str, Any], path: Path) -> None:
+    """A checkpoint tagged as ltsam's but damaged or hand-made: one line naming what is missing."""
+    for keys, where in ((CHECKPOINT_KEYS, ckpt), (MODEL_META_KEYS, ckpt.get("model_meta"))):
+        if not isinstance(where, dict):
+            break
+        bad = [k for k, kind in keys.items() if not isinstance(where.get(k), kind)]
+        if bad:
+            raise UserError(f"checkpoint {path} is tagged as ltsam's but lacks valid {', '.join(bad)}; it is "
+                            f"damaged or not written by ltsam train — use another last.pt/best.pt")
+
+
+def check_writable_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a file ltsam can write, checked before any work is done: not a folder, in an
+    existing folder where a file can be created (a read-only mount fails here, not after an hour)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in {parent} ({exc.strerror}); choose a writable path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:

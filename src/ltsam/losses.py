@@ -1,4 +1,4 @@
-"""Long-tail losses (CE, Focal, LDAM, VS), class weights and the re-weighting train rules.
+"""Long-tail losses (CE, Focal, LDAM, VS) and the effective-number class weights, in one registry.
 
 Every loss is called as ``loss(logits, targets)`` and, given per-class ``weight``, uses PyTorch's
 weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}.
@@ -7,12 +7,14 @@ weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ltsam.errors import UserError
+from ltsam.registry import Option, Registry, option_kwargs
 
 
 def effective_number_weights(cls_num_list: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
@@ -107,40 +109,25 @@ class WeightedCrossEntropy(nn.Module):
         return F.cross_entropy(logits, targets, weight=_weight(self.weight, logits))
 
 
-LossFactory = Callable[..., nn.Module]
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", "loss")
+"""Losses by name. An entry is called as ``obj(cls_num_list, weight=None, **options)`` and returns an
+``nn.Module`` computing ``loss(logits, targets)``; ``cosine_head=True`` gives it the normalised head."""
 
-LOSSES: dict[str, LossFactory] = {
-    "ce": lambda cls_num_list, weight=None, **kw: WeightedCrossEntropy(weight=weight),
-    "focal": lambda cls_num_list, weight=None, focal_gamma=1.0, **kw: FocalLoss(weight, focal_gamma),
-    "ldam": lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0, **kw: LDAMLoss(
-        cls_num_list, max_m=max_m, s=ldam_s, weight=weight),
-    "vs": lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0, **kw: VSLoss(
-        cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight),
-}
-
-TRAIN_RULES = ("none", "reweight", "resample", "drw")
-
-
-def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None,
-               **options: float) -> nn.Module:
-    """Create a loss by registry name (``ce``, ``focal``, ``ldam``, ``vs``)."""
-    key = name.lower()
-    if key not in LOSSES:
-        raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[key](cls_num_list, weight=weight, **options)
+LOSSES.add("ce", lambda cls_num_list, weight=None: WeightedCrossEntropy(weight=weight), help="cross-entropy")
+LOSSES.add("focal", lambda cls_num_list, weight=None, focal_gamma=1.0: FocalLoss(weight, focal_gamma),
+           help="focal loss", options=[Option("focal_gamma", float, 1.0, "focal loss gamma (default 1)", minimum=0.0)])
+LOSSES.add("ldam", lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0: LDAMLoss(
+    cls_num_list, max_m=max_m, s=ldam_s, weight=weight), help="label-distribution-aware margin", cosine_head=True,
+    options=[Option("margin", float, 0.5, "LDAM max margin (default 0.5)", param="max_m"),
+             Option("ldam_s", float, 30.0, "LDAM logit scale s (default 30)")])
+LOSSES.add("vs", lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0: VSLoss(
+    cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling",
+    options=[Option("vs_gamma", float, 0.3, "VS loss gamma (default 0.3)", flags=("--gamma", "--vs-gamma")),
+             Option("vs_tau", float, 1.0, "VS loss tau (default 1.0)", flags=("--tau", "--vs-tau"))])
 
 
-def class_weights_for_epoch(rule: str, cls_num_list: Sequence[int], epoch: int, drw_epoch: int,
-                            beta: float = 0.9999) -> torch.Tensor | None:
-    """Per-class loss weights of a train rule at a 0-indexed epoch (None = unweighted).
-
-    ``reweight``: effective-number weights throughout; ``drw``: unweighted before ``drw_epoch``,
-    effective-number weights from it on (the reference's betas [0, beta] indexed by epoch // T);
-    ``none`` and ``resample`` (which re-balances by sampling instead): None.
-    """
-    rule = rule.lower()
-    if rule not in TRAIN_RULES:
-        raise UserError(f"unknown --train-rule {rule!r}; choose one of {', '.join(TRAIN_RULES)}")
-    if rule == "reweight" or (rule == "drw" and epoch >= drw_epoch):
-        return effective_number_weights(cls_num_list, beta)
-    return None
+def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None, config: Any = None,
+               **kwargs: Any) -> nn.Module:
+    """A registered loss by name, its options from ``config`` (else their defaults) or ``kwargs``."""
+    entry = LOSSES.entry(name)
+    return entry.obj(cls_num_list, weight=weight, **(option_kwargs(entry, config) | kwargs))

@@ -1,33 +1,119 @@
-"""Training methods: how one batch becomes one optimisation step.
+"""Training methods: how one batch becomes the objective of one optimisation step.
 
-``erm`` is the reference's plain (or SAM) step on (x, y) batches with the epoch's criterion;
-``glmc`` is GLMC's two-stream, two-view mixture step. Each method gives the trainer its batch
-source, a per-epoch ``prepare`` and a ``__call__(batch) -> (loss, logits, targets)``; the epoch
-loop, evaluation, checkpoints and metrics are shared.
+A method gets an explicit ``MethodContext`` (configuration, data, model, device, precision, rank)
+and gives the trainer its batch source, its optimizer step, a per-epoch ``prepare`` and
+``__call__(net, batch) -> (loss, logits, targets)``. The update itself is an ``ltsam.optim`` step,
+the same for every method, so a SAM variant works for all of them. The epoch loop, evaluation,
+checkpoints and metrics are the trainer's.
+
+Class-level hooks let a method own its configuration: ``defaults`` (values it needs unless the user
+says otherwise), ``validate``, the architectures it accepts, and how its model is built from a
+checkpoint's ``model_meta``. ``erm`` is here; ``glmc`` registers itself from ``ltsam.glmc``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ltsam.steps import build_optimizer
+from ltsam.losses import LOSSES
+from ltsam.models import MODELS, build_model
+from ltsam.optim import Step, build_step
+from ltsam.registry import Registry
+from ltsam.rules import build_rule
+from ltsam.steps import supervised_objective
 
-METHODS = ("erm", "glmc")
+
+@dataclass
+class MethodContext:
+    """What a method may use: nothing else of the trainer."""
+
+    cfg: Any
+    data: Any
+    model: nn.Module
+    device: torch.device
+    autocast: Callable
+    scaler: torch.amp.GradScaler | None = None
+    rank: int = 0
+    world: int = 1
 
 
-class ERMMethod:
-    """Empirical risk minimisation with the configured loss and train rule (SGD or SAM)."""
+class Method:
+    """The base of every method (ERM's hooks are the defaults)."""
 
-    def __init__(self, trainer: Any):
-        cfg = trainer.cfg
-        self.trainer = trainer
-        self.source = trainer.data.train_source(cfg.batch_size, cfg.seed, trainer.device, trainer.resample_weights(),
-                                                cfg.channels_last, cfg.workers, trainer.ctx.rank, trainer.ctx.world)
-        self.optimizer, self.step = build_optimizer(trainer.model, cfg.uses_sam, cfg.lr, cfg.momentum, cfg.wd,
-                                                    cfg.rho, cfg.adaptive, trainer.autocast, trainer.scaler)
+    # DDP must tolerate parameters without a gradient in a backward pass (e.g. heads outside SAM's ascent).
+    ddp_find_unused_parameters = False
+
+    @classmethod
+    def defaults(cls, dataset: str) -> dict[str, Any]:
+        """Configuration values the method needs unless the recipe or the user sets them."""
+        return {}
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        """Refuse settings the method cannot honour (raise ``UserError``)."""
+
+    @classmethod
+    def archs(cls) -> tuple[str, ...]:
+        return MODELS.names()
+
+    @classmethod
+    def model_meta(cls, cfg: Any, data: Any) -> dict[str, Any]:
+        """What a checkpoint records to rebuild the model (``build_model`` reads it back)."""
+        return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
+                    in_channels=data.in_channels)
+
+    @classmethod
+    def build_model(cls, meta: dict[str, Any]) -> nn.Module:
+        return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"])
+
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        self.source: Any = None
+        self.step: Step | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        assert self.step is not None
+        return self.step.optimizer
+
+    def build_step(self, params: Any = None, scaled: bool = True) -> Step:
+        """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
+        cfg = self.ctx.cfg
+        name = cfg.optimizer if cfg.uses_sam else "sgd"
+        return build_step(name, self.ctx.model.parameters() if params is None else params, cfg.lr, cfg.momentum,
+                          cfg.wd, cfg.rho, cfg.adaptive, self.ctx.autocast, self.ctx.scaler if scaled else None,
+                          cfg)
+
+    def compile_trial(self, net: nn.Module) -> None:
+        """One forward/backward of the compiled module, so a compile failure shows before training."""
+        raise NotImplementedError
+
+    def prepare(self, epoch: int, criterion: nn.Module) -> None:
+        """Called at each epoch start with the epoch's criterion."""
+
+    def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method", "method")
+
+
+@METHODS.register("erm", help="losses + train rules (the paper's methods)")
+class ERMMethod(Method):
+    """Empirical risk minimisation with the configured loss and train rule (any registered step)."""
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg = ctx.cfg
+        weights = build_rule(cfg.train_rule, cfg).sample_weights(ctx.data.cls_num_list)
+        self.source = ctx.data.train_source(cfg.batch_size, cfg.seed, ctx.device, weights, cfg.channels_last,
+                                            cfg.workers, ctx.rank, ctx.world)
+        self.step = self.build_step()
         self.criterion: nn.Module | None = None
 
     def compile_trial(self, net: nn.Module) -> None:
@@ -38,46 +124,14 @@ class ERMMethod:
     def prepare(self, epoch: int, criterion: nn.Module) -> None:
         self.criterion = criterion
 
-    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        loss, logits = self.step(net, x, y, self.criterion)
-        return loss, logits, y
+        out = self.step(net, supervised_objective(x, y, self.criterion, self.ctx.autocast)).last
+        return out.report.detach(), out.logits.detach(), y
 
 
-class GLMCMethod:
-    """GLMC (Du et al., CVPR 2023) with optional SAM on the re-balancing losses (SPEC §8)."""
-
-    def __init__(self, trainer: Any):
-        from ltsam.glmc import GLMCStep, label_weights, mixing_generator
-
-        cfg, data = trainer.cfg, trainer.data
-        self.trainer = trainer
-        self.source = data.glmc_source(cfg.batch_size, cfg.seed, trainer.device, cfg.resample_weighting,
-                                       cfg.channels_last, cfg.workers, trainer.ctx.rank, trainer.ctx.world)
-        self.optimizer, _ = build_optimizer(trainer.model, cfg.uses_sam, cfg.lr, cfg.momentum, cfg.wd, cfg.rho,
-                                            cfg.adaptive)
-        weights = label_weights(data.cls_num_list, cfg.label_weighting).to(trainer.device)
-        self.step = GLMCStep(self.optimizer, weights, data.num_classes, cfg.contrast_weight,
-                             mixing_generator(cfg.seed, 0), cfg.uses_sam, beta=cfg.mix_beta,
-                             autocast=trainer.autocast, scaler=trainer.scaler)
-        self.alpha = 1.0
-
-    def compile_trial(self, net: nn.Module) -> None:
-        a, b = next(iter(self.source))
-        net.train()
-        sum(o.float().sum() for o in net(a[0])).backward()
-
-    def prepare(self, epoch: int, criterion: nn.Module) -> None:
-        from ltsam.glmc import cumulative_alpha
-
-        self.step.reseed(self.trainer.cfg.seed, epoch)
-        self.alpha = cumulative_alpha(epoch, self.trainer.cfg.epochs)
-
-    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch_a, batch_b = batch
-        out = self.step(net, batch_a, batch_b, self.alpha)
-        return out["loss"], out["logits"], out["targets"]
-
-
-def build_method(name: str, trainer: Any):
-    return GLMCMethod(trainer) if name == "glmc" else ERMMethod(trainer)
+def uses_cosine_head(cfg: Any) -> bool:
+    """The normalised (cosine) head: ``--head``, else the loss's own choice (LDAM's)."""
+    if cfg.use_norm is not None:
+        return bool(cfg.use_norm)
+    return bool(LOSSES.entry(cfg.loss).meta.get("cosine_head", False))

@@ -9,6 +9,15 @@ from typing import Any
 import torch
 
 
+def console():
+    """A rich console that keeps wide tables readable in logs (non-terminal output gets 160 columns)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -18,9 +27,7 @@ def print_results(result: dict[str, Any], classes: Sequence[str], cls_num_list: 
     """Per-class accuracy with class sizes, then many/medium/few and overall top-1."""
     from rich.table import Table
 
-    from ltsam.hessian_cli import console as make_console
-
-    console = make_console()
+    out = console()
     table = Table(title=title)
     table.add_column("class", justify="right")
     table.add_column("name")
@@ -30,9 +37,9 @@ def print_results(result: dict[str, Any], classes: Sequence[str], cls_num_list: 
     for c, (name, n) in enumerate(zip(classes, cls_num_list)):
         shot = "many" if n > 100 else ("few" if n < 20 else "medium")
         table.add_row(str(c), str(name), str(n), shot, _fmt(result["per_class_acc"][c]))
-    console.print(table)
+    out.print(table)
     groups = result["shot_acc"]
-    console.print(f"many-shot {_fmt(groups['many'])}   medium-shot {_fmt(groups['medium'])}   "
+    out.print(f"many-shot {_fmt(groups['many'])}   medium-shot {_fmt(groups['medium'])}   "
                   f"few-shot {_fmt(groups['few'])}   overall top-1 {_fmt(result['top1'])}   "
                   f"top-5 {_fmt(result['top5'])}")
 

@@ -6,12 +6,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ltsam.config import TrainConfig, validate
+from ltsam.distributed import resolve_device
 from ltsam.errors import UserError
+from ltsam.extensions import load_plugins
 from ltsam.io import load_checkpoint, read_json
+from ltsam.methods import METHODS
 
 RUN_MARKER = "config.json"
 
@@ -31,18 +33,6 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
-
-
 def checkpoint_path(target: str | Path, which: str = "best") -> Path:
     """A run folder (its ``best.pt`` or ``last.pt``) or a checkpoint file."""
     target = Path(target)
@@ -59,10 +49,8 @@ def checkpoint_path(target: str | Path, which: str = "best") -> Path:
 def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
                  ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """(model in eval mode, its training config, the checkpoint) from a run folder or .pt file."""
-    from ltsam.trainer import model_from_meta
-
     ckpt = load_checkpoint(checkpoint_path(target, which))
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg = config_from_dict(ckpt["config"])
     validate(cfg)
     meta = ckpt["model_meta"]
     model = model_from_meta(meta)
@@ -76,7 +64,21 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    data = read_json(run_dir / RUN_MARKER)
-    cfg = TrainConfig.from_dict(data)
+    cfg = config_from_dict(read_json(run_dir / RUN_MARKER))
     validate(cfg)
     return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A saved configuration, after importing the plugins its run used (their entries and options)."""
+    plugins = values.get("plugins") if isinstance(values, dict) else None
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        load_plugins(plugins)
+    if not isinstance(values, dict):
+        raise UserError("a run configuration must be a JSON object of settings; the file is damaged")
+    return TrainConfig.from_dict(values)
+
+
+def model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """The architecture a checkpoint's ``model_meta`` describes (a method's models carry its heads)."""
+    return METHODS.get(meta.get("method", "erm")).build_model(meta)

@@ -8,14 +8,17 @@ Epoch arguments are 0-indexed; the reference compares the 1-indexed ``e = epoch 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
-from ltsam.errors import UserError
+from ltsam.registry import Registry
 
 CIFAR_NATIVE_EPOCHS = 200
-LR_SCHEDULES = ("step", "cosine", "glmc")
-RHO_SCHEDULES = ("none", "linear", "step")
+LR_SCHEDULES: Registry[Callable[[int, float, int], float]] = Registry("LR schedule", "lr_schedule")
+"""LR schedules by name: ``obj(epoch, base_lr, epochs) -> lr`` for a 0-indexed epoch."""
+RHO_SCHEDULES: Registry[Callable[..., float]] = Registry("rho schedule", "rho_schedule")
+"""SAM-radius schedules by name: ``obj(epoch, epochs, rho, min_rho, max_rho, rho_steps, rho_step_epochs)``."""
 
 
 def scale_epoch(native_epoch: int, epochs: int, native_total: int = CIFAR_NATIVE_EPOCHS) -> int:
@@ -25,6 +28,7 @@ def scale_epoch(native_epoch: int, epochs: int, native_total: int = CIFAR_NATIVE
     return max(1, int(round(native_epoch * epochs / native_total)))
 
 
+@LR_SCHEDULES.register("step", help="reference CIFAR: warm-up, x0.01 at 160, x0.0001 at 180 of 200")
 def step_lr(epoch: int, base_lr: float, epochs: int, warmup: int | None = None,
             milestones: tuple[int, int] | None = None) -> float:
     """The reference's CIFAR schedule: linear warm-up to ``base_lr`` over 5 epochs, x0.01 after
@@ -41,59 +45,60 @@ def step_lr(epoch: int, base_lr: float, epochs: int, warmup: int | None = None,
     return base_lr * 0.0001
 
 
+@LR_SCHEDULES.register("cosine", help="cosine annealing per epoch")
 def cosine_lr(epoch: int, base_lr: float, epochs: int, eta_min: float = 0.0) -> float:
     """CosineAnnealingLR stepped once per epoch: eta_min + (lr - eta_min)(1 + cos(pi e / E)) / 2."""
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
-def glmc_lr(epoch: int, base_lr: float, epochs: int) -> float:
-    """GLMC's ImageNet-LT / iNat schedule, applied after each epoch e to set the LR of epoch e + 1:
-    e <= 10: base (e + 1) / 10, else base (1 + cos(pi (e - 9) / (epochs - 9))) / 2. Epoch 0 runs at
-    the full base LR and epoch 11 at 1.1 base (SPEC §8.4, kept as the reference does it)."""
-    if epoch == 0:
-        return base_lr
-    e = epoch - 1
-    if e <= 10:
-        return base_lr * (e + 1) / 10
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (e - 9) / (epochs - 9)))
-
-
 def learning_rate(schedule: str, epoch: int, base_lr: float, epochs: int) -> float:
-    if schedule == "step":
-        return step_lr(epoch, base_lr, epochs)
-    if schedule == "cosine":
-        return cosine_lr(epoch, base_lr, epochs)
-    if schedule == "glmc":
-        return glmc_lr(epoch, base_lr, epochs)
-    raise UserError(f"unknown --lr-schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    """The LR of a 0-indexed epoch under a registered schedule."""
+    return LR_SCHEDULES.get(schedule)(epoch, base_lr, epochs)
 
 
 def rho_for_epoch(schedule: str, epoch: int, epochs: int, rho: float, min_rho: float = 0.05,
                   max_rho: float = 0.8, rho_steps: tuple[float, ...] | None = None,
                   rho_step_epochs: tuple[int, int, int] | None = None) -> float:
-    """SAM radius for a 0-indexed epoch.
+    """SAM radius for a 0-indexed epoch under a registered rho schedule."""
+    return RHO_SCHEDULES.get(schedule)(epoch, epochs, rho, min_rho, max_rho, rho_steps, rho_step_epochs)
 
-    ``none``: ``rho``. ``linear``: interpolation from (1, min_rho) to (epochs, max_rho) at e = epoch+1,
-    cast to float16 as the reference does. ``step``: values (a, b, c, d) switching after the
-    1-indexed boundary epochs (5, 160, 180) of 200 — the CIFAR script's hard-coded
-    (0.05, 0.1, 0.5, 0.6) unless ``rho_steps`` gives others; ``rho_step_epochs`` overrides the
-    boundaries (the ImageNet/iNat scripts use 5, 60, 75 of 90).
-    """
+
+@RHO_SCHEDULES.register("none", help="constant --rho")
+def constant_rho(epoch: int, epochs: int, rho: float, *_: object) -> float:
+    return rho
+
+
+@RHO_SCHEDULES.register("linear", help="--min-rho to --max-rho over the run (float16, as the reference)")
+def linear_rho(epoch: int, epochs: int, rho: float, min_rho: float = 0.05, max_rho: float = 0.8,
+               *_: object) -> float:
+    """Interpolation from (1, min_rho) to (epochs, max_rho) at e = epoch + 1, cast to float16 as the
+    reference does."""
+    value = min_rho if epochs == 1 else np.interp(epoch + 1, [1, epochs], [min_rho, max_rho])
+    return float(np.float16(value))
+
+
+STEP_RHO_DEFAULT = [0.05, 0.1, 0.5, 0.6]  # the reference CIFAR script's hard-coded step rho values
+
+
+def _resolve_step_rho(cfg: object) -> None:
+    if cfg.rho_steps is None:  # type: ignore[attr-defined]
+        cfg.rho_steps = list(STEP_RHO_DEFAULT)  # type: ignore[attr-defined]
+
+
+@RHO_SCHEDULES.register("step", help="--rho-steps a b c d after epochs 5, 160, 180 of 200", resolve=_resolve_step_rho)
+def step_rho(epoch: int, epochs: int, rho: float, min_rho: float = 0.05, max_rho: float = 0.8,
+             rho_steps: tuple[float, ...] | None = None, rho_step_epochs: tuple[int, int, int] | None = None) -> float:
+    """Values (a, b, c, d) switching after the 1-indexed boundary epochs (5, 160, 180) of 200 — the
+    CIFAR script's hard-coded (0.05, 0.1, 0.5, 0.6) unless ``rho_steps`` gives others;
+    ``rho_step_epochs`` overrides the boundaries (the ImageNet/iNat scripts use 5, 60, 75 of 90)."""
     e = epoch + 1
-    if schedule == "none":
-        return rho
-    if schedule == "linear":
-        value = min_rho if epochs == 1 else np.interp(e, [1, epochs], [min_rho, max_rho])
-        return float(np.float16(value))
-    if schedule == "step":
-        a, b, c, d = rho_steps if rho_steps is not None else (0.05, 0.1, 0.5, 0.6)
-        b1, b2, b3 = rho_step_epochs if rho_step_epochs is not None else (
-            scale_epoch(5, epochs), scale_epoch(160, epochs), scale_epoch(180, epochs))
-        if e <= b1:
-            return a
-        if e <= b2:
-            return b
-        if e <= b3:
-            return c
-        return d
-    raise UserError(f"unknown --rho-schedule {schedule!r}; choose one of {', '.join(RHO_SCHEDULES)}")
+    a, b, c, d = rho_steps if rho_steps is not None else STEP_RHO_DEFAULT
+    b1, b2, b3 = rho_step_epochs if rho_step_epochs is not None else (
+        scale_epoch(5, epochs), scale_epoch(160, epochs), scale_epoch(180, epochs))
+    if e <= b1:
+        return a
+    if e <= b2:
+        return b
+    if e <= b3:
+        return c
+    return d

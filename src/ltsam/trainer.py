@@ -16,17 +16,17 @@ import numpy as np
 import torch
 
 from ltsam.acceleration import autocast_context, compile_with_fallback, grad_scaler, should_compile
-from ltsam.config import LARGE_DATASETS, TrainConfig, native_epochs
-from ltsam.data import build_lt_data
-from ltsam.distributed import all_reduce_sum, barrier, init_distributed
-from ltsam.errors import UserError
+from ltsam.config import TrainConfig, resolve_derived
+from ltsam.data.registry import DATASETS, load_data, native_epochs
+from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
+from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate
-from ltsam.io import load_checkpoint, save_checkpoint, write_json
-from ltsam.losses import build_loss, class_weights_for_epoch
-from ltsam.methods import build_method
+from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
+from ltsam.losses import build_loss
+from ltsam.methods import METHODS, MethodContext
 from ltsam.metrics import index_groups
-from ltsam.models import build_model
-from ltsam.runs import resolve_device
+from ltsam.rules import build_rule
+from ltsam.runs import model_from_meta
 from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
 
 
@@ -36,21 +36,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig):
-    return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
-                         cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
-                         test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed)
-
-
-def drw_switch_epoch(cfg: TrainConfig) -> int:
-    """0-indexed epoch from which DRW weights apply: --drw-epoch, else 160 of 200 (CIFAR) or
-    60 of 90 (ImageNet-LT, iNat), scaled to --epochs."""
-    if cfg.drw_epoch is not None:
-        return cfg.drw_epoch
-    native = native_epochs(cfg.dataset)
-    return scale_epoch(160 if native == 200 else 60, cfg.epochs, native)
-
-
 def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
     """1-indexed boundaries of the step rho schedule: (5, 160, 180) of 200 or (5, 60, 75) of 90."""
     native = native_epochs(cfg.dataset)
@@ -58,34 +43,12 @@ def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
     return tuple(scale_epoch(m, cfg.epochs, native) for m in marks)  # type: ignore[return-value]
 
 
-def loss_options(cfg: TrainConfig) -> dict[str, float]:
-    return dict(focal_gamma=cfg.focal_gamma, max_m=cfg.margin, ldam_s=cfg.ldam_s,
-                vs_gamma=cfg.vs_gamma, vs_tau=cfg.vs_tau)
-
-
-def model_meta(cfg: TrainConfig, data) -> dict[str, Any]:
-    use_norm = cfg.use_norm if cfg.use_norm is not None else cfg.loss == "ldam"
-    meta = dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=use_norm, in_channels=data.in_channels)
-    if cfg.method != "erm":
-        meta["method"] = cfg.method
-    return meta
-
-
-def model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
-    """The architecture a checkpoint's ``model_meta`` describes (GLMC models carry their heads)."""
-    if meta.get("method") == "glmc":
-        from ltsam.glmc import build_glmc_model
-
-        return build_glmc_model(meta["arch"], meta["num_classes"], meta["in_channels"])
-    return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"])
-
-
 class Trainer:
     """Trains one configuration into one run folder; ``resume=True`` continues from ``last.pt``."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                  data=None):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = resolve_derived(cfg), Path(run_dir)
         self.ctx, self.device = init_distributed(resolve_device(cfg.device))
         self.progress = progress and self.ctx.is_main
         threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
@@ -93,7 +56,8 @@ class Trainer:
             torch.set_num_threads(threads)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
-        self.meta = model_meta(cfg, self.data)
+        method = METHODS.get(cfg.method)
+        self.meta = method.model_meta(cfg, self.data)
         self.model = model_from_meta(self.meta).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -102,10 +66,11 @@ class Trainer:
         amp = cfg.amp if (self.device.type == "cuda" or cfg.amp == "bf16") else None
         self.autocast = autocast_context(amp, self.device)
         self.scaler = grad_scaler(amp, self.device)
-        self.method = build_method(cfg.method, self)
+        self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast, self.scaler,
+                                           self.ctx.rank, self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
         self.net = self._wrap_model()
-        self.groups = (index_groups(self.data.num_classes, _index_split(cfg.dataset))
+        self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
                        if cfg.shot_split == "index" else None)
         self.start_epoch, self.best_top1, self.best_record = 0, -1.0, None
         self.elapsed = 0.0
@@ -117,7 +82,8 @@ class Trainer:
         under torchrun."""
         net: torch.nn.Module = self.model
         total_steps = len(self.source) * self.cfg.epochs
-        if should_compile(self.cfg.compile, self.device, total_steps):  # GLMC too: 1.25x (SAM) / 1.43x (SGD) on a CPU
+        self.cfg.compile = should_compile(self.cfg.compile, self.device, total_steps)  # recorded in config.json
+        if self.cfg.compile:  # GLMC too: 1.25x (SAM) / 1.43x (SGD) on a CPU
             t0 = time.perf_counter()
             net, ok = compile_with_fallback(self.model, self.method.compile_trial)
             if ok and self.ctx.is_main:
@@ -127,26 +93,22 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # GLMC's SAM ascent leaves the projection heads out of the first backward pass.
-            net = DDP(net, device_ids=ids, find_unused_parameters=self.cfg.method == "glmc")
+            net = DDP(net, device_ids=ids, find_unused_parameters=self.method.ddp_find_unused_parameters)
         return net
-
-    def resample_weights(self) -> torch.Tensor | None:
-        """Per-class sampling weights 1 / n_c: every class is drawn equally often (``resample``).
-
-        (The reference builds an effective-number sampler but never attaches it, so its
-        ``Resample`` trains unbalanced; ltsam samples truly class-balanced.)
-        """
-        if self.cfg.train_rule != "resample":
-            return None
-        return 1.0 / torch.tensor(self.data.cls_num_list, dtype=torch.float64)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("model_meta") != self.meta:
             raise UserError(f"cannot resume: checkpoint is a {ckpt.get('model_meta')} model, this run "
                             f"builds {self.meta}; resume with the run's own configuration")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot resume: the weights or optimizer state in last.pt do not fit this run "
+                            f"({str(exc).strip().splitlines()[0][:160]}); the file is damaged or from another run"
+                            ) from None
+        if ckpt.get("step"):
+            self.method.step.load_state_dict(ckpt["step"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
@@ -167,28 +129,53 @@ class Trainer:
         return lr, (rho if self.cfg.uses_sam else 0.0)
 
     def criterion_for(self, epoch: int) -> torch.nn.Module:
-        weights = class_weights_for_epoch(self.cfg.train_rule, self.data.cls_num_list, epoch,
-                                          drw_switch_epoch(self.cfg), self.cfg.beta)
-        return build_loss(self.cfg.loss, self.data.cls_num_list, weights,
-                          **loss_options(self.cfg)).to(self.device)
+        weights = build_rule(self.cfg.train_rule, self.cfg).class_weights(self.data.cls_num_list, epoch)
+        return build_loss(self.cfg.loss, self.data.cls_num_list, weights, config=self.cfg).to(self.device)
 
     def train_epoch(self, epoch: int, criterion: torch.nn.Module) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         self.net.train()
         self.source.set_epoch(epoch)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, seen
+        # loss sum, correct, seen, steps with a non-finite loss; kept on the device (no sync per step)
+        sums = torch.zeros(4, device=self.device, dtype=torch.float64)
+        step = torch.zeros((), device=self.device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         bar = tqdm(self.source, total=len(self.source), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.progress, unit="batch")
         self.method.prepare(epoch, criterion)
         for batch in bar:
             loss, logits, y = self.method(self.net, batch)
+            bad = ~torch.isfinite(loss)
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             sums[0] += loss.double() * len(y)
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(y)
+            sums[3] += bad
+            step += 1
         sums = all_reduce_sum(sums, self.ctx).cpu()
+        self._check_finite(epoch, int(sums[3]), int(first_bad), int(step))
         seen = max(float(sums[2]), 1.0)
         return {"train_loss": float(sums[0]) / seen, "train_acc": 100.0 * float(sums[1]) / seen}
+
+    def _check_finite(self, epoch: int, bad_steps: int, first_bad: int, steps: int) -> None:
+        """Stop on a diverged run before its checkpoint is written, so ``last.pt`` stays finite.
+
+        Weights or batch-norm statistics that are no longer finite stop the run. So does a non-finite
+        loss, except under fp16 loss scaling, where the scaler skips an overflowing step: there only an
+        epoch that is non-finite throughout counts as divergence.
+        """
+        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # batch-norm statistics too
+        weights_ok = bool(torch.stack([torch.isfinite(t).all() for t in state]).all())
+        if weights_ok and (bad_steps == 0 or (self.scaler is not None and bad_steps < steps * self.ctx.world)):
+            return
+        what = (f"the loss became non-finite at epoch {epoch + 1}, step {first_bad + 1} of {steps} "
+                f"({bad_steps} non-finite steps)" if first_bad >= 0 else
+                f"the weights or batch-norm statistics became non-finite in epoch {epoch + 1}")
+        kept = (f"the last finite checkpoint, {self.run_dir / 'last.pt'} (epoch {epoch}), is kept" if epoch > 0
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged: {what}; {kept}. Start again with a smaller --lr "
+                               f"(now {self.cfg.lr:g}) or check the data")
 
     def evaluate(self, criterion: torch.nn.Module | None) -> tuple[dict[str, Any], torch.Tensor]:
         batches = self.data.test_batches(self.cfg.eval_batch_size, self.device, self.cfg.channels_last,
@@ -223,7 +210,7 @@ class Trainer:
                 self.best_top1, self.best_record = test["top1"], record
             if main:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(to_json(record) + "\n")
                 self._save(epoch, is_best)
                 _log_scalars(writer, wandb_run, record)
                 print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  rho {rho:.3g}  "
@@ -246,7 +233,8 @@ class Trainer:
                    "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
                    "classes": self.data.classes, "best_top1": self.best_top1,
                    "best_record": self.best_record, "elapsed": self.elapsed,
-                   "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+                   "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                   "step": self.method.step.state_dict()}
         save_checkpoint(self.run_dir / "last.pt", payload)
         if is_best:
             save_checkpoint(self.run_dir / "best.pt", payload)
@@ -278,14 +266,6 @@ class Trainer:
             save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
         barrier(self.ctx)
         return summary
-
-
-def _index_split(dataset: str) -> tuple[int, int]:
-    from ltsam.data.listfile import INDEX_SPLITS
-
-    if dataset not in LARGE_DATASETS:
-        raise UserError("--shot-split index applies to imagenet_lt and inat18 only")
-    return INDEX_SPLITS[dataset]
 
 
 def _f(v: float | None) -> str:

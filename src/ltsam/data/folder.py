@@ -48,17 +48,28 @@ def scan_split(split_dir: Path, classes: Sequence[str] | None = None) -> tuple[l
     return list(classes), paths, np.asarray(labels, dtype=np.int64)
 
 
-def _decode(path: Path, size: int | None, channels: int) -> np.ndarray:
+def open_image(path: Path, mode: str, where: str = ""):
+    """``path`` decoded by PIL and converted to ``mode``; an unreadable, truncated or
+    decompression-bomb file (PIL's pixel limit) is a UserError naming the file (and ``where``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+            return im.convert(mode)
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"image {path}{where} is too large to decode safely ({exc}); "
+                        f"remove or shrink the file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}{where}: {exc}; remove or replace the file") from None
+
+
+def _decode(path: Path, size: int | None, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    im = open_image(path, "RGB" if channels == 3 else "L")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -31,6 +31,7 @@ INDEX_SPLITS = {"imagenet_lt": (390, 835), "inat18": (842, 4543)}
 class ListSamples:
     paths: list[Path]
     labels: np.ndarray  # int64, original ids
+    origins: list[str]  # "list_file:line" of each sample, for error messages
 
 
 def read_list(list_file: Path, root: Path, check_files: bool = True) -> ListSamples:
@@ -40,6 +41,7 @@ def read_list(list_file: Path, root: Path, check_files: bool = True) -> ListSamp
                         f"put it under --data-root")
     paths: list[Path] = []
     labels: list[int] = []
+    origins: list[str] = []
     with open(list_file) as f:
         for lineno, line in enumerate(f, 1):
             text = line.strip()
@@ -54,13 +56,14 @@ def read_list(list_file: Path, root: Path, check_files: bool = True) -> ListSamp
                 raise UserError(f"{list_file}:{lineno}: label {label} is negative; labels are 0..C-1")
             paths.append(root / parts[0])
             labels.append(label)
+            origins.append(f"{list_file}:{lineno}")
     if not paths:
         raise UserError(f"list file {list_file} has no samples")
     if check_files:
-        for p in paths:
+        for p, origin in zip(paths, origins):
             if not p.is_file():
-                raise UserError(f"image {p} (listed in {list_file}) does not exist; check --data-root")
-    return ListSamples(paths, np.asarray(labels, dtype=np.int64))
+                raise UserError(f"image {p} (listed at {origin}) does not exist; check --data-root")
+    return ListSamples(paths, np.asarray(labels, dtype=np.int64), origins)
 
 
 def frequency_order(train_labels: np.ndarray) -> tuple[np.ndarray, list[int]]:

@@ -7,18 +7,44 @@ ImageNet-LT and iNaturalist-2018: decoded and augmented in DataLoader workers).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ltsam.data.images import ImageSet
+from ltsam.data.listfile import INDEX_SPLITS
 from ltsam.data.profiles import lt_counts, lt_indices
 from ltsam.errors import UserError
+from ltsam.registry import Registry
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet_lt", "inat18")
-STREAMING_DATASETS = ("imagenet_lt", "inat18")
+
+@dataclass
+class DataRequest:
+    """Everything a data-set loader may use, from the run's configuration."""
+
+    root: Path
+    imb_type: str = "exp"
+    imb_factor: float = 0.01
+    rand_number: int = 0
+    download: bool = False
+    image_size: int | None = None
+    norm: str | None = None
+    pad: int | None = None
+    flip: bool | None = None
+    train_list: str | None = None
+    test_list: str | None = None
+    lt_generator: str = "standard"
+    seed: int = 0
+
+DATASETS: Registry[Callable[[DataRequest], Any]] = Registry("data set", "dataset")
+"""Data sets by name: ``obj(request: DataRequest) -> InMemoryLTData | StreamingLTData``.
+
+Each entry's ``meta`` holds its defaults: ``defaults`` (config values, e.g. the architecture),
+``native_epochs`` (the reference schedule length whose boundaries scale: 200 or 90) and, for the
+reference's index-based shot split, ``index_split`` (head/medium/tail boundaries)."""
 
 # Normalisation constants: the reference's CIFAR values (also used for CIFAR-100), ImageNet's,
 # and the digits' own pixel statistics.
@@ -75,15 +101,6 @@ class InMemoryLTData:
                                    self.pad, self.flip, seed, device, _per_sample(class_weights, self.train.targets),
                                    channels_last=channels_last, rank=rank, world=world)
 
-    def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
-                    channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
-        """GLMC's paired two-view batches (instance stream A, n_c^-q weighted stream B)."""
-        from ltsam.glmc.source import GLMCBatchSource
-
-        return GLMCBatchSource(self.train.images, self.train.targets, batch_size, self.mean, self.std, self.pad,
-                               self.flip, seed, device, resample_q, self.cls_num_list, channels_last=channels_last,
-                               rank=rank, world=world)
-
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
         from ltsam.data.sources import eval_batches
@@ -111,12 +128,22 @@ class StreamingLTData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
+    train_origins: list[str] | None = None  # "list_file:line" per image, named when one cannot be read
+    test_origins: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     in_channels = 3
+
+    def files(self, split: str, transform):
+        """The ``train`` or ``test`` list as a FileImageDataset with ``transform``."""
+        from ltsam.data.streaming import FileImageDataset
+
+        if split == "train":
+            return FileImageDataset(self.train_paths, self.train_labels, transform, self.train_origins)
+        return FileImageDataset(self.test_paths, self.test_labels, transform, self.test_origins)
 
     @property
     def train_size(self) -> int:
@@ -129,10 +156,9 @@ class StreamingLTData:
     def train_source(self, batch_size: int, seed: int, device: torch.device,
                      class_weights: torch.Tensor | None = None, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1):
-        from ltsam.data.streaming import EpochSampler, FileImageDataset, LoaderBatchSource, train_transform
+        from ltsam.data.streaming import EpochSampler, LoaderBatchSource, train_transform
 
-        transform = train_transform(self.image_size, self.mean, self.std)
-        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
+        ds = self.files("train", train_transform(self.image_size, self.mean, self.std))
         sampler = EpochSampler(len(ds), seed, _per_sample(class_weights, self.train_labels), rank, world)
         return LoaderBatchSource(ds, batch_size, sampler, workers, device, channels_last)
 
@@ -149,36 +175,23 @@ class StreamingLTData:
         """
         from torch.utils.data import DataLoader, Subset
 
-        from ltsam.data.streaming import FileImageDataset, test_transform, train_transform
+        from ltsam.data.streaming import test_transform, train_transform, worker_errors
 
-        paths, labels = (self.train_paths if split == "train" else self.test_paths), self.labels(split)
         make = train_transform if augment else test_transform
-        ds = Subset(FileImageDataset(paths, labels, make(self.image_size, self.mean, self.std)), list(indices))
+        ds = Subset(self.files(split, make(self.image_size, self.mean, self.std)), list(indices))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             loader = DataLoader(ds, batch_size=64, num_workers=workers,
                                 generator=torch.Generator().manual_seed(seed))
-            xs, ys = zip(*loader) if len(ds) else ((torch.empty(0, 3, self.image_size, self.image_size),),
-                                                   (torch.empty(0, dtype=torch.long),))
+            empty = ((torch.empty(0, 3, self.image_size, self.image_size),), (torch.empty(0, dtype=torch.long),))
+            xs, ys = zip(*worker_errors(loader)) if len(ds) else empty
         return torch.cat(xs), torch.cat(ys)
-
-    def glmc_source(self, batch_size: int, seed: int, device: torch.device, resample_q: float,
-                    channels_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
-        """GLMC's paired two-view batches with its ImageNet augmentation (SPEC §8.1), decoded in workers."""
-        from ltsam.data.streaming import FileImageDataset
-        from ltsam.glmc.source import GLMCStreamSource
-        from ltsam.glmc.transforms import TwoViews, glmc_train_transform
-
-        transform = TwoViews(glmc_train_transform(self.image_size, self.mean, self.std))
-        ds = FileImageDataset(self.train_paths, self.train_labels, transform)
-        return GLMCStreamSource(ds, self.train_labels, batch_size, seed, device, resample_q, self.cls_num_list,
-                                workers, channels_last, rank, world)
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
-        from ltsam.data.streaming import FileImageDataset, loader_batches, test_transform
+        from ltsam.data.streaming import loader_batches, test_transform
 
-        ds = FileImageDataset(self.test_paths, self.test_labels, test_transform(self.image_size, self.mean, self.std))
+        ds = self.files("test", test_transform(self.image_size, self.mean, self.std))
         indices = range(rank, len(ds), world) if world > 1 else None
         return loader_batches(ds, batch_size, workers, device, indices)
 
@@ -223,46 +236,105 @@ def _norm(name: str, train: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean), torch.tensor(std)
 
 
+def native_epochs(dataset: str) -> int:
+    """Length of the reference schedule whose boundaries ltsam scales: 90 (ImageNet-LT, iNat) or 200."""
+    return DATASETS.entry(dataset).meta.get("native_epochs", 200) if dataset in DATASETS else 200
+
+
 def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = "exp",
                   imb_factor: float = 0.01, rand_number: int = 0, download: bool = False,
                   image_size: int | None = None, norm: str | None = None, pad: int | None = None,
                   flip: bool | None = None, train_list: str | None = None,
                   test_list: str | None = None, lt_generator: str = "standard",
                   seed: int = 0) -> InMemoryLTData | StreamingLTData:
-    """Load ``dataset``; in-memory sets get the long-tail profile applied to their training part."""
-    dataset = dataset.lower()
+    """Load a registered data set; in-memory sets get the long-tail profile applied to their training part."""
+    loader = DATASETS.get(dataset)
     imb_type = imb_type.lower()
-    if dataset in STREAMING_DATASETS:
-        return _load_list_dataset(dataset, Path(data_root), image_size or 224, norm, train_list, test_list)
     if imb_type != "none":
         lt_counts(1, 1, imb_type, imb_factor)  # validate early, before any slow loading
-    if dataset == "digits":
-        from ltsam.data.digits import load_digits_split
+    return loader(DataRequest(Path(data_root), imb_type, imb_factor, rand_number, download, image_size, norm, pad,
+                              flip, train_list, test_list, lt_generator, seed))
 
-        full, test = load_digits_split()
-        classes = full.classes
-        train, counts = apply_profile(full, len(classes), imb_type, imb_factor, rand_number, lt_generator, seed)
-        defaults = ("digits", 1, False)
-    elif dataset in ("cifar10", "cifar100"):
-        from ltsam.data.cifar import load_cifar
 
-        full, test = load_cifar(dataset, data_root, download)
-        classes = full.classes
-        train, counts = apply_profile(full, len(classes), imb_type, imb_factor, rand_number, lt_generator, seed)
-        defaults = ("cifar", 4, True)
-    elif dataset == "folder":
-        train, test, classes, counts = _load_folder(Path(data_root), imb_type, imb_factor,
-                                                    rand_number, image_size, lt_generator, seed)
-        defaults = ("cifar" if train.images.shape[1] == 3 else "data", 4, True)
-    else:
-        raise UserError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
+    """The data set a training configuration describes."""
+    return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
+                         cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
+                         test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed)
+
+
+def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, norm: str, pad: int,
+                 flip: bool) -> InMemoryLTData:
+    """A balanced (or already long-tailed) in-memory set with the request's long-tail profile applied.
+
+    ``norm``, ``pad`` and ``flip`` are the set's own defaults; the request's values win.
+    """
+    classes = list(full.classes)
+    train, counts = apply_profile(full, len(classes), req.imb_type, req.imb_factor, req.rand_number,
+                                  req.lt_generator, req.seed)
+    return _finish(name, train, test, classes, counts, req, norm, pad, flip)
+
+
+def _finish(name: str, train: ImageSet, test: ImageSet, classes: list[str], counts: list[int], req: DataRequest,
+            norm: str, pad: int, flip: bool) -> InMemoryLTData:
     if min(counts) == 0:
         empty = [classes[c] for c, n in enumerate(counts) if n == 0]
         raise UserError(f"classes with no training images after the imbalance profile: "
                         f"{', '.join(empty[:5])}; raise --imb-factor or add images")
-    mean, std = _norm(norm or defaults[0], train)
-    return InMemoryLTData(dataset, train, test, list(classes), counts, mean, std,
-                          defaults[1] if pad is None else pad, defaults[2] if flip is None else flip)
+    mean, std = _norm(req.norm or norm, train)
+    return InMemoryLTData(name, train, test, list(classes), counts, mean, std,
+                          pad if req.pad is None else req.pad, flip if req.flip is None else req.flip)
+
+
+@DATASETS.register("digits", help="bundled 8x8 digits (offline)", native_epochs=200,
+                   defaults=dict(arch="small_cnn", loss="ldam", train_rule="drw", optimizer="sam", rho=0.05,
+                                 imb_factor=0.1, epochs=30, batch_size=32, lr=0.05, wd=5e-4))
+def _digits(req: DataRequest) -> InMemoryLTData:
+    from ltsam.data.digits import load_digits_split
+
+    full, test = load_digits_split()
+    return in_memory_lt("digits", full, test, req, "digits", 1, False)
+
+
+def _cifar(name: str) -> Callable[[DataRequest], InMemoryLTData]:
+    def load(req: DataRequest) -> InMemoryLTData:
+        from ltsam.data.cifar import load_cifar
+
+        full, test = load_cifar(name, req.root, req.download)
+        return in_memory_lt(name, full, test, req, "cifar", 4, True)
+
+    return load
+
+
+DATASETS.add("cifar10", _cifar("cifar10"), help="CIFAR-10 pickles", native_epochs=200, defaults=dict(arch="resnet32"))
+DATASETS.add("cifar100", _cifar("cifar100"), help="CIFAR-100 pickles", native_epochs=200,
+             defaults=dict(arch="resnet32"))
+
+
+@DATASETS.register("folder", help="ROOT/train/<class>/*, ROOT/test/<class>/*", native_epochs=200,
+                   defaults=dict(arch="resnet32"))
+def _folder(req: DataRequest) -> InMemoryLTData:
+    train, test, classes, counts = _load_folder(req.root, req.imb_type, req.imb_factor, req.rand_number,
+                                                req.image_size, req.lt_generator, req.seed)
+    return _finish("folder", train, test, classes, counts, req, "cifar" if train.images.shape[1] == 3 else "data",
+                   4, True)
+
+
+def _list_files(name: str) -> Callable[[DataRequest], StreamingLTData]:
+    def load(req: DataRequest) -> StreamingLTData:
+        return _load_list_dataset(name, req.root, req.image_size or 224, req.norm, req.train_list, req.test_list)
+
+    return load
+
+
+# The reference's ImageNet-LT / iNaturalist-2018 scripts: ResNet-50, 90 epochs, cosine LR.
+_LARGE = dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4)
+DATASETS.add("imagenet_lt", _list_files("imagenet_lt"), help="ImageNet-LT list files", native_epochs=90,
+             aliases=("imagenet",),
+             defaults=_LARGE, index_split=INDEX_SPLITS["imagenet_lt"], streaming=True)
+DATASETS.add("inat18", _list_files("inat18"), help="iNaturalist-2018 list files", native_epochs=90,
+             aliases=("inat_18",),
+             defaults=_LARGE, index_split=INDEX_SPLITS["inat18"], streaming=True)
 
 
 def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | None,
@@ -287,7 +359,7 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
     mean, std = NORMS[norm_name]
     return StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
-                           mean, std, image_size)
+                           mean, std, image_size, train.origins, test.origins)
 
 
 def _load_folder(root: Path, imb_type: str, imb_factor: float, rand_number: int, image_size: int | None,

@@ -8,13 +8,18 @@ the same sequence. Under ``torchrun`` every rank draws the same global order and
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ltsam.data.folder import open_image
 from ltsam.data.sources import epoch_generator
+from ltsam.errors import UserError
+
+T = TypeVar("T")
 
 
 def train_transform(size: int, mean: Sequence[float], std: Sequence[float]):
@@ -34,20 +39,38 @@ def test_transform(size: int, mean: Sequence[float], std: Sequence[float]):
 
 
 class FileImageDataset(Dataset):
-    """(image, label) pairs read from files with PIL, converted to RGB."""
+    """(image, label) pairs read from files with PIL, converted to RGB.
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform):
+    Files are checked lazily, as they are read: a corrupt or non-image file stops the run with a
+    UserError naming the file and, given ``origins`` (e.g. ``list.txt:12``), where it was listed.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform,
+                 origins: Sequence[str] | None = None):
         self.paths, self.labels, self.transform = list(paths), torch.as_tensor(labels), transform
+        self.origins = list(origins) if origins is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            img = im.convert("RGB")
+        where = f" (listed at {self.origins[i]})" if self.origins is not None else ""
+        img = open_image(self.paths[i], "RGB", where)
         return self.transform(img), int(self.labels[i])
+
+
+def worker_errors(batches: Iterable[T]) -> Iterator[T]:
+    """``batches`` with a UserError raised in a DataLoader worker re-raised as its own one line.
+
+    A worker's exception reaches the main process re-created with the worker's whole traceback as
+    its message; the user should see only what the error says.
+    """
+    try:
+        yield from batches
+    except UserError as exc:
+        text = str(exc)
+        marker = "UserError: "
+        raise UserError(text[text.rindex(marker) + len(marker):].strip() if marker in text else text) from None
 
 
 class EpochSampler(Sampler[int]):
@@ -96,7 +119,7 @@ class LoaderBatchSource:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
+        for x, y in worker_errors(self.loader):
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -112,5 +135,5 @@ def loader_batches(dataset: Dataset, batch_size: int, workers: int, device: torc
     ds = dataset if indices is None else Subset(dataset, list(indices))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    for x, y in loader:
+    for x, y in worker_errors(loader):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -22,6 +22,7 @@ from torch import nn
 from ltsam.errors import UserError
 from ltsam.models import build_model
 from ltsam.models.resnet_cifar import BasicBlock as OptionABlock
+from ltsam.registry import Registry
 
 
 def default_proj_dim(feature_dim: int) -> int:
@@ -160,10 +161,10 @@ def glmc_resnet32_wide(num_classes: int, in_channels: int = 3, proj_dim: int | N
 
 GLMCFactory = Callable[..., GLMCNet]
 
-GLMC_ARCHS: dict[str, GLMCFactory] = {
-    "glmc_resnet34": glmc_resnet34_cifar,
-    "glmc_resnet32": glmc_resnet32_wide,
-}
+GLMC_ARCHS: Registry[GLMCFactory] = Registry("GLMC model", "arch")
+"""GLMC's own architectures (its heads built in); any ltsam model can also be wrapped with the heads."""
+GLMC_ARCHS.add("glmc_resnet34", glmc_resnet34_cifar, help="GLMC's CIFAR ResNet-34")
+GLMC_ARCHS.add("glmc_resnet32", glmc_resnet32_wide, help="GLMC's wide CIFAR ResNet-32")
 
 
 def wrap_backbone(model: nn.Module, num_classes: int, proj_dim: int | None = None) -> GLMCNet:
@@ -175,7 +176,7 @@ def build_glmc_model(arch: str, num_classes: int, in_channels: int = 3, proj_dim
     """A GLMC model by name: ``glmc_resnet34``/``glmc_resnet32``, or any ltsam arch wrapped with the heads."""
     key = arch.lower()
     if key in GLMC_ARCHS:
-        return GLMC_ARCHS[key](num_classes, in_channels=in_channels, proj_dim=proj_dim)
+        return GLMC_ARCHS.get(key)(num_classes, in_channels=in_channels, proj_dim=proj_dim)
     try:
         backbone = build_model(key, num_classes, use_norm=False, in_channels=in_channels)
     except UserError as err:

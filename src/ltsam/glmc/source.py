@@ -21,12 +21,13 @@ Both sources yield ((A1, A2, y_A), (B1, B2, y_B)):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ltsam.data.sources import InMemoryBatchSource, epoch_generator
-from ltsam.data.streaming import EpochSampler
+from ltsam.data.streaming import EpochSampler, worker_errors
 from ltsam.glmc.weights import sample_weights
 
 View = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -117,12 +118,28 @@ class GLMCStreamSource:
         return v1, v2, y.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[View, View]]:
-        it_b = iter(self.loader_b)
-        for views_a, y_a in self.loader_a:
+        it_b = iter(worker_errors(self.loader_b))
+        for views_a, y_a in worker_errors(self.loader_a):
             try:
                 views_b, y_b = next(it_b)
             except StopIteration:  # B exhausted (only if it were shorter than A): start it again
-                it_b = iter(self.loader_b)
+                it_b = iter(worker_errors(self.loader_b))
                 views_b, y_b = next(it_b)
             m = len(y_a)
             yield self._move(views_a, y_a), self._move([v[:m] for v in views_b], y_b[:m])
+
+
+def glmc_source(data: Any, batch_size: int, seed: int, device: torch.device | str, resample_q: float,
+                channels_last: bool = False, workers: int = 0, rank: int = 0,
+                world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
+    """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
+    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation (SPEC §8.1)."""
+    if hasattr(data, "train"):  # InMemoryLTData
+        return GLMCBatchSource(data.train.images, data.train.targets, batch_size, data.mean, data.std, data.pad,
+                               data.flip, seed, device, resample_q, data.cls_num_list, channels_last=channels_last,
+                               rank=rank, world=world)
+    from ltsam.glmc.transforms import TwoViews, glmc_train_transform
+
+    ds = data.files("train", TwoViews(glmc_train_transform(data.image_size, data.mean, data.std)))
+    return GLMCStreamSource(ds, data.train_labels, batch_size, seed, device, resample_q, data.cls_num_list,
+                            workers, channels_last, rank, world)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltsam.glmc.mixing import Box, cutmix, cutmix_box, mix_targets, mixup, sample_lambda
+from ltsam.optim import SAMStep, SGDStep, Step, StepLosses
 from ltsam.sam import SAM
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -106,7 +107,8 @@ class GLMCStep:
     reference). ``autocast`` (a context factory) adds mixed precision; the losses run in float32.
     ``scaler`` (a GradScaler, fp16) scales the backward passes: SAM's ascent needs no unscaling (its
     perturbation is scale-invariant) and skips a step whose gradient overflowed; the descent goes
-    through the scaler.
+    through the scaler. ``step`` (an ``ltsam.optim`` step over ``optimizer``) replaces the SGD/SAM
+    update, e.g. by a registered SAM variant.
 
     The returned dict: ``loss`` (detached alpha L_bal + (1 - alpha) L_reb, first pass), ``logits``
     (detached fc_cb logits of X_mix, first pass), ``targets`` (y_A), ``bal``, ``reb``, ``con``, ``total``
@@ -115,7 +117,8 @@ class GLMCStep:
 
     def __init__(self, optimizer: torch.optim.Optimizer, label_w: torch.Tensor, num_classes: int,
                  contrast_weight: float, generator: torch.Generator, use_sam: bool, beta: float = 1.0,
-                 autocast: Callable = contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None):
+                 autocast: Callable = contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None,
+                 step: Step | None = None):
         if use_sam and not isinstance(optimizer, SAM):
             raise TypeError("use_sam=True needs an ltsam.sam.SAM optimizer")
         if not use_sam and isinstance(optimizer, SAM):
@@ -133,6 +136,7 @@ class GLMCStep:
         self.beta = float(beta)
         self.autocast = autocast
         self.scaler = scaler
+        self.step: Step = step if step is not None else (SAMStep if use_sam else SGDStep)(optimizer, autocast, scaler)
 
     def reseed(self, seed: int, epoch: int) -> None:
         """Replace the generator by ``mixing_generator(seed, epoch)`` (call at every epoch start)."""
@@ -167,37 +171,24 @@ class GLMCStep:
                              self.contrast_weight)
         return losses, out_mix[1]
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-
-    def _scaled_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
     def update(self, model: nn.Module, m: MixedBatch, alpha: float) -> dict:
-        """Steps 6-10: forwards, losses, backward(s) and the optimizer update on a mixed batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        first, logits = self._losses(model, m, alpha)
-        if self.use_sam:
-            self._backward(first.cls)  # ascent direction from the classification losses only
-            self.optimizer.first_step(zero_grad=True, skip_nonfinite=self.scaler is not None)
-            second, _ = self._losses(model, m, alpha)
-            self._backward(second.total)
-            if self.scaler is None:
-                self.optimizer.second_step(zero_grad=True)
-            else:
-                self.optimizer.restore()
-                self._scaled_step(self.optimizer.base_optimizer)
-                self.optimizer.zero_grad()
-        else:
-            self._backward(first.total)
-            if self.scaler is None:
-                self.optimizer.step()
-            else:
-                self._scaled_step(self.optimizer)
-        return {"loss": first.cls.detach(), "logits": logits.detach(), "targets": m.y_a,
-                "bal": first.bal.detach(), "reb": first.reb.detach(), "con": first.con.detach(),
-                "total": first.total.detach(), "lam": m.lam}
+        """Steps 6-10: forwards, losses, backward(s) and the optimizer update on a mixed batch.
+
+        GLMC's objective: SAM's ascent follows alpha L_bal + (1 - alpha) L_reb (no L_con), the descent
+        the full L; the update is the shared ``ltsam.optim`` step.
+        """
+        passes: list[GLMCLosses] = []
+
+        def objective(net: nn.Module) -> StepLosses:
+            losses, logits = self._losses(net, m, alpha)
+            passes.append(losses)
+            return StepLosses(losses.cls, losses.total, losses.cls, logits, m.y_a)
+
+        first = self.step(model, objective).first
+        parts = passes[0]
+        return {"loss": first.report.detach(), "logits": first.logits.detach(), "targets": m.y_a,
+                "bal": parts.bal.detach(), "reb": parts.reb.detach(), "con": parts.con.detach(),
+                "total": parts.total.detach(), "lam": m.lam}
 
     def __call__(self, model: nn.Module, batch_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                  batch_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor], alpha: float) -> dict:

@@ -1,0 +1,20 @@
+"""The update: one SGD step and one SAM-style step that every method shares (ERM, GLMC, plugins).
+
+A method hands a step its *objective*, a function of the model that runs the forward pass(es) of a
+batch and returns ``StepLosses`` (the loss for SAM's ascent, the loss for the descent, the logged
+loss, the logits, the per-sample class ids). The step owns backward passes, the perturbation, fp16
+loss scaling (skipping an overflowed step) and the optimizer update; DDP averages gradients in the
+backward passes. A new SAM variant is one ``Step`` subclass registered in ``STEPS``.
+"""
+
+from ltsam.optim.steps import (
+    STEPS,
+    SAMStep,
+    SGDStep,
+    Step,
+    StepLosses,
+    StepResult,
+    build_step,
+)
+
+__all__ = ["STEPS", "SAMStep", "SGDStep", "Step", "StepLosses", "StepResult", "build_step"]
