@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -26,7 +27,7 @@ from ltsam.hessian import (
     trace,
 )
 from ltsam.hessian.batchnorm import batchnorm_as_affine
-from ltsam.hessian.estimators import hutchinson_steps, lanczos_steps
+from ltsam.hessian.estimators import hutchinson_steps, lanczos_steps, rademacher
 
 DT = torch.float64
 NUM_CLASSES = 3
@@ -233,14 +234,76 @@ def spd_matrix(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
     return q @ torch.diag(torch.tensor(eigenvalues, dtype=DT)) @ q.T
 
 
-def test_lanczos_restarts_on_an_invariant_krylov_space():
-    # Two distinct eigenvalues: the Krylov space of any start is 2-dimensional, so beta
-    # vanishes at step 3 and the basis has to continue from fresh random vectors.
+def test_lanczos_continues_past_an_invariant_krylov_space():
+    # Two distinct eigenvalues: the Krylov space of any start is 2-dimensional, so the residual
+    # is rounding-sized at steps 2, 4, ... and the basis has to continue in new directions.
     A = spd_matrix([2.0] * 4 + [-1.0] * 3)
-    result = lanczos(A, steps=50)
-    assert result.restarts >= 1
+    result = lanczos(A, steps=50, seed=0)
     torch.testing.assert_close(result.nodes, torch.tensor([-1.0] * 3 + [2.0] * 4, dtype=DT))
+    tiny = 7 * torch.finfo(DT).eps * 2.0  # n eps ||A||
+    assert float(result.betas[1]) < tiny and float(result.betas[3]) < tiny
+    # The weights are those of the start vector: on each eigenvalue, its squared projection onto
+    # that eigenspace (the new directions carry none of it).
+    q1 = rademacher(7, torch.Generator().manual_seed(0), DT)
+    q1 = q1 / q1.norm()
+    values, vectors = torch.linalg.eigh(A)
+    top = vectors[:, values > 0.5]
+    on_two = float((top.T @ q1).square().sum())
+    assert float(result.weights[result.nodes > 0.5].sum()) == pytest.approx(on_two, abs=1e-12)
     assert abs(float(result.weights.sum()) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lanczos_restarts_when_the_residual_vanishes(dtype):
+    # A = 0: every residual is exactly zero, each step needs a fresh vector, and T = 0.
+    n = 6
+    result = lanczos(torch.zeros(n, n, dtype=dtype), steps=n, keep_basis=True)
+    assert result.restarts == n - 1
+    assert result.betas.abs().max() == 0 and result.nodes.abs().max() == 0
+    Q = result.basis.double()
+    tol = 10 * n * torch.finfo(dtype).eps
+    assert (Q @ Q.T - torch.eye(n, dtype=torch.float64)).abs().max() < tol
+    torch.testing.assert_close(result.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def null_space_problem(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float32 model of about 1,000 parameters and 20 samples whose Hessian is mostly null.
+
+    ``tanh_mlp`` (40-20-10, 1,030 parameters, indefinite): first-layer weights along the 20
+    input directions no sample spans have no curvature (at least 20 x 20 zero eigenvalues); the
+    head is scaled up so the softmax is confident and dozens of eigenvalues are tiny but nonzero,
+    the hard case for deciding when the Krylov space is used up. ``softmax_regression``
+    (101 -> 10, 1,020 parameters, positive semi-definite): rank at most 20 x 9, so at least 840
+    eigenvalues are exactly zero and a Ritz value below zero is an error.
+    """
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "tanh_mlp":
+        model, d = nn.Sequential(nn.Linear(40, 20), nn.Tanh(), nn.Linear(20, 10)), 40
+    else:
+        model, d = nn.Sequential(nn.Linear(101, 10)), 101
+    with torch.no_grad():
+        model[-1].weight.mul_(10.0)
+    x = torch.randn(20, d, generator=g)
+    return model.eval(), x, torch.arange(20) % 10
+
+
+@pytest.mark.parametrize("name,zeros", [("tanh_mlp", 400), ("softmax_regression", 840)])
+def test_full_length_float32_lanczos_recovers_every_eigenvalue_despite_a_large_null_space(name, zeros):
+    model, x, y = null_space_problem(name)
+    eig = torch.linalg.eigvalsh(dense_hessian(copy.deepcopy(model).double(), x.double(), y))
+    dim, norm = eig.numel(), float(eig.abs().max())
+    # The float32 product rounds a sum over the parameters: error ~ sqrt(dim) eps32 ||H||
+    # (probabilistic bound); the float64 reference is good to dim eps64 ||H||.
+    tol = (dim**0.5 * torch.finfo(torch.float32).eps + dim * torch.finfo(DT).eps) * norm
+    assert int((eig.abs() <= tol).sum()) >= zeros
+    op = HessianOperator(model, LOSS, [(x, y)], cache_samples=len(y))
+    assert op.dtype == torch.float32 and op.dim == dim
+    nodes = lanczos(op, steps=dim, seed=0).nodes
+    assert nodes.numel() == dim
+    assert float(nodes.min()) >= float(eig[0]) - tol and float(nodes.max()) <= float(eig[-1]) + tol
+    assert abs(float(nodes[0] - eig[0])) <= tol and abs(float(nodes[-1] - eig[-1])) <= tol
+    assert float((nodes - eig).abs().max()) <= tol  # every eigenvalue, in order
 
 
 def test_slq_weights_are_the_squared_overlaps_with_the_start_vector():
