@@ -448,8 +448,9 @@ def test_analyze_classes_values_files_and_resume(tmp_path, monkeypatch):
         H = dense_hessian(model, x[mask], y[mask])
         eig = torch.linalg.eigvalsh(H)
         e = entries[key]
-        assert e["count"] == len(y[mask]) and e["lambda_max_source"] == "lanczos"
-        assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-6 * float(eig.abs().max())
+        assert e["count"] == len(y[mask]) and e["lambda_dominant_source"] == "lanczos"
+        assert abs(e["lambda_dominant"] - float(eig[eig.abs().argmax()])) < 1e-6 * float(eig.abs().max())
+        assert not any(k.startswith("lambda_max") for k in e)  # format 2: only the new name
         assert abs(e["esd_lambda_min"] - float(eig[0])) < 1e-6 * float(eig.abs().max())
         assert abs(e["esd_lambda_max"] - float(eig[-1])) < 1e-6 * float(eig.abs().max())
         assert e["ratio"] == pytest.approx(e["esd_lambda_min"] / e["esd_lambda_max"])
@@ -510,8 +511,8 @@ def test_reference_method_uses_power_iteration_and_plain_hutchinson(tmp_path):
     e = summary["entries"]["1"]
     H = dense_hessian(model, x[y == 1], y[y == 1])
     eig = torch.linalg.eigvalsh(H)
-    assert e["lambda_max_source"] == "power_iteration" and e["trace_method"] == "hutchinson"
-    assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-3 * float(eig.abs().max())
+    assert e["lambda_dominant_source"] == "power_iteration" and e["trace_method"] == "hutchinson"
+    assert abs(e["lambda_dominant"] - float(eig[eig.abs().argmax()])) < 1e-3 * float(eig.abs().max())
     assert abs(e["trace"] - float(H.trace())) < 4 * e["trace_std_error"]
 
 
@@ -526,6 +527,71 @@ def test_compare_runs_rows_and_figure(tmp_path):
     assert [r["class"] for r in rows] == ["2"]
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]["2"]
     row = rows[0]
-    assert row["lambda_max_a"] == a["entries"]["2"]["lambda_max"]
-    assert row["lambda_max_diff"] == pytest.approx(b["lambda_max"] - row["lambda_max_a"])
+    assert row["lambda_dominant_a"] == a["entries"]["2"]["lambda_dominant"]
+    assert row["lambda_dominant_diff"] == pytest.approx(b["lambda_dominant"] - row["lambda_dominant_a"])
     assert (tmp_path / "cmp.png").is_file()
+
+
+def negative_dominant_problem():
+    """Tanh MLP (seed 4, head scaled by 3) whose class-2 Hessian has eigenvalues from -1.52 to
+    1.45: the eigenvalue of largest magnitude is negative."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, NUM_CLASSES)).to(DT).eval()
+    with torch.no_grad():
+        model[-1].weight.mul_(3.0)
+    x, y = data((3,), n=12, seed=4)
+    return model, x, y
+
+
+@pytest.mark.parametrize("method", ["fast", "reference"])
+def test_lambda_dominant_is_the_eigenvalue_of_largest_magnitude_beside_the_algebraic_extremes(tmp_path, method):
+    model, x, y = negative_dominant_problem()
+    eig = torch.linalg.eigvalsh(dense_hessian(model, x[y == 2], y[y == 2]))
+    assert abs(float(eig[0])) > abs(float(eig[-1])) and float(eig[-1]) > 0  # the case at issue
+    settings = dict(FAST, slq_steps=31, power_iters=2000, power_tol=1e-10)
+    e = analyze_classes(model, LOSS, x, y, [2], tmp_path, **settings, method=method,
+                        include_all=False)["entries"]["2"]
+    scale = float(eig.abs().max())
+    power_tol = 1e-3 if method == "reference" else 1e-6  # power iteration stops on a relative change
+    assert abs(e["lambda_dominant"] - float(eig[0])) < power_tol * scale
+    assert abs(e["esd_lambda_max"] - float(eig[-1])) < 1e-6 * scale  # full-length Lanczos: exact
+    assert abs(e["esd_lambda_min"] - float(eig[0])) < 1e-6 * scale
+    assert "lambda_max" not in e
+
+
+# Keys as format 1 of summary.json wrote them (before the rename).
+FORMAT_1_NAMES = {"lambda_dominant": "lambda_max", "lambda_dominant_source": "lambda_max_source",
+                  "lambda_dominant_iterations": "lambda_max_iterations",
+                  "lambda_dominant_converged": "lambda_max_converged",
+                  "lambda_dominant_residual": "lambda_max_residual"}
+
+
+def as_format_1(summary: dict) -> dict:
+    entries = {k: {FORMAT_1_NAMES.get(q, q): v for q, v in e.items()} for k, e in summary["entries"].items()}
+    return {**summary, "format": "ltsam.hessian.summary/1", "entries": entries}
+
+
+def test_format_1_summaries_are_read_under_the_new_names_and_recomputed_on_rerun(tmp_path, monkeypatch):
+    model, x, y = analysis_inputs()
+    settings = dict(FAST, slq_steps=8, trace_iters=5, include_all=False)
+    new = analyze_classes(model, LOSS, x, y, [0, 2], tmp_path / "new", **settings)
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old = as_format_1(new)
+    assert "lambda_max" in old["entries"]["0"] and "lambda_dominant" not in old["entries"]["0"]
+    (old_dir / "summary.json").write_text(json.dumps(old))
+    for source in (old_dir, old_dir / "summary.json", old):
+        loaded = analysis.load_summary(source)
+        assert loaded["format"] == analysis.SUMMARY_FORMAT and loaded["entries"] == new["entries"]
+    rows = compare_runs(old_dir, new, tmp_path / "cmp.png")
+    assert [r["lambda_dominant_diff"] for r in rows] == [0.0, 0.0]
+    assert rows[0]["lambda_dominant_a"] == new["entries"]["0"]["lambda_dominant"]
+    # A rerun in the old folder recomputes (format 1 came from the older Lanczos recurrence).
+    computed = []
+    original = analysis.analyze_subset
+    monkeypatch.setattr(analysis, "analyze_subset", lambda *a: computed.append(1) or original(*a))
+    again = analyze_classes(model, LOSS, x, y, [0, 2], old_dir, **settings)
+    assert len(computed) == 2
+    written = json.loads((old_dir / "summary.json").read_text())
+    assert written["format"] == analysis.SUMMARY_FORMAT and written["entries"] == again["entries"]
+    assert "lambda_dominant" in written["entries"]["0"] and "lambda_max" not in written["entries"]["0"]
