@@ -178,7 +178,7 @@ def reference_analysis(model: nn.Module, x: Tensor, y: Tensor, classes: list[int
         nodes, _ = hessian.density(args.slq_steps)
         n = len(samples)
         se = float(torch.tensor(samples).std()) / math.sqrt(n) if n > 1 else float("nan")
-        out[c] = {"count": len(yc), "loss": loss, "lambda_max": top, "power_iters": top_iters,
+        out[c] = {"count": len(yc), "loss": loss, "lambda_dominant": top, "power_iters": top_iters,
                   "trace": sum(samples) / n, "trace_se": se, "trace_iters": n,
                   "esd_min": float(nodes.min()), "esd_max": float(nodes.max()),
                   "products": hessian.products}
@@ -196,8 +196,8 @@ def ltsam_analysis(model: nn.Module, x: Tensor, y: Tensor, classes: list[int], a
     out = {}
     for c in classes:
         e = summary["entries"][str(c)]
-        out[c] = {"count": e["count"], "loss": e["loss"], "lambda_max": e["lambda_max"],
-                  "power_iters": e["lambda_max_iterations"] if e["lambda_max_source"] ==
+        out[c] = {"count": e["count"], "loss": e["loss"], "lambda_dominant": e["lambda_dominant"],
+                  "power_iters": e["lambda_dominant_iterations"] if e["lambda_dominant_source"] ==
                   "power_iteration" else 0, "trace": e["trace"],
                   "trace_se": e["trace_std_error"] or float("nan"),
                   "trace_iters": e["trace_iterations"], "esd_min": e["esd_lambda_min"],
@@ -220,16 +220,16 @@ class CaseResult:
 
 
 def print_estimates(ref: dict[int, dict], new: dict[int, dict]) -> None:
-    head = (f"{'class':>5} {'n':>4} | {'lmax ref':>9} {'lmax ltsam':>10} {'rel':>8} | "
+    head = (f"{'class':>5} {'n':>4} | {'ldom ref':>9} {'ldom ltsam':>10} {'rel':>8} | "
             f"{'trace ref (se, k)':>24} {'trace ltsam (se, k)':>24} {'z':>5} | "
             f"{'esd min ref/ltsam':>19} | {'HVPs ref/ltsam':>14}")
     print(head)
     print("-" * len(head))
     for c in ref:
         a, b = ref[c], new[c]
-        rel = abs(b["lambda_max"] - a["lambda_max"]) / abs(a["lambda_max"])
+        rel = abs(b["lambda_dominant"] - a["lambda_dominant"]) / abs(a["lambda_dominant"])
         z = abs(b["trace"] - a["trace"]) / math.hypot(a["trace_se"], b["trace_se"])
-        print(f"{c:>5} {a['count']:>4} | {a['lambda_max']:>9.4f} {b['lambda_max']:>10.4f} "
+        print(f"{c:>5} {a['count']:>4} | {a['lambda_dominant']:>9.4f} {b['lambda_dominant']:>10.4f} "
               f"{rel:>8.1e} | {a['trace']:>9.2f} ({a['trace_se']:>6.2f}, {a['trace_iters']:>3}) "
               f"{b['trace']:>9.2f} ({b['trace_se']:>6.2f}, {b['trace_iters']:>3}) {z:>5.2f} | "
               f"{a['esd_min']:>9.3f}/{b['esd_min']:<9.3f} | {a['products']:>6}/{b['products']:<7}")

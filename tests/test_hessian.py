@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -26,7 +27,7 @@ from ltsam.hessian import (
     trace,
 )
 from ltsam.hessian.batchnorm import batchnorm_as_affine
-from ltsam.hessian.estimators import hutchinson_steps, lanczos_steps
+from ltsam.hessian.estimators import hutchinson_steps, lanczos_steps, rademacher
 from tests.tolerances import rtol
 
 DT = torch.float64
@@ -257,14 +258,76 @@ def spd_matrix(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
     return q @ torch.diag(torch.tensor(eigenvalues, dtype=DT)) @ q.T
 
 
-def test_lanczos_restarts_on_an_invariant_krylov_space():
-    # Two distinct eigenvalues: the Krylov space of any start is 2-dimensional, so beta
-    # vanishes at step 3 and the basis has to continue from fresh random vectors.
+def test_lanczos_continues_past_an_invariant_krylov_space():
+    # Two distinct eigenvalues: the Krylov space of any start is 2-dimensional, so the residual
+    # is rounding-sized at steps 2, 4, ... and the basis has to continue in new directions.
     A = spd_matrix([2.0] * 4 + [-1.0] * 3)
-    result = lanczos(A, steps=50)
-    assert result.restarts >= 1
+    result = lanczos(A, steps=50, seed=0)
     torch.testing.assert_close(result.nodes, torch.tensor([-1.0] * 3 + [2.0] * 4, dtype=DT))
+    tiny = 7 * torch.finfo(DT).eps * 2.0  # n eps ||A||
+    assert float(result.betas[1]) < tiny and float(result.betas[3]) < tiny
+    # The weights are those of the start vector: on each eigenvalue, its squared projection onto
+    # that eigenspace (the new directions carry none of it).
+    q1 = rademacher(7, torch.Generator().manual_seed(0), DT)
+    q1 = q1 / q1.norm()
+    values, vectors = torch.linalg.eigh(A)
+    top = vectors[:, values > 0.5]
+    on_two = float((top.T @ q1).square().sum())
+    assert float(result.weights[result.nodes > 0.5].sum()) == pytest.approx(on_two, abs=1e-12)
     assert abs(float(result.weights.sum()) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lanczos_restarts_when_the_residual_vanishes(dtype):
+    # A = 0: every residual is exactly zero, each step needs a fresh vector, and T = 0.
+    n = 6
+    result = lanczos(torch.zeros(n, n, dtype=dtype), steps=n, keep_basis=True)
+    assert result.restarts == n - 1
+    assert result.betas.abs().max() == 0 and result.nodes.abs().max() == 0
+    Q = result.basis.double()
+    tol = 10 * n * torch.finfo(dtype).eps
+    assert (Q @ Q.T - torch.eye(n, dtype=torch.float64)).abs().max() < tol
+    torch.testing.assert_close(result.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def null_space_problem(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float32 model of about 1,000 parameters and 20 samples whose Hessian is mostly null.
+
+    ``tanh_mlp`` (40-20-10, 1,030 parameters, indefinite): first-layer weights along the 20
+    input directions no sample spans have no curvature (at least 20 x 20 zero eigenvalues); the
+    head is scaled up so the softmax is confident and dozens of eigenvalues are tiny but nonzero,
+    the hard case for deciding when the Krylov space is used up. ``softmax_regression``
+    (101 -> 10, 1,020 parameters, positive semi-definite): rank at most 20 x 9, so at least 840
+    eigenvalues are exactly zero and a Ritz value below zero is an error.
+    """
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "tanh_mlp":
+        model, d = nn.Sequential(nn.Linear(40, 20), nn.Tanh(), nn.Linear(20, 10)), 40
+    else:
+        model, d = nn.Sequential(nn.Linear(101, 10)), 101
+    with torch.no_grad():
+        model[-1].weight.mul_(10.0)
+    x = torch.randn(20, d, generator=g)
+    return model.eval(), x, torch.arange(20) % 10
+
+
+@pytest.mark.parametrize("name,zeros", [("tanh_mlp", 400), ("softmax_regression", 840)])
+def test_full_length_float32_lanczos_recovers_every_eigenvalue_despite_a_large_null_space(name, zeros):
+    model, x, y = null_space_problem(name)
+    eig = torch.linalg.eigvalsh(dense_hessian(copy.deepcopy(model).double(), x.double(), y))
+    dim, norm = eig.numel(), float(eig.abs().max())
+    # The float32 product rounds a sum over the parameters: error ~ sqrt(dim) eps32 ||H||
+    # (probabilistic bound); the float64 reference is good to dim eps64 ||H||.
+    tol = (dim**0.5 * torch.finfo(torch.float32).eps + dim * torch.finfo(DT).eps) * norm
+    assert int((eig.abs() <= tol).sum()) >= zeros
+    op = HessianOperator(model, LOSS, [(x, y)], cache_samples=len(y))
+    assert op.dtype == torch.float32 and op.dim == dim
+    nodes = lanczos(op, steps=dim, seed=0).nodes
+    assert nodes.numel() == dim
+    assert float(nodes.min()) >= float(eig[0]) - tol and float(nodes.max()) <= float(eig[-1]) + tol
+    assert abs(float(nodes[0] - eig[0])) <= tol and abs(float(nodes[-1] - eig[-1])) <= tol
+    assert float((nodes - eig).abs().max()) <= tol  # every eigenvalue, in order
 
 
 def test_slq_weights_are_the_squared_overlaps_with_the_start_vector():
@@ -416,8 +479,9 @@ def test_analyze_classes_values_files_and_resume(tmp_path, monkeypatch):
         H = dense_hessian(model, x[mask], y[mask])
         eig = torch.linalg.eigvalsh(H)
         e = entries[key]
-        assert e["count"] == len(y[mask]) and e["lambda_max_source"] == "lanczos"
-        assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-6 * float(eig.abs().max())
+        assert e["count"] == len(y[mask]) and e["lambda_dominant_source"] == "lanczos"
+        assert abs(e["lambda_dominant"] - float(eig[eig.abs().argmax()])) < 1e-6 * float(eig.abs().max())
+        assert not any(k.startswith("lambda_max") for k in e)  # format 2: only the new name
         assert abs(e["esd_lambda_min"] - float(eig[0])) < 1e-6 * float(eig.abs().max())
         assert abs(e["esd_lambda_max"] - float(eig[-1])) < 1e-6 * float(eig.abs().max())
         assert e["ratio"] == pytest.approx(e["esd_lambda_min"] / e["esd_lambda_max"])
@@ -478,8 +542,8 @@ def test_reference_method_uses_power_iteration_and_plain_hutchinson(tmp_path):
     e = summary["entries"]["1"]
     H = dense_hessian(model, x[y == 1], y[y == 1])
     eig = torch.linalg.eigvalsh(H)
-    assert e["lambda_max_source"] == "power_iteration" and e["trace_method"] == "hutchinson"
-    assert abs(e["lambda_max"] - float(eig[eig.abs().argmax()])) < 1e-3 * float(eig.abs().max())
+    assert e["lambda_dominant_source"] == "power_iteration" and e["trace_method"] == "hutchinson"
+    assert abs(e["lambda_dominant"] - float(eig[eig.abs().argmax()])) < 1e-3 * float(eig.abs().max())
     assert abs(e["trace"] - float(H.trace())) < 4 * e["trace_std_error"]
 
 
@@ -494,6 +558,71 @@ def test_compare_runs_rows_and_figure(tmp_path):
     assert [r["class"] for r in rows] == ["2"]
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]["2"]
     row = rows[0]
-    assert row["lambda_max_a"] == a["entries"]["2"]["lambda_max"]
-    assert row["lambda_max_diff"] == pytest.approx(b["lambda_max"] - row["lambda_max_a"])
+    assert row["lambda_dominant_a"] == a["entries"]["2"]["lambda_dominant"]
+    assert row["lambda_dominant_diff"] == pytest.approx(b["lambda_dominant"] - row["lambda_dominant_a"])
     assert (tmp_path / "cmp.png").is_file()
+
+
+def negative_dominant_problem():
+    """Tanh MLP (seed 4, head scaled by 3) whose class-2 Hessian has eigenvalues from -1.52 to
+    1.45: the eigenvalue of largest magnitude is negative."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, NUM_CLASSES)).to(DT).eval()
+    with torch.no_grad():
+        model[-1].weight.mul_(3.0)
+    x, y = data((3,), n=12, seed=4)
+    return model, x, y
+
+
+@pytest.mark.parametrize("method", ["fast", "reference"])
+def test_lambda_dominant_is_the_eigenvalue_of_largest_magnitude_beside_the_algebraic_extremes(tmp_path, method):
+    model, x, y = negative_dominant_problem()
+    eig = torch.linalg.eigvalsh(dense_hessian(model, x[y == 2], y[y == 2]))
+    assert abs(float(eig[0])) > abs(float(eig[-1])) and float(eig[-1]) > 0  # the case at issue
+    settings = dict(FAST, slq_steps=31, power_iters=2000, power_tol=1e-10)
+    e = analyze_classes(model, LOSS, x, y, [2], tmp_path, **settings, method=method,
+                        include_all=False)["entries"]["2"]
+    scale = float(eig.abs().max())
+    power_tol = 1e-3 if method == "reference" else 1e-6  # power iteration stops on a relative change
+    assert abs(e["lambda_dominant"] - float(eig[0])) < power_tol * scale
+    assert abs(e["esd_lambda_max"] - float(eig[-1])) < 1e-6 * scale  # full-length Lanczos: exact
+    assert abs(e["esd_lambda_min"] - float(eig[0])) < 1e-6 * scale
+    assert "lambda_max" not in e
+
+
+# Keys as format 1 of summary.json wrote them (before the rename).
+FORMAT_1_NAMES = {"lambda_dominant": "lambda_max", "lambda_dominant_source": "lambda_max_source",
+                  "lambda_dominant_iterations": "lambda_max_iterations",
+                  "lambda_dominant_converged": "lambda_max_converged",
+                  "lambda_dominant_residual": "lambda_max_residual"}
+
+
+def as_format_1(summary: dict) -> dict:
+    entries = {k: {FORMAT_1_NAMES.get(q, q): v for q, v in e.items()} for k, e in summary["entries"].items()}
+    return {**summary, "format": "ltsam.hessian.summary/1", "entries": entries}
+
+
+def test_format_1_summaries_are_read_under_the_new_names_and_recomputed_on_rerun(tmp_path, monkeypatch):
+    model, x, y = analysis_inputs()
+    settings = dict(FAST, slq_steps=8, trace_iters=5, include_all=False)
+    new = analyze_classes(model, LOSS, x, y, [0, 2], tmp_path / "new", **settings)
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old = as_format_1(new)
+    assert "lambda_max" in old["entries"]["0"] and "lambda_dominant" not in old["entries"]["0"]
+    (old_dir / "summary.json").write_text(json.dumps(old))
+    for source in (old_dir, old_dir / "summary.json", old):
+        loaded = analysis.load_summary(source)
+        assert loaded["format"] == analysis.SUMMARY_FORMAT and loaded["entries"] == new["entries"]
+    rows = compare_runs(old_dir, new, tmp_path / "cmp.png")
+    assert [r["lambda_dominant_diff"] for r in rows] == [0.0, 0.0]
+    assert rows[0]["lambda_dominant_a"] == new["entries"]["0"]["lambda_dominant"]
+    # A rerun in the old folder recomputes (format 1 came from the older Lanczos recurrence).
+    computed = []
+    original = analysis.analyze_subset
+    monkeypatch.setattr(analysis, "analyze_subset", lambda *a: computed.append(1) or original(*a))
+    again = analyze_classes(model, LOSS, x, y, [0, 2], old_dir, **settings)
+    assert len(computed) == 2
+    written = json.loads((old_dir / "summary.json").read_text())
+    assert written["format"] == analysis.SUMMARY_FORMAT and written["entries"] == again["entries"]
+    assert "lambda_dominant" in written["entries"]["0"] and "lambda_max" not in written["entries"]["0"]

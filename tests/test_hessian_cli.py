@@ -31,16 +31,20 @@ def test_hessian_writes_summary_and_figures(two_runs, capsys) -> None:
     assert summary["order"] == ["0", "9", "all"]
     for key in ("0", "9", "all"):
         entry = summary["entries"][key]
-        for field in ("count", "loss", "accuracy", "lambda_max", "trace", "esd_lambda_min", "esd_lambda_max",
+        for field in ("count", "loss", "accuracy", "lambda_dominant", "trace", "esd_lambda_min", "esd_lambda_max",
                       "ratio", "nodes", "weights"):
             assert field in entry, (key, field)
+        assert "lambda_max" not in entry
+        # the dominant eigenvalue (largest magnitude) is one of the two algebraic extremes (fast method)
+        assert entry["lambda_dominant"] in (entry["esd_lambda_min"], entry["esd_lambda_max"])
         assert abs(sum(entry["weights"][0]) - 1.0) < 1e-6
         assert entry["esd_lambda_min"] <= entry["esd_lambda_max"]
         assert entry["ratio"] == pytest.approx(entry["esd_lambda_min"] / entry["esd_lambda_max"])
     assert summary["entries"]["9"]["count"] == 12  # the tail class has 12 training images
     for name in ("esd_class_0.png", "esd_class_9.png", "esd_grid.png", "eigen_by_class.png"):
         assert (out / name).stat().st_size > 0
-    assert "λmin/λmax" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "λmin/λmax" in printed and "λdom" in printed and "largest |λ|" in printed
     # A second call with the same settings keeps the finished classes (no recomputation).
     before = (out / "summary.json").read_text()
     assert main(["hessian", str(run), "--classes", "0,9", *QUICK]) == 0
@@ -56,6 +60,19 @@ def test_hessian_compare(two_runs, capsys) -> None:
     assert main(["hessian-compare", str(a), str(b), "--labels", "SGD", "SAM", "--out", str(fig)]) == 0
     assert fig.stat().st_size > 0
     assert "SGD (a) vs SAM (b)" in capsys.readouterr().out
+    # A summary written before lambda_max was renamed lambda_dominant (format 1) still compares.
+    path = a / "hessian" / "train" / "summary.json"
+    summary = json.loads(path.read_text())
+    old_names = {"lambda_dominant": "lambda_max", "lambda_dominant_source": "lambda_max_source",
+                 "lambda_dominant_iterations": "lambda_max_iterations", "lambda_dominant_converged":
+                 "lambda_max_converged", "lambda_dominant_residual": "lambda_max_residual"}
+    summary["format"] = "ltsam.hessian.summary/1"
+    summary["entries"] = {k: {old_names.get(q, q): v for q, v in e.items()} for k, e in summary["entries"].items()}
+    path.write_text(json.dumps(summary))
+    assert main(["hessian-compare", str(a), str(b), "--labels", "SGD", "SAM", "--out", str(fig)]) == 0
+    out = capsys.readouterr().out
+    value = f"{summary['entries']['0']['lambda_max']:.4g}"
+    assert "λdom a" in out and value in out
 
 
 def test_hessian_errors(two_runs, tmp_path: Path, capsys) -> None:

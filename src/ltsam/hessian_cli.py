@@ -111,21 +111,29 @@ def _num(v: Any, fmt: str = "{:.4g}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+# Column headers of the summary quantities in the terminal tables.
+HEADERS = {"lambda_dominant": "λdom", "esd_lambda_max": "λmax", "esd_lambda_min": "λmin", "ratio": "λmin/λmax",
+           "trace": "trace"}
+LEGEND = ("λdom: eigenvalue of largest |λ| (power iteration or Lanczos; can be negative); λmax, λmin: largest and "
+          "smallest Ritz values of the SLQ runs")
+
+
 def print_hessian_table(summary: dict[str, Any], cls_num_list: list[int], title: str) -> None:
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in ("class", "train images", "samples", "loss", "acc %", "λmax", "trace", "ESD λmin", "ESD λmax",
-                "λmin/λmax"):
+    from ltsam.hessian.analysis import upgrade_summary
+
+    summary = upgrade_summary(summary)
+    shown = ("lambda_dominant", "esd_lambda_max", "esd_lambda_min", "ratio", "trace")
+    table = Table(title=title, caption=LEGEND)
+    for col in ("class", "train images", "samples", "loss", "acc %", *(HEADERS[q] for q in shown)):
         table.add_column(col, justify="right")
     for key in summary["order"]:
         row = summary["entries"].get(key, {})
         size = cls_num_list[int(key)] if key.isdigit() else sum(cls_num_list)
         acc = row.get("accuracy")
-        table.add_row(key, str(size), str(row.get("count")), _num(row.get("loss")),
-                      _num(acc, "{:.2f}"),
-                      _num(row.get("lambda_max")), _num(row.get("trace")), _num(row.get("esd_lambda_min")),
-                      _num(row.get("esd_lambda_max")), _num(row.get("ratio"), "{:.3f}"))
+        table.add_row(key, str(size), str(row.get("count")), _num(row.get("loss")), _num(acc, "{:.2f}"),
+                      *(_num(row.get(q), "{:.3f}" if q == "ratio" else "{:.4g}") for q in shown))
     console().print(table)
 
 
@@ -144,12 +152,12 @@ def cmd_hessian_compare(args: argparse.Namespace) -> int:
     rows = compare_runs(summaries[0], summaries[1], out, tuple(labels))
     from rich.table import Table
 
-    table = Table(title=f"{labels[0]} (a) vs {labels[1]} (b), {args.split} split")
-    shown = ("lambda_max", "esd_lambda_min", "ratio", "trace")
+    table = Table(title=f"{labels[0]} (a) vs {labels[1]} (b), {args.split} split", caption=LEGEND)
+    shown = ("lambda_dominant", "esd_lambda_max", "esd_lambda_min", "ratio", "trace")
     table.add_column("class", justify="right")
     for q in shown:
         for side in ("a", "b", "diff"):
-            table.add_column(f"{q} {side}", justify="right")
+            table.add_column(f"{HEADERS[q]} {side}", justify="right")
     for row in rows:
         table.add_row(str(row["class"]), *[_num(row[f"{q}_{side}"]) for q in shown for side in ("a", "b", "diff")])
     console().print(table)
@@ -177,7 +185,7 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("--slq-steps", type=positive_int, default=100)
     p.add_argument("--slq-runs", type=positive_int, default=1)
     p.add_argument("--method", choices=["fast", "reference"], default="fast",
-                   help="fast: batched products, λ from Lanczos; reference: separate power iteration")
+                   help="fast: λdom (largest |λ|) from the Lanczos run; reference: a separate power iteration")
     p.add_argument("--augment", action="store_true", help="apply one seeded draw of the training augmentation")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")

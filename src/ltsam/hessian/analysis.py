@@ -1,17 +1,25 @@
 """Per-class Hessian analysis: for each class, the spectrum of the Hessian of that class's loss.
 
 For class ``c`` with ``n_c`` samples, ``H_c`` is the Hessian of the mean loss over those samples
-(model in eval mode). Per class we record the sample count, loss, accuracy, the dominant
-eigenvalue, the Hutchinson trace, the stochastic Lanczos quadrature (SLQ) nodes and weights and
-their extreme Ritz values ``esd_lambda_min``/``esd_lambda_max``, and
-``ratio = esd_lambda_min / esd_lambda_max`` (the lambda_min/lambda_max the paper reports as a
-measure of negative curvature; the reference logged the inverse as ``lambda_ratio``).
+(model in eval mode). Per class we record the sample count, loss, accuracy, the Hutchinson trace,
+the stochastic Lanczos quadrature (SLQ) nodes and weights, and three eigenvalue estimates:
+
+* ``lambda_dominant`` -- the eigenvalue of largest *magnitude* (what power iteration finds, and
+  what the paper's PyHessian code calls the "top eigenvalue"); negative when the most curved
+  direction curves down. Format 1 of ``summary.json`` stored it as ``lambda_max``.
+* ``esd_lambda_max`` -- the largest *algebraic* Ritz value over all SLQ runs (estimates the
+  largest eigenvalue from below).
+* ``esd_lambda_min`` -- the smallest algebraic Ritz value (estimates the smallest eigenvalue
+  from above).
+
+``ratio = esd_lambda_min / esd_lambda_max`` is the lambda_min/lambda_max the paper reports as a
+measure of negative curvature (the reference logged the inverse as ``lambda_ratio``).
 
 Two methods give the same quantities:
 
-* ``"reference"``: as the reference script — power iteration for ``lambda_max``, plain
+* ``"reference"``: as the reference script — power iteration for ``lambda_dominant``, plain
   Hutchinson for the trace, then SLQ, each a separate sequence of Hessian products.
-* ``"fast"``: SLQ first; ``lambda_max`` is its Ritz value of largest magnitude (no power
+* ``"fast"``: SLQ first; ``lambda_dominant`` is its Ritz value of largest magnitude (no power
   iteration: ``m`` Lanczos steps span the ``m``-th power iterate, so from the same start their
   extreme Ritz value is at least as close as the power iteration's Rayleigh quotient, and it
   comes with a residual bound), and the Hutchinson probes are deflated by the Lanczos basis
@@ -23,6 +31,8 @@ Both keep the gradient graphs of up to ``cache_samples`` samples between Hessian
 
 ``out_dir/summary.json`` is rewritten (atomically) after every class; a rerun with the same
 settings, model and data keeps the classes it holds and computes only the missing ones.
+:func:`load_summary` (and so :func:`compare_runs` and ``ltsam hessian-compare``) also reads
+format-1 summaries, renaming their ``lambda_max*`` keys; a rerun recomputes them.
 """
 
 from __future__ import annotations
@@ -47,7 +57,10 @@ from ltsam.hessian.estimators import LanczosResult, hutchinson_trace, lanczos, p
 from ltsam.hessian.operator import Batch, HessianOperator, LossFn
 from ltsam.hessian.spectrum import DEFAULT_CACHE_SAMPLES
 
-SUMMARY_FORMAT = "ltsam.hessian.summary/1"
+# Format 2 renamed lambda_max* (the eigenvalue of largest magnitude) to lambda_dominant*; a
+# format-2 summary no longer has a lambda_max key.
+SUMMARY_FORMAT = "ltsam.hessian.summary/2"
+LEGACY_FORMATS = ("ltsam.hessian.summary/1",)
 ALL = "all"
 METHODS = ("fast", "reference")
 
@@ -84,23 +97,42 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
+def upgrade_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 entry in format-2 names: ``lambda_max*`` becomes ``lambda_dominant*``."""
+    old = "lambda_max"
+    return {("lambda_dominant" + k[len(old):] if k.startswith(old) else k): v for k, v in entry.items()}
+
+
+def upgrade_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` in the current format: a format-1 summary gets renamed keys (a new dict)."""
+    if data.get("format") not in LEGACY_FORMATS:
+        return data
+    entries = {k: upgrade_entry(e) for k, e in data.get("entries", {}).items()}
+    return {**data, "format": SUMMARY_FORMAT, "entries": entries}
+
+
 def load_summary(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A summary as a dict, from itself, a ``summary.json`` path or the folder holding one."""
+    """A summary as a dict, from itself, a ``summary.json`` path or the folder holding one.
+
+    Format-1 summaries (written before ``lambda_max`` was renamed ``lambda_dominant``) come back
+    in the current format, see :func:`upgrade_summary`.
+    """
     if isinstance(source, dict):
-        return source
+        return upgrade_summary(source)
     path = Path(source)
     if path.is_dir():
         path = path / "summary.json"
     if not path.is_file():
         raise UserError(f"no Hessian summary at {path}; run the Hessian analysis first")
     data = json.loads(path.read_text())
-    if data.get("format") != SUMMARY_FORMAT:
+    if data.get("format") not in (SUMMARY_FORMAT, *LEGACY_FORMATS):
         raise UserError(f"{path} is not an ltsam Hessian summary ({SUMMARY_FORMAT})")
-    return data
+    return upgrade_summary(data)
 
 
 def _resumable(path: Path, settings: AnalysisSettings) -> dict[str, dict[str, Any]]:
-    """Entries of an earlier run with identical settings; none if settings differ."""
+    """Entries of an earlier run with identical settings; none if settings or format differ
+    (format-1 runs used a Lanczos recurrence that is less accurate near breakdown)."""
     if not path.is_file():
         return {}
     try:
@@ -134,7 +166,14 @@ def evaluate(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> tup
 
 def hessian_stats(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
                   settings: AnalysisSettings, cache_samples: int) -> dict[str, Any]:
-    """Dominant eigenvalue, trace and SLQ spectrum of the Hessian over ``batches``."""
+    """Dominant eigenvalue, trace and SLQ spectrum of the Hessian over ``batches``.
+
+    ``lambda_dominant`` is the eigenvalue of largest magnitude (it may be negative), with
+    ``lambda_dominant_source`` (``power_iteration`` or ``lanczos``), ``_iterations``,
+    ``_converged`` and, from Lanczos, ``_residual`` (a bound on its distance to an eigenvalue).
+    ``esd_lambda_max`` / ``esd_lambda_min`` are the largest / smallest algebraic Ritz values of
+    all SLQ runs. With ``method="fast"`` ``lambda_dominant`` is one of those two.
+    """
     op = HessianOperator(model, loss_fn, batches, cache_samples=cache_samples)
     s = settings
     seeds = {"power": s.seed, "trace": s.seed + 1, "slq": s.seed + 2}
@@ -148,8 +187,8 @@ def hessian_stats(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
     out: dict[str, Any] = {}
     if s.method == "reference":
         top = power_iteration(op, s.power_iters, s.power_tol, seeds["power"])
-        out.update(lambda_max=top.value, lambda_max_source="power_iteration",
-                   lambda_max_iterations=top.iterations, lambda_max_converged=top.converged)
+        out.update(lambda_dominant=top.value, lambda_dominant_source="power_iteration",
+                   lambda_dominant_iterations=top.iterations, lambda_dominant_converged=top.converged)
         tr = hutchinson_trace(op, s.trace_iters, s.trace_tol, seeds["trace"])
         trace_method = "hutchinson"
         runs = lanczos_runs()
@@ -157,10 +196,10 @@ def hessian_stats(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
         runs = lanczos_runs()
         best = max(runs, key=lambda r: abs(r.extreme[0]))
         value, residual = best.extreme
-        out.update(lambda_max=value, lambda_max_source="lanczos",
-                   lambda_max_iterations=len(best.alphas),
-                   lambda_max_converged=residual <= s.power_tol * abs(value),
-                   lambda_max_residual=residual)
+        out.update(lambda_dominant=value, lambda_dominant_source="lanczos",
+                   lambda_dominant_iterations=len(best.alphas),
+                   lambda_dominant_converged=residual <= s.power_tol * abs(value),
+                   lambda_dominant_residual=residual)
         tr = hutchinson_trace(op, s.trace_iters, s.trace_tol, seeds["trace"],
                               basis=runs[0].basis, offset=float(runs[0].alphas.sum()))
         trace_method = "hutchinson_lanczos_deflated"
@@ -219,8 +258,10 @@ def analyze_classes(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
     uses the samples with ``targets == c``, in order, in batches of ``batch_size``. Writes
     ``summary.json`` (after every class, resumable), ``esd_class_<c>.png`` per class (and
     ``esd_class_all.png``), ``esd_grid.png`` (classes head to tail: by ``class_sizes``
-    descending when given) and ``eigen_by_class.png`` (lambda_max, lambda_min and trace against
-    class size; sizes from ``class_sizes[c]``, else the analysed counts). Returns the summary.
+    descending when given) and ``eigen_by_class.png`` (lambda_dominant, the largest and smallest
+    Ritz values and the trace against class size; sizes from ``class_sizes[c]``, else the
+    analysed counts). Returns the summary; its entries' keys are those of :func:`hessian_stats`
+    plus ``count``, ``loss``, ``accuracy`` and ``seconds``.
     """
     if method not in METHODS:
         raise UserError(f"unknown Hessian method {method!r}; choose one of {', '.join(METHODS)}")
@@ -254,6 +295,11 @@ def analyze_classes(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
     return summary
 
 
+# Panels of eigen_by_class.png: (title, entry key).
+SERIES = (("λ dominant (largest |λ|)", "lambda_dominant"), ("λ max (largest Ritz value)", "esd_lambda_max"),
+          ("λ min (smallest Ritz value)", "esd_lambda_min"), ("trace", "trace"))
+
+
 def _plot_overview(summary: dict[str, Any], class_sizes: Sequence[int] | None,
                    out: Path) -> None:
     entries = summary["entries"]
@@ -265,13 +311,12 @@ def _plot_overview(summary: dict[str, Any], class_sizes: Sequence[int] | None,
     head_to_tail = sorted(zip(keys, sizes, strict=True), key=lambda ks: -ks[1])
     plots.plot_esd_grid([(f"class {k} (n={n})", *_spectrum(entries[k])) for k, n in head_to_tail],
                         out / "esd_grid.png")
-    series = {name: [entries[k][field] for k in keys] for name, field in (
-        ("lambda_max", "lambda_max"), ("lambda_min (SLQ)", "esd_lambda_min"), ("trace", "trace"))}
+    series = {name: [entries[k][field] for k in keys] for name, field in SERIES}
     plots.plot_eigen_by_class(keys, sizes, series, out / "eigen_by_class.png")
 
 
 # -- comparing two runs --------------------------------------------------------------------------
-COMPARED = ("count", "loss", "accuracy", "lambda_max", "trace", "esd_lambda_min",
+COMPARED = ("count", "loss", "accuracy", "lambda_dominant", "trace", "esd_lambda_min",
             "esd_lambda_max", "ratio")
 
 
@@ -280,7 +325,8 @@ def compare_runs(summary_a: str | Path | dict[str, Any], summary_b: str | Path |
                  ) -> list[dict[str, Any]]:
     """Spectra of two runs for their common classes, side by side, and their differences.
 
-    Each summary is a dict, a ``summary.json`` or its folder. Draws ``out_path`` (one row per
+    Each summary is a dict, a ``summary.json`` or its folder, in format 2 or 1 (see
+    :func:`load_summary`). Draws ``out_path`` (one row per
     class, run A left, run B right) and returns one row per class with ``<q>_a``, ``<q>_b`` and
     ``<q>_diff = b - a`` for ``q`` in :data:`COMPARED`.
     """

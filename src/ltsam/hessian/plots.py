@@ -72,7 +72,8 @@ def plot_esd_grid(spectra: Sequence[tuple[str, Tensor, Tensor]], path: str | Pat
 
 def plot_eigen_by_class(classes: Sequence[str], sizes: Sequence[float],
                         series: dict[str, Sequence[float]], path: str | Path) -> Path:
-    """One panel per quantity (e.g. lambda_max, lambda_min, trace) against class size (log x)."""
+    """One panel per quantity (e.g. dominant, largest and smallest eigenvalue, trace) against class
+    size (log x)."""
     fig = _figure(4.2 * len(series), 3.6)
     for i, (name, values) in enumerate(series.items()):
         ax = fig.add_subplot(1, len(series), i + 1)
