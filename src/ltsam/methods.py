@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltsam.faults import fault_point
 from ltsam.steps import build_optimizer
 
 METHODS = ("erm", "glmc")
@@ -41,6 +42,7 @@ class ERMMethod:
     def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         loss, logits = self.step(net, x, y, self.criterion)
+        fault_point("step")
         return loss, logits, y
 
 
@@ -76,6 +78,7 @@ class GLMCMethod:
     def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch_a, batch_b = batch
         out = self.step(net, batch_a, batch_b, self.alpha)
+        fault_point("step")
         return out["loss"], out["logits"], out["targets"]
 
 
