@@ -298,13 +298,21 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 def _truncate_metrics(path: Path, start_epoch: int) -> None:
-    """On resume, drop lines of epochs that will run again (written after the last checkpoint)."""
+    """On resume, keep one line for each epoch before the checkpoint; drop the epochs that run again
+    (written after the checkpoint) and a line torn by a kill or a full disk."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+    keep: dict[int, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue
+        if isinstance(epoch, int) and 0 <= epoch < start_epoch:
+            keep[epoch] = line
     from ltsam.io import write_text
 
-    write_text(path, "".join(ln + "\n" for ln in keep))
+    write_text(path, "".join(keep[e] + "\n" for e in sorted(keep)))
 
 
 def _tensorboard(run_dir: Path, start_epoch: int):
