@@ -64,6 +64,15 @@ def test_overwrite_replaces_only_ltsams_files(tmp_path: Path, capsys) -> None:
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
 
+def test_a_start_killed_before_its_marker_is_not_mistaken_for_a_foreign_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ltsam-lock").write_text("12345\n")
+    (out / "..ltsam-run.k3j9x2ab.tmp").write_text("ltsam-r")
+    assert main(["train", *FAST_DIGITS, "--epochs", "1", "--out", str(out)]) == 0
+    assert not (out / "..ltsam-run.k3j9x2ab.tmp").exists() and (out / "last.pt").is_file()
+
+
 @pytest.mark.parametrize("where", [".", "..", "/", "~"])
 def test_out_must_be_a_folder_of_its_own(tmp_path: Path, capsys, monkeypatch, where: str) -> None:
     home, cwd = tmp_path / "home", tmp_path / "home" / "work" / "project"
@@ -125,6 +134,11 @@ def test_resume_with_other_epochs_or_out_says_what_it_does(tmp_path: Path, capsy
     code, err = _run(["train", "--resume", str(out), "--epochs", "2"], capsys)
     assert code == 2
     _assert_one_line(err, "--epochs 2", "already finished 3 epochs")
+    assert main(["train", "--resume", str(out), "--overwrite", "--no-progress"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ltsam: ")]
+    assert notes[0] == (f"ltsam: {out} has finished its 3 epochs; recomputing its final results; "
+                        f"--overwrite is ignored: --resume keeps the run")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_every_file_follows_the_umask(tmp_path: Path) -> None:

@@ -226,12 +226,15 @@ def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epoch
     if epochs < done:
         raise UserError(f"--epochs {epochs}: {run_dir} has already finished {done} epochs; pass --epochs {done} "
                         f"or more (or leave --epochs out to finish its {saved_epochs})")
-    note = (f"ltsam: resuming {run_dir} after epoch {done} of {epochs}" if done else
-            f"ltsam: {run_dir} stopped before its first checkpoint; starting it again from its config.json")
+    note = (f"ltsam: {run_dir} stopped before its first checkpoint; starting it again from its config.json"
+            if not done else f"ltsam: {run_dir} has finished its {epochs} epochs; recomputing its final results"
+            if done == epochs else f"ltsam: resuming {run_dir} after epoch {done} of {epochs}")
     if epochs != saved_epochs:
         note += f"; --epochs {epochs} replaces the saved {saved_epochs} (the schedules follow the new length)"
     if args.out and os.path.realpath(args.out) != os.path.realpath(run_dir):
         note += f"; --out {args.out} is ignored: a resumed run stays in its own folder"
+    if args.overwrite:
+        note += "; --overwrite is ignored: --resume keeps the run"
     return note
 
 

@@ -128,8 +128,8 @@ def release_run_locks() -> None:
 def _replaceable(path: Path, overwrite: bool) -> list[Path]:
     """The entries of an existing ``path`` that a new run would replace; refuses what it must not touch."""
     entries = [e for e in path.iterdir() if e.name != LOCK_NAME]
-    if not entries:
-        return []
+    if all(_is_orphan(e) for e in entries) and (not entries or (path / LOCK_NAME).exists()):
+        return entries  # empty, or a start killed before its marker was written
     if not is_run_dir(path):
         raise UserError(f"{path} is not empty and is not an ltsam run folder (no {RUN_MARKER} marker); "
                         f"refusing to touch it — choose another --out")
