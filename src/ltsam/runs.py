@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -85,6 +84,8 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
+        import fcntl  # POSIX (Linux, macOS); imported here so that eval and hessian need it not
+
         self.run_dir = run_dir
         path = run_dir / LOCK_NAME
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
