@@ -52,18 +52,17 @@ def test_bad_flags(tmp_path: Path, capsys, flags: list[str], words: list[str]) -
     assert not out.exists()  # nothing was created
 
 
-def test_existing_run_folder_needs_overwrite(tmp_path: Path, capsys) -> None:
+def test_existing_folder_that_is_not_a_run_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    code, err = _run(["train", *FAST_DIGITS, "--out", str(out)], capsys)
-    assert code == 2
-    _assert_one_line(err, "--overwrite")
-    # Even with --overwrite, a folder that is not an ltsam run is never deleted.
-    code, err = _run(["train", *FAST_DIGITS, "--out", str(out), "--overwrite"], capsys)
-    assert code == 2
-    _assert_one_line(err, "not an ltsam run folder")
-    assert (out / "notes.txt").read_text() == "mine"
+    # With or without --overwrite, a folder that is not an ltsam run is never touched.
+    for extra in ([], ["--overwrite"]):
+        code, err = _run(["train", *FAST_DIGITS, "--out", str(out), *extra], capsys)
+        assert code == 2
+        _assert_one_line(err, "not an ltsam run folder", "another --out")
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+        assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_resume_with_another_architecture_or_corrupt_file(tmp_path: Path, capsys) -> None:

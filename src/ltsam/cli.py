@@ -168,10 +168,37 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``ltsam train``, holding the run folder's lock throughout: Ctrl-C, SIGTERM and a full disk stop
+    it with one line saying how to continue."""
+    from ltsam.faults import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, is_disk_full, sigterm_as_interrupt
+    from ltsam.runs import held_run_dir, release_run_locks
+
+    try:
+        with sigterm_as_interrupt():
+            return _train(args)
+    except KeyboardInterrupt as exc:
+        run = held_run_dir()
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        then = (f"`ltsam train --resume {run}` continues from its last finished epoch" if run else
+                "`ltsam train --resume RUN_DIR` continues a training run")
+        print(f"ltsam: {how}; {then}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        run, where = held_run_dir(), exc.filename or held_run_dir()
+        raise UserError(f"no space left on the disk{f' writing {where}' if where else ''}; the last checkpoint "
+                        f"is intact — free some space, then `ltsam train --resume {run or 'RUN_DIR'}` continues"
+                        ) from None
+    finally:
+        release_run_locks()
+
+
+def _train(args: argparse.Namespace) -> int:
     from ltsam.config import config_warnings, implied_defaults, resolve, run_name
     from ltsam.recipes import get_recipe
     from ltsam.report import print_results
-    from ltsam.runs import prepare_run_dir, read_run_config
+    from ltsam.runs import open_for_resume, prepare_run_dir, read_run_config, repair_best
     from ltsam.trainer import Trainer
 
     overrides = _train_overrides(args)
@@ -179,9 +206,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"--resume {run_dir}: no last.pt there; pass the folder of an ltsam run")
+        has_checkpoint = open_for_resume(run_dir, owner=int(os.environ.get("RANK", "0")) == 0)
         cfg = read_run_config(run_dir)
+        saved_epochs = cfg.epochs
         changed = {k: v for k, v in overrides.items()
                    if v is not None and k not in ("device", "workers", "epochs") and getattr(cfg, k) != v}
         if changed:
@@ -195,8 +222,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         validate(cfg)
         resolve_derived(cfg)
-        trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
+        trainer = Trainer(cfg, run_dir, resume=has_checkpoint, progress=not args.no_progress)
+        note = _resume_note(args, run_dir, trainer.start_epoch, saved_epochs, cfg)
         if trainer.ctx.is_main:
+            repair_best(run_dir, trainer.start_epoch, trainer.best_record)
+            print(note, flush=True)
             write_json(run_dir / "config.json", cfg.to_dict())
     else:
         recipe = get_recipe(args.recipe) if args.recipe else None
@@ -237,6 +267,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if best["top1"] is not None:
         print(f"best epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f}; results in {run_dir}/final.json")
     return 0
+
+
+def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epochs: int, cfg: Any) -> str:
+    """One line saying what ``--resume`` does, including with ``--epochs`` or ``--out``."""
+    epochs = cfg.epochs
+    if epochs < done:
+        raise UserError(f"--epochs {epochs}: {run_dir} has already finished {done} epochs; pass --epochs {done} "
+                        f"or more (or leave --epochs out to finish its {saved_epochs})")
+    note = (f"ltsam: {run_dir} stopped before its first checkpoint; starting it again from its config.json"
+            if not done else f"ltsam: {run_dir} has finished its {epochs} epochs; recomputing its final results"
+            if done == epochs else f"ltsam: resuming {run_dir} after epoch {done} of {epochs}")
+    if epochs != saved_epochs:
+        note += f"; --epochs {epochs} replaces the saved {saved_epochs} (the LR schedule follows the new length"
+        note += f"; DRW keeps its saved switch epoch {cfg.drw_epoch})" if cfg.train_rule == "drw" else ")"
+    if args.out and os.path.realpath(args.out) != os.path.realpath(run_dir):
+        note += f"; --out {args.out} is ignored: a resumed run stays in its own folder"
+    if args.overwrite:
+        note += "; --overwrite is ignored: --resume keeps the run"
+    return note
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

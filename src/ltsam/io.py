@@ -5,30 +5,70 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ltsam.errors import UserError
+from ltsam.faults import fault_point
 
 CHECKPOINT_FORMAT = "ltsam-checkpoint-v1"
 
 
 def _atomic(path: Path, write) -> None:
+    """Write ``path`` through a temporary file beside it, synced and renamed over it: a reader, a kill
+    or a full disk leaves either the old file or the new one, never half of one. The file's mode
+    follows the umask, like any other file the user creates."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, fd = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            fault_point(f"write:{path.name}")
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+    _sync_folder(path.parent)
+
+
+def _create_temporary(path: Path) -> tuple[str, int]:
+    """A new file ``.NAME.XXXXXXXX.tmp`` beside ``path``, opened for writing (mode 0666 less the umask;
+    ``mkstemp`` would make it 0600). Orphans of a killed process are removed by ``runs.remove_orphans``."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder so that a rename in it survives a power cut (best effort: not every system can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` over ``dst`` atomically (``dst`` is the old file or the whole copy, never half)."""
+    with open(src, "rb") as f:
+        _atomic(Path(dst), lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def json_safe(data: Any) -> Any:
@@ -119,7 +159,7 @@ def check_writable_file(path: str | Path, flag: str) -> Path:
     if not parent.is_dir():
         raise UserError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        probe, fd = _create_temporary(path)
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot write in {parent} ({exc.strerror}); choose a writable path") from None
     os.close(fd)

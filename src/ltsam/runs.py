@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,25 +14,194 @@ from ltsam.config import TrainConfig, validate
 from ltsam.distributed import resolve_device
 from ltsam.errors import UserError
 from ltsam.extensions import load_plugins
-from ltsam.io import load_checkpoint, read_json
+from ltsam.io import copy_atomic, load_checkpoint, read_json, write_text
 from ltsam.methods import METHODS
 
-RUN_MARKER = "config.json"
+RUN_MARKER = ".ltsam-run"  # written first into every run folder: what makes a folder ltsam's to replace
+RUN_FORMAT = "ltsam-run-v1"
+CONFIG_NAME = "config.json"
+LOCK_NAME = ".ltsam-lock"  # flock'ed by the process that trains into the folder; holds its pid
+# Everything ltsam writes into a run folder; --overwrite removes these and nothing else.
+OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "last.pt", "best.pt", "final.json",
+                       "per_class_accuracy.png", "confusion_matrix.png"})
+OWN_FOLDERS = frozenset({"tensorboard", "wandb", "hessian"})
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # io._atomic's (and mkstemp's) names
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` carries ltsam's run marker (a folder holding a config.json is not enough)."""
+    try:
+        return (path / RUN_MARKER).read_text().startswith("ltsam-run-v")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_orphan(entry: Path) -> bool:
+    """A temporary file of one of ltsam's atomic writes (left behind only by a killed process)."""
+    match = _TEMPORARY.match(entry.name)
+    return bool(match) and match["name"] in OWN_FILES and not entry.is_dir()
+
+
+def _is_own(entry: Path) -> bool:
+    if entry.name in OWN_FILES:
+        return not entry.is_dir() or entry.is_symlink()
+    return entry.name in OWN_FOLDERS or _is_orphan(entry)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def remove_orphans(run_dir: Path) -> None:
+    """Delete temporary files a killed process left behind (``.last.pt.XXXXXXXX.tmp`` ...).
+    Call only while holding the folder's lock: a live run's temporary file would go too."""
+    for entry in run_dir.iterdir():
+        if _is_orphan(entry):
+            entry.unlink(missing_ok=True)
+
+
+def _refuse_dangerous(path: Path) -> None:
+    """A run needs a folder of its own: never the working folder, one above it, home or the root."""
+    real, cwd = Path(os.path.realpath(path)), Path(os.path.realpath(Path.cwd()))
+    home = Path(os.path.realpath(Path.home()))
+    if real == cwd or real in cwd.parents or real == home or real == Path(real.anchor):
+        what = ("the working folder" if real == cwd else "the root folder" if real == Path(real.anchor)
+                else "your home folder" if real == home else "a folder above the working folder")
+        raise UserError(f"--out {path} is {what}; a run needs a folder of its own, e.g. --out runs/NAME")
+
+
+def _names(entries: list[Path], most: int = 5) -> str:
+    names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.ltsam-lock`` for as long as a process trains into the folder.
+
+    The OS drops it when the process ends, however it ends (even SIGKILL), so a lock is never stale.
+    The file holds the holder's pid, so that the refused process can name it.
+    """
+
+    def __init__(self, run_dir: Path):
+        import fcntl  # POSIX (Linux, macOS); imported here so that eval and hessian need it not
+
+        self.run_dir = run_dir
+        path = run_dir / LOCK_NAME
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise UserError(f"run folder {run_dir} is in use by another ltsam run ({who}); wait for it to "
+                            f"finish or stop it, or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the only descriptor releases the flock
+            self.fd = -1
+
+
+_held: list[RunLock] = []
+
+
+def lock_run_dir(run_dir: Path) -> RunLock:
+    """Lock ``run_dir`` for the rest of this ``ltsam train`` (released by :func:`release_run_locks`)."""
+    lock = RunLock(run_dir)
+    _held.append(lock)
+    return lock
+
+
+def held_run_dir() -> Path | None:
+    """The run folder this process trains into (rank 0; ``None`` on other ranks or before it is locked)."""
+    return _held[-1].run_dir if _held else None
+
+
+def release_run_locks() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _replaceable(path: Path, overwrite: bool) -> list[Path]:
+    """The entries of an existing ``path`` that a new run would replace; refuses what it must not touch."""
+    entries = [e for e in path.iterdir() if e.name != LOCK_NAME]
+    if all(_is_orphan(e) for e in entries) and (not entries or (path / LOCK_NAME).exists()):
+        return entries  # empty, or a start killed before its marker was written
+    if not is_run_dir(path):
+        raise UserError(f"{path} is not empty and is not an ltsam run folder (no {RUN_MARKER} marker); "
+                        f"refusing to touch it — choose another --out")
+    if not overwrite:
+        if not (path / "last.pt").is_file() and (path / CONFIG_NAME).is_file():
+            raise UserError(f"run folder {path} holds a run stopped before its first checkpoint; "
+                            f"`ltsam train --resume {path}` starts it again from its config.json, "
+                            f"or pass --overwrite to replace it")
+        raise UserError(f"run folder {path} already exists; pass --overwrite to replace it, "
+                        f"--resume {path} to continue it, or choose another --out")
+    foreign = [e for e in entries if not _is_own(e)]
+    if foreign:
+        raise UserError(f"run folder {path} also holds files ltsam did not write ({_names(foreign)}); "
+                        f"--overwrite removes only a run's own files — move those away or choose another --out")
+    return entries
 
 
 def prepare_run_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path``; an existing non-empty folder needs ``overwrite`` and must be an ltsam run."""
+    """Create and lock the run folder ``path`` and mark it as ltsam's.
+
+    An existing non-empty folder needs ``overwrite`` and must be an ltsam run (marker) holding only
+    ltsam's files; those files are then removed, nothing else. Refused before anything is touched:
+    the working folder, a folder above it, home, the root.
+    """
+    _refuse_dangerous(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; choose a folder name")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise UserError(f"run folder {path} already exists; pass --overwrite to replace it, "
-                            f"--resume {path} to continue it, or choose another --out")
-        if not (path / RUN_MARKER).is_file():
-            raise UserError(f"{path} is not empty and is not an ltsam run folder (no {RUN_MARKER}); "
-                            f"refusing to delete it — choose another --out")
-        shutil.rmtree(path)
+    if path.is_dir() and not is_run_dir(path):
+        _replaceable(path, overwrite)  # refuse a foreign folder before creating a lock file in it
     path.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(path)  # an ltsam run in use is refused here, naming its pid
+    try:
+        for entry in _replaceable(path, overwrite):  # now that no other run can change the folder
+            _remove(entry)
+        write_text(path / RUN_MARKER, RUN_FORMAT + "\n")
+    except BaseException:
+        _held.remove(lock)
+        lock.release()
+        raise
+
+
+def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
+    """Check ``run_dir`` for ``--resume``; ``True`` when it has a ``last.pt`` to continue, ``False`` when
+    its run stopped before the first checkpoint (it starts again from config.json). The ``owner`` (rank 0
+    under torchrun) locks the folder and clears what a killed process left: temporary files, and the
+    outputs of a run that never reached a checkpoint."""
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such folder; pass the folder of an ltsam run")
+    has_checkpoint = (run_dir / "last.pt").is_file()
+    if not has_checkpoint and not (is_run_dir(run_dir) and (run_dir / CONFIG_NAME).is_file()):
+        raise UserError(f"--resume {run_dir}: no last.pt there; pass the folder of an ltsam run")
+    if not owner:
+        return has_checkpoint
+    lock_run_dir(run_dir)
+    remove_orphans(run_dir)
+    if has_checkpoint:
+        return True
+    for entry in run_dir.iterdir():
+        if _is_own(entry) and entry.name not in (RUN_MARKER, LOCK_NAME, CONFIG_NAME):
+            _remove(entry)
+    return False
+
+
+def repair_best(run_dir: Path, epochs_done: int, best_record: dict[str, Any] | None) -> None:
+    """Make ``best.pt`` the checkpoint ``last.pt`` records as best. ``best.pt`` is written just after
+    ``last.pt`` in the same epoch, so a kill or a full disk between the two leaves it stale exactly when
+    the last finished epoch was the best; then ``last.pt`` holds the same payload, and is copied over it."""
+    if best_record is not None and best_record.get("epoch") == epochs_done - 1:
+        copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
 
 
 def checkpoint_path(target: str | Path, which: str = "best") -> Path:
@@ -64,7 +235,7 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    cfg = config_from_dict(read_json(run_dir / RUN_MARKER))
+    cfg = config_from_dict(read_json(run_dir / CONFIG_NAME))
     validate(cfg)
     return cfg
 

@@ -21,6 +21,7 @@ from ltsam.data.registry import DATASETS, load_data, native_epochs
 from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate
+from ltsam.faults import fault_point
 from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
 from ltsam.losses import build_loss
 from ltsam.methods import METHODS, MethodContext
@@ -146,6 +147,7 @@ class Trainer:
         self.method.prepare(epoch, criterion)
         for batch in bar:
             loss, logits, y = self.method(self.net, batch)
+            fault_point("step")
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             sums[0] += loss.double() * len(y)
@@ -278,13 +280,21 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 def _truncate_metrics(path: Path, start_epoch: int) -> None:
-    """On resume, drop lines of epochs that will run again (written after the last checkpoint)."""
+    """On resume, keep one line for each epoch before the checkpoint; drop the epochs that run again
+    (written after the checkpoint) and a line torn by a kill or a full disk."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+    keep: dict[int, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue
+        if isinstance(epoch, int) and 0 <= epoch < start_epoch:
+            keep[epoch] = line
     from ltsam.io import write_text
 
-    write_text(path, "".join(ln + "\n" for ln in keep))
+    write_text(path, "".join(keep[e] + "\n" for e in sorted(keep)))
 
 
 def _tensorboard(run_dir: Path, start_epoch: int):

@@ -1,0 +1,241 @@
+"""Faults leave a resumable run: a run killed (SIGKILL) at a precise point, stopped by SIGTERM, or out of
+disk space resumes to exactly the run that was never interrupted — same weights, optimizer state,
+best.pt and metrics, each epoch once.
+
+The kills are placed by the test hook ``LTSAM_FAULT`` (``ltsam.faults.fault_point``).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ltsam.cli import main
+from tests.test_cli_errors import _assert_one_line, _run
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# digits, 3 epochs of 9 steps; with seed 3 every epoch is a new best (top-1 21.7, 22.4, 42.0).
+FLAGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64", "--no-progress", "--seed", "3"]
+TIMING = {"seconds", "elapsed", "train_seconds", "out"}  # wall times, and the run's own folder name
+
+
+def _strip(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, (list, tuple)):
+        return [_strip(v) for v in x]
+    return x
+
+
+def _assert_same(a: Any, b: Any, where: str = "") -> None:
+    """Equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, a.keys(), getattr(b, "keys", b))
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_same(u, v, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)
+
+
+def _ckpt(path: Path) -> dict[str, Any]:
+    return _strip(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [_strip(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(run: Path, ref: Path) -> None:
+    """``run`` (interrupted, then resumed) is ``ref`` (never interrupted), apart from wall times."""
+    last = _ckpt(run / "last.pt")
+    _assert_same(last, _ckpt(ref / "last.pt"), "last.pt")  # weights, optimizer state, best record
+    best = _ckpt(run / "best.pt")
+    _assert_same(best, _ckpt(ref / "best.pt"), "best.pt")
+    assert best["epoch"] == last["best_record"]["epoch"] + 1  # best.pt is the run's best epoch
+    metrics = _metrics(run)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]  # each epoch once, in order
+    assert metrics == _metrics(ref)
+    final = _strip(json.loads((run / "final.json").read_text()))
+    assert final == _strip(json.loads((ref / "final.json").read_text()))
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(["train", *FLAGS, "--out", str(out)]) == 0
+    return out
+
+
+def _killed(out: Path, fault: str) -> None:
+    """`ltsam train` in a child process killed with SIGKILL at ``fault``."""
+    env = dict(os.environ, PYTHONPATH=SRC, LTSAM_FAULT=fault)
+    proc = subprocess.run([sys.executable, "-m", "ltsam", "train", *FLAGS, "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def test_kill_mid_epoch_resumes_exactly(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed(out, "step@13")  # the 4th step of epoch 2
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
+def test_kill_while_best_is_written_repairs_best(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed(out, "write:best.pt@3")  # epoch 3 (the best): last.pt written, best.pt not yet replaced
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2  # stale
+    assert list(out.glob(".best.pt.*.tmp"))  # the killed write's temporary file
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
+def test_kill_in_first_epoch_restarts_from_config(tmp_path: Path, reference: Path, capsys) -> None:
+    out = tmp_path / "run"
+    _killed(out, "step@4")
+    assert not (out / "last.pt").exists() and (out / "config.json").is_file()
+    # A new run on the folder says what to do ...
+    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
+    assert code == 2
+    _assert_one_line(err, "before its first checkpoint", f"--resume {out}", "--overwrite")
+    # ... and --resume starts it again from its config.json.
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "starting it again from its config.json" in capsys.readouterr().out
+    _assert_same_run(out, reference)
+
+
+def test_kill_while_last_is_written_and_torn_metrics_line(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed(out, "write:last.pt@2")  # epoch 2: its metrics line written, last.pt not yet replaced
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert list(out.glob(".last.pt.*.tmp"))  # an orphan, removed on the next start
+    with open(out / "metrics.jsonl", "a") as f:  # and a line torn by a kill or a full disk
+        f.write('{"epoch": 2, "lr": 0.0')
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, reference: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls: list[int] = []
+
+    def save(obj, f, *args, **kwargs):  # the 3rd checkpoint write: epoch 2's last.pt
+        calls.append(1)
+        if len(calls) == 3:
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
+    assert code == 2
+    _assert_one_line(err, "no space left on the disk", str(out / "last.pt"), f"--resume {out}")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # the previous checkpoint, whole
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()  # space freed
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
+def test_disk_full_while_appending_metrics(tmp_path: Path, reference: Path, capsys, monkeypatch) -> None:
+    import ltsam.trainer
+
+    out = tmp_path / "run"
+    appends: list[int] = []
+
+    class HalfWriter:
+        """A metrics file on a full disk: part of the line reaches it, then ENOSPC."""
+
+        def __init__(self, path, mode):
+            self.f = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def write(self, text: str) -> int:
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and mode == "a":
+            appends.append(1)
+            if len(appends) == 2:
+                return HalfWriter(path, mode)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ltsam.trainer, "open", fake_open, raising=False)
+    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
+    assert code == 2
+    _assert_one_line(err, "no space left on the disk", f"--resume {out}")
+    assert not (out / "metrics.jsonl").read_text().endswith("\n")  # a torn line
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
+def _start(out: Path, epochs: str = "3") -> subprocess.Popen:
+    """A real `ltsam train` in a child process, returned once its first epoch is done."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    flags = [*FLAGS[:2], "--epochs", epochs, *FLAGS[4:]]
+    proc = subprocess.Popen([sys.executable, "-m", "ltsam", "train", *flags, "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   1/"):
+            return proc
+    proc.wait()
+    raise AssertionError(proc.stderr.read()[-3000:])
+
+
+def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start(out)
+    proc.send_signal(signal.SIGSTOP)  # wherever it is now (epoch 2, or writing a file) ...
+    proc.send_signal(signal.SIGTERM)  # ... SIGTERM is handled as soon as it runs again
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    _assert_one_line(err, "stopped by SIGTERM", f"`ltsam train --resume {out}`")
+    assert not list(out.glob(".*.tmp"))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # the lock was released
+    _assert_same_run(out, reference)
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    from ltsam.trainer import Trainer
+
+    def interrupted(self, stop_after=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    out = tmp_path / "run"
+    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
+    assert code == 130
+    _assert_one_line(err, "interrupted", f"`ltsam train --resume {out}`")
