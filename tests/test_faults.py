@@ -214,17 +214,27 @@ def _start(out: Path, epochs: str = "3") -> subprocess.Popen:
     raise AssertionError(proc.stderr.read()[-3000:])
 
 
-def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path, reference: Path) -> None:
+def test_folder_in_use_is_refused_then_sigterm_stops_cleanly(tmp_path: Path, reference: Path, capsys) -> None:
     out = tmp_path / "run"
-    proc = _start(out)
-    proc.send_signal(signal.SIGSTOP)  # wherever it is now (epoch 2, or writing a file) ...
-    proc.send_signal(signal.SIGTERM)  # ... SIGTERM is handled as soon as it runs again
-    proc.send_signal(signal.SIGCONT)
+    proc = _start(out)  # a real run, past its first epoch ...
+    proc.send_signal(signal.SIGSTOP)  # ... held still wherever it is (epoch 2, or writing a file)
+    try:  # A second run on its folder -- new, --overwrite or --resume -- is refused, naming the holder.
+        for argv in (["--out", str(out)], ["--out", str(out), "--overwrite"]):
+            code, err = _run(["train", *FLAGS, *argv], capsys)
+            assert code == 2, argv
+            _assert_one_line(err, "in use by another ltsam run", f"pid {proc.pid}")
+        code, err = _run(["train", "--resume", str(out)], capsys)
+        assert code == 2
+        _assert_one_line(err, "in use by another ltsam run", f"pid {proc.pid}")
+    finally:
+        proc.send_signal(signal.SIGTERM)  # handled as soon as it runs again
+        proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     _assert_one_line(err, "stopped by SIGTERM", f"`ltsam train --resume {out}`")
     assert not list(out.glob(".*.tmp"))
-    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # the lock was released
+    # The lock went with the process; the run, undisturbed by the refused ones, resumes exactly.
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     _assert_same_run(out, reference)
 
 
