@@ -20,6 +20,7 @@ import torch
 from ltsam.cli import main
 from ltsam.io import json_safe, to_json, write_json
 from tests.conftest import FAST_DIGITS
+from tests.test_cli_errors import _assert_one_line as _one_line
 from tests.test_listfile import make_list_dataset
 
 
@@ -32,13 +33,6 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _one_line(err: str, *words: str) -> str:
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def _strict_json(text: str):
@@ -228,11 +222,14 @@ def test_config_json_with_wrong_types(trained_run: Path, tmp_path: Path, capsys,
     cfg = json.loads((trained_run / "config.json").read_text())
     cfg[key] = value
     (run / "config.json").write_text(json.dumps(cfg))
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    def files() -> dict[str, bytes]:  # the run's files; the lock ltsam takes (and releases) aside
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".ltsam-lock"}
+
+    before = files()
     code, _, err = _run(["train", "--resume", str(run), "--epochs", "2"], capsys)
     assert code == 2
     _one_line(err, repr(key))
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert files() == before
 
 
 # -- item 5: the Hessian and eval commands -------------------------------------------------------
@@ -265,3 +262,22 @@ def test_eval_json_that_cannot_be_written(trained_run: Path, tmp_path: Path, cap
     code, _, err = _run(["eval", str(trained_run), "--json", str(path)], capsys)
     assert code == 2
     _one_line(err, "--json", str(path))
+
+
+# -- item 5: run folders that cannot be made ------------------------------------------------------
+@pytest.mark.parametrize("where", ["under-a-file", "read-only", "symlink"])
+def test_out_that_cannot_be_a_run_folder(tmp_path: Path, capsys, where: str) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    target = tmp_path / "real_run"
+    if where == "symlink":  # a finished run reached through a link: --overwrite must not follow it
+        assert main(["train", *FAST_DIGITS, "--epochs", "1", "--out", str(target)]) == 0
+        capsys.readouterr()
+        (tmp_path / "link").symlink_to(target)
+    out = {"under-a-file": blocker / "run", "read-only": Path("/proc/ltsam-run"), "symlink": tmp_path / "link"}[where]
+    before = sorted(p.name for p in target.iterdir()) if target.exists() else None
+    code, _, err = _run(["train", *FAST_DIGITS, "--out", str(out), "--overwrite"], capsys)
+    assert code == 2
+    _one_line(err, "--out", str(out))
+    assert blocker.read_text() == "mine"
+    assert (sorted(p.name for p in target.iterdir()) if target.exists() else None) == before

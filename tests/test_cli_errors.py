@@ -22,12 +22,14 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return code, err
 
 
-def _assert_one_line(err: str, *words: str) -> None:
+def _assert_one_line(err: str, *words: str) -> str:
+    """``err`` is one line without a traceback, holding every one of ``words``; returns the line."""
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     for w in words:
         assert w in lines[0], (w, lines[0])
+    return lines[0]
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -264,8 +264,10 @@ def _train(args: argparse.Namespace) -> int:
     print_results(summary["final"], summary["classes"], summary["cls_num_list"],
                   title=f"{run_dir.name}: final epoch ({summary['epochs_done']}/{cfg.epochs})")
     best = summary["best"]
-    if best["top1"] is not None:
-        print(f"best epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f}; results in {run_dir}/final.json")
+    if best["top1"] is not None and best["epoch"] + 1 != summary["epochs_done"]:  # the table shows the last epoch
+        print(f"best test epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f}; results in {run_dir}/final.json")
+    else:
+        print(f"results in {run_dir}/final.json")
     return 0
 
 

@@ -150,6 +150,19 @@ def _replaceable(path: Path, overwrite: bool) -> list[Path]:
     return entries
 
 
+def _make_folder(path: Path) -> None:
+    """``mkdir -p``, with a path under a file or on a read-only disk said in one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        raise UserError(f"--out {path}: {blocker} is a file, so no folder can be made there; choose another "
+                        f"--out") from None
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot create the folder ({exc.strerror}); choose a writable "
+                        f"location") from None
+
+
 def prepare_run_dir(path: Path, overwrite: bool) -> None:
     """Create and lock the run folder ``path`` and mark it as ltsam's.
 
@@ -160,9 +173,12 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
     _refuse_dangerous(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; choose a folder name")
+    if path.is_symlink() and overwrite:
+        raise UserError(f"--out {path} is a symbolic link; to replace a run, pass the folder it points to "
+                        f"({os.path.realpath(path)})")
     if path.is_dir() and not is_run_dir(path):
         _replaceable(path, overwrite)  # refuse a foreign folder before creating a lock file in it
-    path.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     lock = lock_run_dir(path)  # an ltsam run in use is refused here, naming its pid
     try:
         for entry in _replaceable(path, overwrite):  # now that no other run can change the folder
