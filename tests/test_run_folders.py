@@ -105,8 +105,9 @@ def test_resume_with_other_epochs_or_out_says_what_it_does(tmp_path: Path, capsy
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--epochs", "3", "--out", str(other), "--no-progress"]) == 0
     notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ltsam: resuming")]
-    assert notes == [f"ltsam: resuming {out} after epoch 1 of 3; --epochs 3 replaces the saved 2 (the schedules "
-                     f"follow the new length); --out {other} is ignored: a resumed run stays in its own folder"]
+    assert notes == [f"ltsam: resuming {out} after epoch 1 of 3; --epochs 3 replaces the saved 2 (the LR schedule "
+                     f"follows the new length; DRW keeps its saved switch epoch 2); --out {other} is ignored: a "
+                     f"resumed run stays in its own folder"]
     assert not other.exists()
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
     code, err = _run(["train", "--resume", str(out), "--epochs", "2"], capsys)
