@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ltsam.data.registry import DATASETS
+from ltsam.data.validation import check_request
 from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options
 from ltsam.methods import METHODS, uses_cosine_head
@@ -297,10 +298,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
-    if cfg.val_fraction >= 1.0:
-        raise UserError(f"--val-fraction must lie in [0, 1), got {cfg.val_fraction}")
-    if cfg.val_per_class and cfg.val_fraction:
-        raise UserError("give --val-per-class or --val-fraction, not both")
+    check_request(cfg.val_per_class, cfg.val_fraction)
     if cfg.rho_steps is not None and len(cfg.rho_steps) != 4:
         raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
     if cfg.shot_split == "index" and "index_split" not in DATASETS.entry(cfg.dataset).meta:

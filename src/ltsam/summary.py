@@ -298,7 +298,8 @@ def save_figures(out: Path, groups: Sequence[Group]) -> list[Path]:
             ax.set_xscale("log")
             ax.set_xlabel("training images in class (log scale)")
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(("last epoch" if sel == "last" else "best-validation epoch") + " (mean, ±1 std band over seeds)",
+            what = "last epoch" if sel == "last" else "best-validation epoch"
+            ax.set_title(f"{what} (mean, ±1 std band over seeds)",
                          fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

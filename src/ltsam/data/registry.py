@@ -17,7 +17,7 @@ import torch
 from ltsam.data.images import ImageSet
 from ltsam.data.listfile import INDEX_SPLITS
 from ltsam.data.profiles import lt_counts, lt_indices
-from ltsam.data.validation import complement, describe, draw_validation, val_count
+from ltsam.data.validation import check_request, complement, describe, draw_validation, val_count
 from ltsam.errors import UserError
 from ltsam.registry import Registry
 
@@ -319,7 +319,7 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
     imb_type = imb_type.lower()
     if imb_type != "none":
         lt_counts(1, 1, imb_type, imb_factor)  # validate early, before any slow loading
-    val_count(val_per_class, val_fraction, [1])  # the same: a bad value fails before the data are read
+    check_request(val_per_class, val_fraction)  # the same for the validation split
     return loader(DataRequest(Path(data_root), imb_type, imb_factor, rand_number, download, image_size, norm, pad,
                               flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction))
 

@@ -29,15 +29,20 @@ from ltsam.errors import UserError
 _STREAM = 0x7A1  # keeps the validation draw apart from the long-tail profile's stream of the same seed
 
 
-def val_count(per_class: int, fraction: float, available: Sequence[int]) -> int:
-    """Images per class to hold out: ``per_class``, or ``floor(fraction * min_c available_c)`` (the
-    smallest class of the full training source), or 0 for no validation set."""
+def check_request(per_class: int, fraction: float) -> None:
+    """One of the two, each in range: ``per_class`` >= 0, ``fraction`` in [0, 1)."""
     if per_class and fraction:
         raise UserError("give --val-per-class or --val-fraction, not both")
     if per_class < 0:
         raise UserError(f"--val-per-class must be at least 0, got {per_class}")
-    if not (0.0 <= fraction < 1.0) or not math.isfinite(fraction):
+    if not math.isfinite(fraction) or not (0.0 <= fraction < 1.0):
         raise UserError(f"--val-fraction must lie in [0, 1), got {fraction}")
+
+
+def val_count(per_class: int, fraction: float, available: Sequence[int]) -> int:
+    """Images per class to hold out: ``per_class``, or ``floor(fraction * min_c available_c)`` (the
+    smallest class of the full training source), or 0 for no validation set."""
+    check_request(per_class, fraction)
     if per_class:
         return int(per_class)
     if not fraction:
