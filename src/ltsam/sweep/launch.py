@@ -204,7 +204,7 @@ def still_queued(sweep: Sweep, manifest: Manifest, run: RunSpec) -> str | None:
         return None
     try:
         job = submitit.SlurmJob(folder=sweep.out / "slurm" / "%j", job_id=str(entry["job"]))
-        state = str(job.state).split()[0].upper()
+        state = str(job.watcher.get_state(job.job_id, mode="force")).split()[0].upper()  # sacct, now
     except Exception:  # no sacct here, or it failed
         state = "UNKNOWN"
     return state if state in QUEUED or state == "UNKNOWN" else None
