@@ -5,9 +5,11 @@ script, and submitit's SLURM executor against fake `sbatch`/`srun`/`sacct` comma
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -22,6 +24,7 @@ import torch
 
 from ltsam.cli import main
 from ltsam.sweep.grid import load_sweep
+from tests.tolerances import rtol
 
 ROOT = Path(__file__).resolve().parents[1]
 # Three seeds of one small digits configuration, with a validation split.
@@ -301,3 +304,43 @@ def test_slurm_executor_submits_one_array_and_its_task_trains_the_run(swept, tmp
     assert main(args) == 0
     assert "submitted 2 runs" in capsys.readouterr().out
     assert "--array=0-1%2" in sorted(record.iterdir())[-1].read_text()
+
+
+# ---------------------------------------------------------------- the report of the sweep
+def _hand(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation, written out: s = sqrt(sum (x - mean)^2 / (n - 1))."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_report_means_and_stds_match_a_hand_computation_from_the_run_folders(swept, tmp_path: Path,
+                                                                             capsys) -> None:
+    _, out, _ = swept
+    rep = tmp_path / "rep"
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    printed = capsys.readouterr().out
+    with open(rep / "report.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["config"], row["n"], row["seeds"]) == ("sam", "3", "0 1 2")
+    runs = [out / "runs" / f"sam_seed{s}" for s in range(3)]
+    finals = [json.loads((r / "final.json").read_text()) for r in runs]
+    # best-val, selected here from each run's metrics.jsonl: the highest val top-1, the earliest on a tie
+    picked = [max(_rows(r), key=lambda x: (x["val_top1"], -x["epoch"])) for r in runs]
+    expected = {
+        "last_top1": [f["final"]["top1"] for f in finals],
+        "last_medium": [f["final"]["shot_acc"]["medium"] for f in finals],
+        "best_val_top1": [p["test_top1"] for p in picked],
+        "best_val_few": [p["few_acc"] for p in picked],
+        "best_test_top1": [max(x["test_top1"] for x in _rows(r)) for r in runs],
+    }
+    # Percentages (size <= 100) in float64: the two sums of 3 terms differ by rounding only.
+    tol = rtol(torch.float64, n=3, stages=3) * 100
+    for key, xs in expected.items():
+        m, sd = _hand(xs)
+        assert abs(float(row[f"{key}_mean"]) - m) <= tol, key
+        assert abs(float(row[f"{key}_std"]) - sd) <= tol, key
+    m, sd = _hand(expected["last_top1"])
+    assert f"| sam | 3 | {m:.2f} ± {sd:.2f} |" in printed
+    assert (rep / "report.md").read_text().startswith("| config | n | last top-1 |")
+    for fig in ("per_class_vs_size.png", "shot_curves.png"):
+        assert (rep / fig).stat().st_size > 1000
