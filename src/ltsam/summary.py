@@ -346,8 +346,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, par
     groups = group_runs(runs)
     text, rows = table(groups)
     if skipped:
-        text += (f"\nLeft out: {len(skipped)} unfinished run(s) ({', '.join(p.name for p in skipped[:5])}"
-                 f"{', ...' if len(skipped) > 5 else ''}); --partial includes them.")
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        text += (f"\nLeft out: {len(skipped)} run(s) with no finished epoch ({names})." if partial else
+                 f"\nLeft out: {len(skipped)} unfinished run(s) ({names}); --partial includes them.")
     out = Path(out) if out else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "report.md", text + "\n")

@@ -4,6 +4,7 @@ write it as a plain sbatch array script."""
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from ltsam.argtypes import non_negative_int, positive_int
@@ -44,6 +45,10 @@ def add_sweep_command(sub) -> None:
                    help="write a plain sbatch job-array script (one line per run) instead of running anything")
     p.add_argument("--dry-run", action="store_true", help="check the grid and list the runs; start nothing")
     p.set_defaults(func=cmd_sweep)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _slurm_args(items: list[str]) -> dict[str, str]:
@@ -115,6 +120,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"  {opts.executor} executor, {1 if opts.executor == 'debug' else opts.parallel} at once, "
           f"{gpus_per_run(opts)} GPU(s) per run; logs in {sweep.out / 'logs'}", flush=True)
     t0 = time.time()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a budget's timeout: stop the jobs like Ctrl-C does
     try:
         failed = run_local(sweep, manifest, todo, opts)
     except KeyboardInterrupt:

@@ -102,7 +102,8 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     """Run ``todo`` on this machine, ``opts.parallel`` at once; returns the names of the runs that failed.
 
     With GPUs, concurrent runs take turns over them (slot k of N gets GPUs k*G .. k*G+G-1, modulo the
-    GPU count): one GPU is shared by all; 8 GPUs and 8 at once give each run its own.
+    GPU count): one GPU is shared by all; 8 GPUs and 8 at once give each run its own. Stopped (Ctrl-C,
+    SIGTERM, a budget's timeout), it cancels its jobs; their runs keep their last.pt and resume next time.
     """
     gpus = gpus_per_run(opts)
     logs = sweep.out / "logs"
@@ -112,32 +113,40 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
         executor = submitit.LocalExecutor(folder=logs, max_num_timeout=MAX_REQUEUES)
         executor.update_parameters(timeout_min=opts.timeout_min or 3 * 24 * 60, gpus_per_node=gpus)
     n_gpus = _device_count() if gpus else 0
-    if gpus > max(n_gpus, 0) and opts.executor == "local":
+    if gpus > n_gpus and opts.executor == "local":
         raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the CPU)")
     parallel = 1 if opts.executor == "debug" else opts.parallel
     queue, active, failed = list(todo), {}, []
     free = list(range(parallel))
     t0 = time.time()
-    while queue or active:
-        while queue and free:
-            run, slot = queue.pop(0), free.pop(0)
-            folder = run_dir(sweep, run)
-            if opts.executor == "local" and gpus:
-                executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
-            how = "resuming" if (folder / "last.pt").is_file() else "starting"
-            job = executor.submit(TrainJob(), str(folder), run.argv, gpus)
-            manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
-            say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
-            active[job] = (run, slot)
-        for job in list(active):
-            if not job.done():
-                continue
-            run, slot = active.pop(job)
-            free.append(slot)
-            _finished(sweep, manifest, run, job, failed, say, t0)
-        if active:
-            time.sleep(opts.poll_s)
+    try:
+        while queue or active:
+            while queue and free:
+                run, slot = queue.pop(0), free.pop(0)
+                if opts.executor == "local" and gpus:
+                    executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
+                active[_start(sweep, manifest, executor, run, gpus, say, t0)] = (run, slot)
+            for job in [j for j in active if j.done()]:
+                run, slot = active.pop(job)
+                free.append(slot)
+                _finished(sweep, manifest, run, job, failed, say, t0)
+            if active:
+                time.sleep(opts.poll_s)
+    except BaseException:
+        for job in active:
+            job.cancel(check=False)
+        raise
     return failed
+
+
+def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: int, say: Callable[[str], None],
+           t0: float) -> Any:
+    folder = run_dir(sweep, run)
+    how = "resuming" if (folder / "last.pt").is_file() else "starting"
+    job = executor.submit(TrainJob(), str(folder), run.argv, gpus)
+    manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
+    say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
+    return job
 
 
 def _finished(sweep: Sweep, manifest: Manifest, run: RunSpec, job: Any, failed: list[str],
