@@ -106,7 +106,7 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     SIGTERM, a budget's timeout), it cancels its jobs; their runs keep their last.pt and resume next time.
     """
     gpus = gpus_per_run(opts)
-    logs = sweep.out / "logs"
+    logs = sweep.out.absolute() / "logs"
     if opts.executor == "debug":
         executor: submitit.Executor = submitit.DebugExecutor(folder=logs)
     else:
@@ -174,7 +174,7 @@ def submit_slurm(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: La
     """Submit ``todo`` as one SLURM job array (submitit's SlurmExecutor); returns the job ids."""
     gpus = gpus_per_run(opts)
     try:
-        executor = submitit.SlurmExecutor(folder=sweep.out / "slurm" / "%j", max_num_timeout=MAX_REQUEUES)
+        executor = submitit.SlurmExecutor(folder=sweep.out.absolute() / "slurm" / "%j", max_num_timeout=MAX_REQUEUES)
     except RuntimeError as exc:
         raise UserError(f"--executor slurm: {exc} (no `srun` on PATH); run `ltsam sweep` on the cluster, or write "
                         f"a plain script with --emit-sbatch FILE") from None
@@ -212,7 +212,7 @@ def still_queued(sweep: Sweep, manifest: Manifest, run: RunSpec) -> str | None:
     if entry.get("state") != "submitted" or not entry.get("job"):
         return None
     try:
-        job = submitit.SlurmJob(folder=sweep.out / "slurm" / "%j", job_id=str(entry["job"]))
+        job = submitit.SlurmJob(folder=sweep.out.absolute() / "slurm" / "%j", job_id=str(entry["job"]))
         state = str(job.watcher.get_state(job.job_id, mode="force")).split()[0].upper()  # sacct, now
     except Exception:  # no sacct here, or it failed
         state = "UNKNOWN"

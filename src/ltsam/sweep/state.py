@@ -22,7 +22,7 @@ DONE, INTERRUPTED, PENDING = "done", "interrupted", "pending"
 
 
 def run_dir(sweep: Sweep, run: RunSpec) -> Path:
-    return sweep.out / "runs" / run.name
+    return sweep.out.absolute() / "runs" / run.name  # absolute: a job may start in another folder
 
 
 def folder_state(path: Path) -> str:
