@@ -13,8 +13,9 @@ The file (every key optional except one of ``configs`` / ``recipes``)::
 
 ``recipes: [cifar10-lt-ce, ...]`` is short for ``configs`` whose flag sets are ``{recipe: NAME}``.
 Keys are ``ltsam train`` flags, written as config keys (``imb_factor``) or flag names (``imb-factor``,
-``--imb-factor``). Later layers win: base, then the config, then the grid point, then the seed. A run is
-named ``<config>[_<key><value>...]_seed<seed>``.
+``--imb-factor``). Later layers win: base, then the config, then the grid point, then the seed; a recipe's
+values give way to any flag the grid sets (as ``ltsam train --recipe`` does). A run is named
+``<config>[_<key><value>...]_seed<seed>``.
 """
 
 from __future__ import annotations
