@@ -195,3 +195,10 @@ def test_glmc_with_a_validation_split_under_torchrun(tmp_path: Path) -> None:
         correct += int(conf.diag().sum())
     assert final["val_images"] == data.val_size == 36
     assert record["val_top1"] == 100.0 * correct / data.val_size
+
+
+def test_a_split_with_nothing_to_hold_out_is_refused(tmp_path: Path, capsys) -> None:
+    # --imb-type none keeps every digits image: the profile leaves none out to validate on.
+    code = main(["train", *FAST_DIGITS, "--imb-type", "none", "--val-per-class", "3", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "gave no validation images" in capsys.readouterr().err

@@ -56,6 +56,10 @@ class Trainer:
             torch.set_num_threads(threads)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
+        self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
+        if (cfg.val_per_class or cfg.val_fraction) and not self.val_size:
+            raise UserError(f"--val-per-class/--val-fraction: {cfg.dataset} gave no validation images (its loader "
+                            f"holds none out, or the long-tail profile keeps every image); drop the flag")
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)
         self.model = model_from_meta(self.meta).to(self.device)
@@ -200,7 +204,7 @@ class Trainer:
             criterion = self.criterion_for(epoch)
             train_stats = self.train_epoch(epoch, criterion)
             test, _ = self.evaluate(criterion)
-            val = self.evaluate(criterion, "val")[0] if self.data.val_size else None
+            val = self.evaluate(criterion, "val")[0] if self.val_size else None
             seconds = time.perf_counter() - t0
             self.elapsed += seconds
             record = {"epoch": epoch, "lr": lr, "rho": rho, **train_stats,
@@ -257,13 +261,13 @@ class Trainer:
                      "shot_acc": {k: best.get(f"{k}_acc") for k in ("many", "medium", "few")},
                      "per_class_acc": best.get("per_class_acc"), "selected_on": "test",
                      "note": "the epoch of the highest test top-1: the paper's protocol, for comparison only"},
-            "best_val": _best_val(self.run_dir / "metrics.jsonl") if self.data.val_size and self.ctx.is_main else None,
+            "best_val": _best_val(self.run_dir / "metrics.jsonl") if self.val_size and self.ctx.is_main else None,
             "classes": self.data.classes,
             "cls_num_list": self.data.cls_num_list,
             "train_images": self.data.train_size,
             "test_images": self.data.test_size,
-            "val_images": self.data.val_size,
-            "val_cls_num_list": self.data.val_cls_num_list,
+            "val_images": self.val_size,
+            "val_cls_num_list": getattr(self.data, "val_cls_num_list", []),
             "train_seconds": self.elapsed,
             "device": str(self.device),
             "world_size": self.ctx.world,
