@@ -202,3 +202,4 @@ def test_a_split_with_nothing_to_hold_out_is_refused(tmp_path: Path, capsys) -> 
     code = main(["train", *FAST_DIGITS, "--imb-type", "none", "--val-per-class", "3", "--out", str(tmp_path / "r")])
     assert code == 2
     assert "gave no validation images" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made

@@ -57,9 +57,6 @@ class Trainer:
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
         self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
-        if (cfg.val_per_class or cfg.val_fraction) and not self.val_size:
-            raise UserError(f"--val-per-class/--val-fraction: {cfg.dataset} gave no validation images (its loader "
-                            f"holds none out, or the long-tail profile keeps every image); drop the flag")
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)
         self.model = model_from_meta(self.meta).to(self.device)

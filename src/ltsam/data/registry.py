@@ -325,11 +325,15 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
 
 
 def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
-    """The data set a training configuration describes."""
-    return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
+    """The data set a training configuration describes; a validation split asked for must hold images."""
+    data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
                          test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed,
                          val_per_class=cfg.val_per_class, val_fraction=cfg.val_fraction)
+    if (cfg.val_per_class or cfg.val_fraction) and not getattr(data, "val_size", 0):
+        raise UserError(f"--val-per-class/--val-fraction: {cfg.dataset} gave no validation images (its loader holds "
+                        f"none out, or the long-tail profile keeps every image); drop the flag")
+    return data
 
 
 def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, norm: str, pad: int,
