@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# GPU check, one script for a lent GPU machine (H100), inside about 9 minutes:
-#   1. a Python with torch (system python3, or $PYTHON), ltsam installed into it (pip install -e .);
-#      steps 1 and 3 are shared with scripts/gpu_table.sh through scripts/gpu_common.sh;
-#   2. benchmarks/train_epoch.py on the GPU (reference pipeline vs ltsam, SGD and SAM);
-#   3. the JPEG CIFAR-10 copy extracted, then the full CIFAR-10-LT (imbalance 0.01) LDAM-DRW-SAM
-#      recipe (rho 0.8, resnet32, 200 epochs) trained, and its final/best accuracies printed.
+# The paper's CIFAR-10-LT (imbalance factor 0.01) table on one GPU: ONE `ltsam sweep` of the six recipes
+# cifar10-lt-{ce, ce-drw, ldam-drw, ce-sam, ce-drw-sam, ldam-drw-sam} on the JPEG CIFAR-10 copy, all of them at
+# once on the one GPU (submitit's local executor, --parallel 6), each with bf16 autocast, channels-last and
+# torch.compile, then `ltsam report` (mean ± std over SEEDS, the paper's figure beside its recipe).
 #
-# The data travel with the repo copy in a git-ignored folder (never commit them):
-#     mkdir -p gpu_data && cp <path>/cifar10-jpeg.tar.gz gpu_data/ && echo /gpu_data/ >> .git/info/exclude
-# then, on the GPU machine, from the repo root:  bash scripts/gpu_check.sh
+# TIME. 200 epochs do NOT fit a 9-minute device call. Measured on one H200 with six runs at once: about
+# 3.2 s/epoch for the SGD recipes and 4.3-5 s/epoch for the SAM ones, after a start of ~40-130 s (data
+# decoding and compiling); 200 epochs take ~200 x 5 s + 2 min = about 19 minutes. EPOCHS scales every
+# schedule (LR warm-up and drops, the DRW switch) to a shorter run; a short run is a smoke test of the
+# pipeline, not the paper's number. The sweep is cut off at BUDGET_S; its runs keep their last.pt, so the
+# same command (same WORK) run again continues them, and the report says which runs are unfinished.
+#
+# The data travel with the repo copy in the git-ignored folder gpu_data/ (never commit them):
+#     mkdir -p gpu_data && cp /work/shared/data/cifar10-jpeg.tar.gz gpu_data/
+#     pip download -d gpu_data/wheels --no-deps submitit cloudpickle    # offline machines: ltsam's sweep needs
+#     pip download -d gpu_data/wheels --no-deps --only-binary=:all: pyyaml   # (its Python's version and platform)
+# then on the GPU machine, from the repo root:   OUT=$OUT bash scripts/gpu_check.sh
 #
 # Environment (all optional):
-#   EPOCHS=200            training epochs
-#   DATA_TAR=gpu_data/cifar10-jpeg.tar.gz   archive with train/<class>/*.jpg and test/<class>/*.jpg
-#   DATA_ROOT=            an already extracted folder (ROOT/train, ROOT/test); skips DATA_TAR
-#   EXTRACT_DIR=/tmp/ltsam-cifar10-jpeg     where DATA_TAR is extracted
-#   OUT=./runs            results: $OUT/gpu_run (the run folder) and $OUT/gpu_check.log
-#   PYTHON=               interpreter to use (default: python3 if it has torch, else a venv, $VENV,
-#                         default /tmp/ltsam-gpu-venv, into which pip installs torch)
-#   BENCH=auto            1: run the benchmark, 0: skip it; auto: on CUDA only (CPU: skipped)
-#   BENCH_ARGS="--steps 20 --rounds 3"      benchmark options (on a CPU try "--steps 2 --rounds 1")
-#   BENCH_TIMEOUT=200     seconds the benchmark may take before it is cut off
-#   BUDGET_S=540          seconds for the whole script; training is cut off when they run out
-#   TRAIN_ARGS=           extra flags for ltsam train
-#   PACK=0                1: at the end, pack $OUT/gpu_run into one file, $OUT/gpu_run.tar.gz (for
-#                         transfers that limit the number of files; the run folder holds 8 or more)
-# CPU smoke test on a tiny image folder (ROOT/train/<class>/*.png, ROOT/test/<class>/*.png):
-#     PYTHON=.venv/bin/python EPOCHS=1 DATA_ROOT=/tmp/tiny OUT=/tmp/gpu_smoke bash scripts/gpu_check.sh
+#   EPOCHS=200         epochs per run (see TIME above)
+#   SEEDS=1            seeds per recipe: a count (3 = seeds 0 1 2) or a list "0 3 7"
+#   PARALLEL=          runs at once (default: all of them on a GPU, 2 on a CPU); they share the GPU
+#   VAL_PER_CLASS=0    N > 0 holds out N training images per class for best-validation selection; on this
+#                      folder copy they come from the training images before the profile (n_max = 5000 - N),
+#                      so the training set is no longer the paper's; 0 keeps it
+#   RECIPES="..."      space-separated recipe names (default: the six above)
+#   BASE_EXTRA=        more flags for every run, as YAML "key: value" pairs, comma-separated
+#                      (e.g. "compile: false, eval-batch-size: 100")
+#   BUDGET_S=530       seconds for the whole script; the sweep is stopped REPORT_S before the end
+#   REPORT_S=40        seconds kept for the report and the packing
+#   DATA_TAR=gpu_data/cifar10-jpeg.tar.gz, DATA_ROOT=, EXTRACT_DIR=/tmp/ltsam-cifar10-jpeg  (data)
+#   PYTHON=            interpreter (default: python3 if it has torch, else a venv $VENV, default /tmp/ltsam-gpu-venv)
+#   WORK=/tmp/ltsam-table   the sweep folder (WORK/sweep: runs/, logs/, manifest.json)
+#   OUT=               if set, results go there in at most 4 files: gpu_check.log, report.md, report.csv and
+#                      report.tar.gz (the figures, every run's metrics.jsonl, final.json and config.json; no *.pt).
+#                      If unset they stay under WORK.
+#   RUN_THREADS=2      OMP/MKL threads per run (six share the machine's cores)
+# CPU smoke test (a tiny folder ROOT/train/<class>/*.png, ROOT/test/<class>/*.png):
+#     PYTHON=.venv/bin/python EPOCHS=1 DATA_ROOT=/tmp/tiny OUT=/tmp/gpu_smoke \
+#         BASE_EXTRA="compile: false, eval-batch-size: 100" bash scripts/gpu_check.sh
+# (This script replaces scripts/gpu_table.sh and scripts/gpu_common.sh, which ran the same six recipes
+# with a watcher of their own.)
 set -uo pipefail
 T0=$(date +%s)
 cd "$(dirname "$0")/.." || exit 1
@@ -34,93 +48,115 @@ REPO=$(pwd -P)
 export PYTHONUNBUFFERED=1
 
 EPOCHS="${EPOCHS:-200}"
-OUT="${OUT:-./runs}"
-BENCH="${BENCH:-auto}"
-BENCH_ARGS="${BENCH_ARGS:---steps 20 --rounds 3}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-200}"
-BUDGET_S="${BUDGET_S:-540}"
-TRAIN_ARGS="${TRAIN_ARGS:-}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-LOG="$OUT/gpu_check.log"
+SEEDS="${SEEDS:-1}"
+VAL_PER_CLASS="${VAL_PER_CLASS:-0}"
+RECIPES="${RECIPES:-cifar10-lt-ce cifar10-lt-ce-drw cifar10-lt-ldam-drw cifar10-lt-ce-sam cifar10-lt-ce-drw-sam cifar10-lt-ldam-drw-sam}"
+BASE_EXTRA="${BASE_EXTRA:-}"
+BUDGET_S="${BUDGET_S:-530}"
+REPORT_S="${REPORT_S:-40}"
+WORK="${WORK:-/tmp/ltsam-table}"
+mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
+RES="${OUT:-$WORK}"
+mkdir -p "$RES" && RES=$(cd "$RES" && pwd)
+LOG="$RES/gpu_check.log"
 : > "$LOG"
+export OMP_NUM_THREADS="${RUN_THREADS:-2}" MKL_NUM_THREADS="${RUN_THREADS:-2}"
 
 say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
-# shellcheck source=scripts/gpu_common.sh
-source "$REPO/scripts/gpu_common.sh"   # gpu_python (PY, HAS_CUDA) and gpu_data (ROOT)
+has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
 
-# ---------------------------------------------------------------- 1. Python, torch, ltsam
-gpu_python || exit 1
-
-# ---------------------------------------------------------------- 2. benchmark
-if [[ "$BENCH" == "1" || ( "$BENCH" == "auto" && "$HAS_CUDA" == "1" ) ]]; then
-    say "benchmark: benchmarks/train_epoch.py $BENCH_ARGS (cut off after ${BENCH_TIMEOUT}s)"
-    # shellcheck disable=SC2086
-    timeout "$BENCH_TIMEOUT" "$PY" benchmarks/train_epoch.py $BENCH_ARGS 2>&1 \
-        | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
-    rc=${PIPESTATUS[0]}
-    [[ $rc -eq 0 ]] || say "benchmark exited with status $rc (124 = cut off)"
+# ---------------------------------------------------------------- 1. Python with torch and this checkout's ltsam
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif has_torch python3; then
+    PY=$(command -v python3)
 else
-    say "benchmark skipped (no CUDA; BENCH=1 runs it anyway, e.g. BENCH_ARGS='--steps 2 --rounds 1')"
+    VENV="${VENV:-/tmp/ltsam-gpu-venv}"
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv --system-site-packages "$VENV" || { say "cannot create a venv"; exit 1; }
+    PY="$VENV/bin/python"
+    has_torch "$PY" || "$PY" -m pip install -q torch torchvision || { say "no torch available"; exit 1; }
 fi
+# This checkout first (another checkout's install is left alone). An offline GPU machine installs submitit
+# and pyyaml from wheels carried in gpu_data/wheels (see above), else from the package index.
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import submitit, yaml" >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --find-links gpu_data/wheels submitit pyyaml >>"$LOG" 2>&1 \
+        || "$PY" -m pip install -q submitit pyyaml >>"$LOG" 2>&1 || { say "submitit / pyyaml missing, not installable"; exit 1; }
+fi
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import platform, torch, ltsam, submitit
+cuda = torch.cuda.is_available()
+print(f"python {platform.python_version()}, torch {torch.__version__}, submitit {submitit.__version__}, "
+      f"ltsam from {ltsam.__file__}")
+print("device:", torch.cuda.get_device_name(0) if cuda else f"CPU only ({torch.get_num_threads()} threads)")
+EOF
+"$PY" -c "import ltsam.cli" >/dev/null 2>&1 || { say "ltsam does not import"; exit 1; }
+HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 
-# ---------------------------------------------------------------- 3. data
-gpu_data || exit 1
+# ---------------------------------------------------------------- 2. data
+if [[ -n "${DATA_ROOT:-}" ]]; then
+    ROOT="$DATA_ROOT"
+else
+    DATA_TAR="${DATA_TAR:-gpu_data/cifar10-jpeg.tar.gz}"
+    EXTRACT_DIR="${EXTRACT_DIR:-/tmp/ltsam-cifar10-jpeg}"
+    [[ -f "$DATA_TAR" ]] || { say "no data: $DATA_TAR is missing (copy cifar10-jpeg.tar.gz there, or set DATA_ROOT)"; exit 1; }
+    if [[ ! -f "$EXTRACT_DIR/.complete" ]]; then
+        say "extracting $DATA_TAR into $EXTRACT_DIR"
+        rm -rf "$EXTRACT_DIR" && mkdir -p "$EXTRACT_DIR"
+        tar -xzf "$DATA_TAR" -C "$EXTRACT_DIR" || { say "extraction failed"; exit 1; }
+        touch "$EXTRACT_DIR/.complete"
+    fi
+    TRAIN_DIR=$(find "$EXTRACT_DIR" -maxdepth 2 -type d -name train | head -n 1)
+    ROOT=$(dirname "${TRAIN_DIR:-$EXTRACT_DIR/train}")
+fi
+[[ -d "$ROOT/train" ]] || { say "no train/ folder under $ROOT"; exit 1; }
+ROOT=$(cd "$ROOT" && pwd)
+say "data: $ROOT ($(find "$ROOT/train" -type f | wc -l) train files)"
 
-# ---------------------------------------------------------------- 4. the 200-epoch recipe
-left=$(( BUDGET_S - ($(date +%s) - T0) ))
-(( left < 60 )) && left=60
-RUN="$OUT/gpu_run"
-say "training: CIFAR-10-LT (0.01) resnet32 LDAM-DRW-SAM rho 0.8, $EPOCHS epochs -> $RUN (cut off after ${left}s)"
-T1=$(date +%s.%N)
-# shellcheck disable=SC2086
-timeout "$left" "$PY" -m ltsam train --dataset folder --data-root "$ROOT" --imb-factor 0.01 --arch resnet32 \
-    --loss ldam --train-rule drw --optimizer sam --rho 0.8 --epochs "$EPOCHS" --no-progress \
-    --out "$RUN" --overwrite $TRAIN_ARGS 2>&1 | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
+# ---------------------------------------------------------------- 3. the grid, and one sweep
+GRID="$WORK/cifar10-lt-table.yaml"
+N_RUNS=$(( $(wc -w <<<"$RECIPES") * $( [[ "$SEEDS" =~ ^[0-9]+$ ]] && echo "$SEEDS" || wc -w <<<"$SEEDS") ))
+PARALLEL="${PARALLEL:-$( [[ "$HAS_CUDA" == "1" ]] && echo "$N_RUNS" || echo 2)}"
+{
+    echo "name: cifar10-lt-table"
+    echo "base: {dataset: folder, data-root: '$ROOT', epochs: $EPOCHS, amp: bf16, channels-last: true, compile: true,"
+    echo "       val-per-class: $VAL_PER_CLASS${BASE_EXTRA:+, $BASE_EXTRA}}"
+    echo "recipes: [$(sed 's/ \+/, /g' <<<"$RECIPES")]"
+    if [[ "$SEEDS" =~ ^[0-9]+$ ]]; then echo "seeds: $SEEDS"; else echo "seeds: [$(sed 's/ \+/, /g' <<<"$SEEDS")]"; fi
+} > "$GRID"
+cat "$GRID" | tee -a "$LOG"
+left=$(( BUDGET_S - REPORT_S - ($(date +%s) - T0) ))
+(( left < 30 )) && left=30
+say "sweep: $N_RUNS runs, $EPOCHS epochs, $PARALLEL at once (stopped after ${left}s if still going)"
+# SIGINT to the sweep's process group at the budget: the sweep cancels its jobs, which keep their last.pt.
+timeout -s INT -k 30 "$left" "$PY" -m ltsam sweep "$GRID" --out "$WORK/sweep" --parallel "$PARALLEL" 2>&1 \
+    | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
-WALL=$("$PY" -c "import time; print(f'{time.time() - $T1:.1f}')")
-[[ $rc -eq 0 ]] || say "training exited with status $rc (124 = cut off by the budget)"
+[[ $rc -eq 0 ]] || say "the sweep exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
+# What each run printed (its epochs, seconds per epoch, compile time): the job logs.
+for f in "$WORK"/sweep/logs/*_log.out; do
+    [[ -f "$f" ]] && grep -h -e "training " -e "compiled" -e "^epoch" "$f" | tail -n 3 >>"$LOG"
+done
 
-# ---------------------------------------------------------------- 5. summary
-"$PY" - "$RUN" "$WALL" "$EPOCHS" <<'EOF' 2>&1 | tee -a "$LOG"
-import json, sys
+# ---------------------------------------------------------------- 4. the report
+"$PY" -m ltsam report "$WORK/sweep" --partial --out "$WORK/report" 2>&1 | tee -a "$LOG"
+"$PY" - "$WORK/sweep" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, statistics, sys
 from pathlib import Path
 
-run, wall, epochs = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-
-def f(v):
-    return "-" if v is None else f"{v:.2f}"
-
-def ep(e):  # records count epochs from 0
-    return "-" if e is None else e + 1
-
-final_path, metrics_path = run / "final.json", run / "metrics.jsonl"
-if final_path.exists():
-    s = json.loads(final_path.read_text())
-    fin, best = s["final"], s["best"]
-    print(f"GPU RUN DONE: {s['epochs_done']}/{s['epochs']} epochs on {s['device']}, "
-          f"{s['train_images']} train / {s['test_images']} test images")
-    print(f"final: top1 {f(fin['top1'])}  many {f(fin['shot_acc']['many'])}  "
-          f"medium {f(fin['shot_acc']['medium'])}  few {f(fin['shot_acc']['few'])}")
-    print(f"best (epoch {ep(best['epoch'])} of {s['epochs']}): top1 {f(best['top1'])}  many {f(best['shot_acc']['many'])}  "
-          f"medium {f(best['shot_acc']['medium'])}  few {f(best['shot_acc']['few'])}")
-    print(f"wall time: {wall:.0f} s for the train command ({wall / 60:.1f} min); "
-          f"train+eval time in final.json {s['train_seconds']:.0f} s")
-elif metrics_path.exists() and metrics_path.read_text().strip():
-    rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-    last, best = rows[-1], max(rows, key=lambda r: r["test_top1"])
-    print(f"GPU RUN INCOMPLETE: {len(rows)}/{epochs} epochs (no final.json); from metrics.jsonl:")
-    for name, r in ((f"last (epoch {ep(last['epoch'])})", last), (f"best (epoch {ep(best['epoch'])})", best)):
-        print(f"{name}: top1 {f(r['test_top1'])}  many {f(r['many_acc'])}  medium {f(r['medium_acc'])}  "
-              f"few {f(r['few_acc'])}")
-    print(f"wall time: {wall:.0f} s; mean epoch {sum(r['seconds'] for r in rows) / len(rows):.2f} s")
-else:
-    print(f"GPU RUN FAILED: no results in {run} (wall {wall:.0f} s)")
-    sys.exit(1)
+# Seconds per epoch as each run measured them (metrics.jsonl 'seconds', train + evaluation), epoch 1 left out.
+for run in sorted((Path(sys.argv[1]) / "runs").iterdir()):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+    secs = [r["seconds"] for r in rows[1:]]
+    done = "done" if (run / "final.json").exists() else "unfinished"
+    print(f"{run.name:<32} {len(rows):>4} epochs ({done})  "
+          + (f"{statistics.mean(secs):.2f} s/epoch after the first ({rows[0]['seconds']:.0f} s)" if secs else ""))
 EOF
-status=${PIPESTATUS[0]}
-if [[ "${PACK:-0}" == "1" && -d "$RUN" ]]; then
-    tar -czf "$RUN.tar.gz" -C "$OUT" gpu_run && rm -rf "$RUN" && say "packed the run folder into $RUN.tar.gz"
+if [[ -n "${OUT:-}" ]]; then
+    cp "$WORK/report/report.md" "$WORK/report/report.csv" "$RES/" 2>/dev/null
+    tar -czf "$RES/report.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='tensorboard' report sweep/runs sweep/manifest.json \
+        cifar10-lt-table.yaml 2>/dev/null && say "packed the report and the run folders (no *.pt) into $RES/report.tar.gz"
 fi
-say "total $(( $(date +%s) - T0 ))s; log $LOG"
-exit "$status"
+say "total $(( $(date +%s) - T0 ))s; results: $WORK/report (report.md, report.csv, figures)"
+exit "$rc"

@@ -1,4 +1,4 @@
-"""Command line: ``ltsam train | eval | recipes | hessian | hessian-compare``."""
+"""Command line: ``ltsam train | eval | recipes | hessian | hessian-compare | sweep | report``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shot-split", type=_lower, help="counts (>100/20-100/<20 images) or index (reference ranges)")
     g.add_argument("--norm", type=_lower, help="normalisation constants: cifar, imagenet or data")
     g.add_argument("--lt-generator", type=_lower, help="standard (the paper's image selection) or glmc (GLMC's)")
+    g.add_argument("--val-per-class", type=int, metavar="N",
+                   help="hold out N images per class for validation, evaluated every epoch (CIFAR/digits: from the "
+                        "images the LT profile leaves out; folders, list files: from the training images)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="or hold out floor(F x the smallest class's images) per class")
     g = p.add_argument_group("model")
     _choices_flag(g, R["arch"], "-a", "--arch")
     g.add_argument("--head", type=_lower, choices=["auto", "linear", "cosine"],
@@ -260,14 +265,19 @@ def _train(args: argparse.Namespace) -> int:
           f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
           f"{'SAM' if cfg.uses_sam else 'SGD'} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
+    if getattr(trainer.data, "val_note", ""):
+        print(f"ltsam: {trainer.data.val_note}", flush=True)
     summary = trainer.fit(stop_after=args.stop_after)
     print_results(summary["final"], summary["classes"], summary["cls_num_list"],
                   title=f"{run_dir.name}: final epoch ({summary['epochs_done']}/{cfg.epochs})")
     best = summary["best"]
     if best["top1"] is not None and best["epoch"] + 1 != summary["epochs_done"]:  # the table shows the last epoch
-        print(f"best test epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f}; results in {run_dir}/final.json")
-    else:
-        print(f"results in {run_dir}/final.json")
+        print(f"best test epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f} (selected on the test set: the paper's "
+              f"protocol, for comparison only)")
+    if summary.get("best_val"):
+        bv = summary["best_val"]
+        print(f"best validation epoch {bv['epoch'] + 1} (val top-1 {bv['val_top1']:.2f}): test top-1 {bv['top1']:.2f}")
+    print(f"results in {run_dir}/final.json")
     return 0
 
 
@@ -343,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_hessian_commands(sub)
+    from ltsam.summary import add_report_command
+    from ltsam.sweep.command import add_sweep_command
+
+    add_sweep_command(sub)
+    add_report_command(sub)
     for name in ("train", "eval", "hessian"):
         if name in sub.choices:
             _add_plugin_flag(sub.choices[name])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ltsam.data.registry import DATASETS
+from ltsam.data.validation import check_request
 from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options
 from ltsam.methods import METHODS, uses_cosine_head
@@ -38,6 +39,8 @@ class TrainConfig:
     test_list: str | None = None
     shot_split: str = "counts"  # counts: >100 / 20-100 / <20 images; index: the reference's ranges
     lt_generator: str = "standard"  # which images the LT profile keeps: standard (LDAM/paper) or glmc
+    val_per_class: int = 0  # validation images held out per class (0: none; ltsam.data.validation)
+    val_fraction: float = 0.0  # or this fraction of the smallest class's images, per class
     # model
     arch: str | None = None  # None: the data set's (or method's) default
     use_norm: bool | None = None  # None: cosine head iff the loss asks for it (LDAM)
@@ -231,10 +234,10 @@ def config_warnings(cfg: TrainConfig, explicit: set[str] | frozenset[str] = froz
 
 # Core float settings that must be finite, with the smallest value each accepts (None: any).
 _FINITE_MIN = {"imb_factor": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None, "momentum": None,
-               "wd": None}
+               "wd": None, "val_fraction": 0.0}
 # Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
 _INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
-            "epochs": 1, "batch_size": 1}
+            "epochs": 1, "batch_size": 1, "val_per_class": 0}
 _SEED_MAX = 2**32 - 1
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -295,6 +298,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
+    check_request(cfg.val_per_class, cfg.val_fraction)
     if cfg.rho_steps is not None and len(cfg.rho_steps) != 4:
         raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
     if cfg.shot_split == "index" and "index_split" not in DATASETS.entry(cfg.dataset).meta:

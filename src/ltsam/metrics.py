@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -54,3 +55,12 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
     top = logits.topk(maxk, dim=1).indices
     hit = top.eq(targets[:, None])
     return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+def best_record(records: Iterable[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The per-epoch record with the highest ``key`` (the earliest epoch on a tie); None if no record has it.
+
+    Model selection: ``key="val_top1"`` picks on held-out validation images, ``"test_top1"`` on the test set.
+    """
+    rows = [r for r in records if r.get(key) is not None]
+    return max(rows, key=lambda r: (r[key], -r["epoch"])) if rows else None

@@ -18,7 +18,8 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _fmt(v: float | None) -> str:
+def fmt(v: float | None) -> str:
+    """A percentage with two decimals, or "-" for none."""
     return "-" if v is None else f"{v:.2f}"
 
 
@@ -36,12 +37,12 @@ def print_results(result: dict[str, Any], classes: Sequence[str], cls_num_list: 
     table.add_column("accuracy %", justify="right")
     for c, (name, n) in enumerate(zip(classes, cls_num_list)):
         shot = "many" if n > 100 else ("few" if n < 20 else "medium")
-        table.add_row(str(c), str(name), str(n), shot, _fmt(result["per_class_acc"][c]))
+        table.add_row(str(c), str(name), str(n), shot, fmt(result["per_class_acc"][c]))
     out.print(table)
     groups = result["shot_acc"]
-    out.print(f"many-shot {_fmt(groups['many'])}   medium-shot {_fmt(groups['medium'])}   "
-                  f"few-shot {_fmt(groups['few'])}   overall top-1 {_fmt(result['top1'])}   "
-                  f"top-5 {_fmt(result['top5'])}")
+    out.print(f"many-shot {fmt(groups['many'])}   medium-shot {fmt(groups['medium'])}   "
+                  f"few-shot {fmt(groups['few'])}   overall top-1 {fmt(result['top1'])}   "
+                  f"top-5 {fmt(result['top5'])}")
 
 
 def save_figures(out_dir: Path, result: dict[str, Any], classes: Sequence[str],

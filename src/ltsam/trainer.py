@@ -25,7 +25,7 @@ from ltsam.faults import fault_point
 from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
 from ltsam.losses import build_loss
 from ltsam.methods import METHODS, MethodContext
-from ltsam.metrics import index_groups
+from ltsam.metrics import best_record, index_groups
 from ltsam.rules import build_rule
 from ltsam.runs import model_from_meta
 from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
@@ -57,6 +57,7 @@ class Trainer:
             torch.set_num_threads(threads)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
+        self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)
         self.model = model_from_meta(self.meta).to(self.device)
@@ -179,9 +180,11 @@ class Trainer:
         raise TrainingDiverged(f"training diverged: {what}; {kept}. Start again with a smaller --lr "
                                f"(now {self.cfg.lr:g}) or check the data")
 
-    def evaluate(self, criterion: torch.nn.Module | None) -> tuple[dict[str, Any], torch.Tensor]:
-        batches = self.data.test_batches(self.cfg.eval_batch_size, self.device, self.cfg.channels_last,
-                                         self.cfg.workers, self.ctx.rank, self.ctx.world)
+    def evaluate(self, criterion: torch.nn.Module | None, split: str = "test") -> tuple[dict[str, Any], torch.Tensor]:
+        """Results on the ``test`` images, or on the held-out ``val`` images."""
+        make = self.data.val_batches if split == "val" else self.data.test_batches
+        batches = make(self.cfg.eval_batch_size, self.device, self.cfg.channels_last, self.cfg.workers,
+                       self.ctx.rank, self.ctx.world)
         return evaluate(self.net, batches, self.data.cls_num_list, criterion, self.ctx, self.groups,
                         self.autocast)
 
@@ -200,13 +203,14 @@ class Trainer:
             criterion = self.criterion_for(epoch)
             train_stats = self.train_epoch(epoch, criterion)
             test, _ = self.evaluate(criterion)
+            val = self.evaluate(criterion, "val")[0] if self.val_size else None
             seconds = time.perf_counter() - t0
             self.elapsed += seconds
             record = {"epoch": epoch, "lr": lr, "rho": rho, **train_stats,
                       "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
                       "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
                       "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"],
-                      "seconds": seconds}
+                      **_val_fields(val), "seconds": seconds}
             is_best = test["top1"] > self.best_top1
             if is_best:
                 self.best_top1, self.best_record = test["top1"], record
@@ -219,7 +223,7 @@ class Trainer:
                       f"train loss {train_stats['train_loss']:.4f} acc {train_stats['train_acc']:.2f}  "
                       f"test top-1 {test['top1']:.2f}  many {_f(test['shot_acc']['many'])} "
                       f"med {_f(test['shot_acc']['medium'])} few {_f(test['shot_acc']['few'])}  "
-                      f"{seconds:.1f}s", flush=True)
+                      + (f"val top-1 {val['top1']:.2f}  " if val else "") + f"{seconds:.1f}s", flush=True)
             barrier(self.ctx)
             done += 1
             if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
@@ -254,11 +258,15 @@ class Trainer:
             "best": {"epoch": best.get("epoch"), "top1": best.get("test_top1"),
                      "top5": best.get("test_top5"),
                      "shot_acc": {k: best.get(f"{k}_acc") for k in ("many", "medium", "few")},
-                     "per_class_acc": best.get("per_class_acc")},
+                     "per_class_acc": best.get("per_class_acc"), "selected_on": "test",
+                     "note": "the epoch of the highest test top-1: the paper's protocol, for comparison only"},
+            "best_val": _best_val(self.run_dir / "metrics.jsonl") if self.val_size and self.ctx.is_main else None,
             "classes": self.data.classes,
             "cls_num_list": self.data.cls_num_list,
             "train_images": self.data.train_size,
             "test_images": self.data.test_size,
+            "val_images": self.val_size,
+            "val_cls_num_list": getattr(self.data, "val_cls_num_list", []),
             "train_seconds": self.elapsed,
             "device": str(self.device),
             "world_size": self.ctx.world,
@@ -272,6 +280,28 @@ class Trainer:
 
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def _val_fields(val: dict[str, Any] | None) -> dict[str, Any]:
+    """The validation results of one epoch, as ``val_*`` keys of its metrics.jsonl record."""
+    if val is None:
+        return {}
+    return {"val_loss": val["loss"], "val_top1": val["top1"], "val_many_acc": val["shot_acc"]["many"],
+            "val_medium_acc": val["shot_acc"]["medium"], "val_few_acc": val["shot_acc"]["few"],
+            "val_per_class_acc": val["per_class_acc"]}
+
+
+def _best_val(metrics_path: Path) -> dict[str, Any] | None:
+    """The test results at the epoch of the highest validation top-1 (the earliest on a tie), read from
+    metrics.jsonl, which holds every epoch of the run (a resumed run's too)."""
+    if not metrics_path.exists():
+        return None
+    r = best_record((json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()), "val_top1")
+    if r is None:
+        return None
+    return {"epoch": r["epoch"], "val_top1": r["val_top1"], "top1": r["test_top1"], "top5": r["test_top5"],
+            "shot_acc": {k: r[f"{k}_acc"] for k in ("many", "medium", "few")}, "per_class_acc": r["per_class_acc"],
+            "selected_on": "validation"}
 
 
 def _epochs_done(run_dir: Path) -> int:

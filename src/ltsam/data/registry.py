@@ -17,6 +17,7 @@ import torch
 from ltsam.data.images import ImageSet
 from ltsam.data.listfile import INDEX_SPLITS
 from ltsam.data.profiles import lt_counts, lt_indices
+from ltsam.data.validation import check_request, complement, describe, draw_validation, val_count
 from ltsam.errors import UserError
 from ltsam.registry import Registry
 
@@ -38,13 +39,17 @@ class DataRequest:
     test_list: str | None = None
     lt_generator: str = "standard"
     seed: int = 0
+    val_per_class: int = 0  # images per class held out for validation (ltsam.data.validation)
+    val_fraction: float = 0.0
+
 
 DATASETS: Registry[Callable[[DataRequest], Any]] = Registry("data set", "dataset")
 """Data sets by name: ``obj(request: DataRequest) -> InMemoryLTData | StreamingLTData``.
 
 Each entry's ``meta`` holds its defaults: ``defaults`` (config values, e.g. the architecture),
 ``native_epochs`` (the reference schedule length whose boundaries scale: 200 or 90) and, for the
-reference's index-based shot split, ``index_split`` (head/medium/tail boundaries)."""
+reference's index-based shot split, ``index_split`` (head/medium/tail boundaries); ``needs_root``: it reads
+files under ``--data-root`` (checked before a sweep starts)."""
 
 # Normalisation constants: the reference's CIFAR values (also used for CIFAR-100), ImageNet's,
 # and the digits' own pixel statistics.
@@ -75,6 +80,8 @@ class InMemoryLTData:
     std: torch.Tensor
     pad: int
     flip: bool
+    val: ImageSet | None = None  # the held-out validation images (--val-per-class / --val-fraction)
+    val_note: str = ""  # what was held out and from where, said at the start of a run
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +90,14 @@ class InMemoryLTData:
     @property
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
+
+    @property
+    def val_size(self) -> int:
+        return 0 if self.val is None else len(self.val)
+
+    @property
+    def val_cls_num_list(self) -> list[int]:
+        return [] if self.val is None else self.val.class_counts(self.num_classes)
 
     @property
     def train_size(self) -> int:
@@ -103,9 +118,20 @@ class InMemoryLTData:
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        return self._eval_batches(self.test, batch_size, device, channels_last, rank, world)
+
+    def val_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                    workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        """The validation images, as :meth:`test_batches` hands out the test images."""
+        if self.val is None:
+            raise ValueError("this data set has no validation split (--val-per-class / --val-fraction)")
+        return self._eval_batches(self.val, batch_size, device, channels_last, rank, world)
+
+    def _eval_batches(self, split: ImageSet, batch_size: int, device: torch.device, channels_last: bool,
+                      rank: int, world: int) -> Batches:
         from ltsam.data.sources import eval_batches
 
-        images, targets = self.test.images, self.test.targets
+        images, targets = split.images, split.targets
         if world > 1:
             images, targets = images[rank::world], targets[rank::world]
         return eval_batches(images, targets, self.mean, self.std, batch_size, device, channels_last)
@@ -130,6 +156,10 @@ class StreamingLTData:
     image_size: int
     train_origins: list[str] | None = None  # "list_file:line" per image, named when one cannot be read
     test_origins: list[str] | None = None
+    val_paths: list[Path] | None = None  # held out of the training list (--val-per-class / --val-fraction)
+    val_labels: torch.Tensor | None = None
+    val_origins: list[str] | None = None
+    val_note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -138,12 +168,26 @@ class StreamingLTData:
     in_channels = 3
 
     def files(self, split: str, transform):
-        """The ``train`` or ``test`` list as a FileImageDataset with ``transform``."""
+        """The ``train``, ``test`` or ``val`` list as a FileImageDataset with ``transform``."""
         from ltsam.data.streaming import FileImageDataset
 
         if split == "train":
             return FileImageDataset(self.train_paths, self.train_labels, transform, self.train_origins)
+        if split == "val":
+            if self.val_paths is None:
+                raise ValueError("this data set has no validation split (--val-per-class / --val-fraction)")
+            return FileImageDataset(self.val_paths, self.val_labels, transform, self.val_origins)
         return FileImageDataset(self.test_paths, self.test_labels, transform, self.test_origins)
+
+    @property
+    def val_size(self) -> int:
+        return 0 if self.val_paths is None else len(self.val_paths)
+
+    @property
+    def val_cls_num_list(self) -> list[int]:
+        if self.val_labels is None:
+            return []
+        return torch.bincount(self.val_labels, minlength=self.num_classes).tolist()
 
     @property
     def train_size(self) -> int:
@@ -189,9 +233,18 @@ class StreamingLTData:
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        return self._eval_batches("test", batch_size, device, workers, rank, world)
+
+    def val_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                    workers: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        """The held-out validation images, with the test transform."""
+        return self._eval_batches("val", batch_size, device, workers, rank, world)
+
+    def _eval_batches(self, split: str, batch_size: int, device: torch.device, workers: int, rank: int,
+                      world: int) -> Batches:
         from ltsam.data.streaming import loader_batches, test_transform
 
-        ds = self.files("test", test_transform(self.image_size, self.mean, self.std))
+        ds = self.files(split, test_transform(self.image_size, self.mean, self.std))
         indices = range(rank, len(ds), world) if world > 1 else None
         return loader_batches(ds, batch_size, workers, device, indices)
 
@@ -205,20 +258,30 @@ def select(targets, counts, rand_number: int, generator: str, seed: int):
     return lt_indices(targets, counts, rand_number)
 
 
-def apply_profile(full_train: ImageSet, num_classes: int, imb_type: str, imb_factor: float,
-                  rand_number: int, generator: str = "standard", seed: int = 0) -> tuple[ImageSet, list[int]]:
-    """Keep the reference's LT subset: n_max = largest class, counts capped at what a class has.
+def profile_indices(targets, num_classes: int, imb_type: str, imb_factor: float, rand_number: int,
+                    generator: str = "standard", seed: int = 0):
+    """Indices the LT profile keeps: n_max = largest class, counts capped at what a class has.
 
     For a balanced source (CIFAR) n_max = len / C exactly as the reference computes it; ``none``
     keeps every image (a user's data that is already long-tailed stays as it is).
     """
-    available = full_train.class_counts(num_classes)
+    import numpy as np
+
+    targets = np.asarray(targets, dtype=np.int64)
+    available = np.bincount(targets, minlength=num_classes).tolist()
     if imb_type == "none":
         counts = available
     else:
         counts = lt_counts(max(available), num_classes, imb_type, imb_factor)
         counts = [min(c, a) for c, a in zip(counts, available)]
-    keep = select(full_train.targets.numpy(), counts, rand_number, generator, seed)
+    return select(targets, counts, rand_number, generator, seed)
+
+
+def apply_profile(full_train: ImageSet, num_classes: int, imb_type: str, imb_factor: float,
+                  rand_number: int, generator: str = "standard", seed: int = 0) -> tuple[ImageSet, list[int]]:
+    """The LT subset of ``full_train`` (:func:`profile_indices`) and its class counts."""
+    keep = profile_indices(full_train.targets.numpy(), num_classes, imb_type, imb_factor, rand_number, generator,
+                           seed)
     kept = full_train.subset(keep)
     return kept, kept.class_counts(num_classes)
 
@@ -246,21 +309,31 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
                   image_size: int | None = None, norm: str | None = None, pad: int | None = None,
                   flip: bool | None = None, train_list: str | None = None,
                   test_list: str | None = None, lt_generator: str = "standard",
-                  seed: int = 0) -> InMemoryLTData | StreamingLTData:
-    """Load a registered data set; in-memory sets get the long-tail profile applied to their training part."""
+                  seed: int = 0, val_per_class: int = 0, val_fraction: float = 0.0
+                  ) -> InMemoryLTData | StreamingLTData:
+    """Load a registered data set; in-memory sets get the long-tail profile applied to their training part.
+
+    ``val_per_class`` / ``val_fraction`` hold out a validation split (:mod:`ltsam.data.validation`).
+    """
     loader = DATASETS.get(dataset)
     imb_type = imb_type.lower()
     if imb_type != "none":
         lt_counts(1, 1, imb_type, imb_factor)  # validate early, before any slow loading
+    check_request(val_per_class, val_fraction)  # the same for the validation split
     return loader(DataRequest(Path(data_root), imb_type, imb_factor, rand_number, download, image_size, norm, pad,
-                              flip, train_list, test_list, lt_generator, seed))
+                              flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction))
 
 
 def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
-    """The data set a training configuration describes."""
-    return build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
+    """The data set a training configuration describes; a validation split asked for must hold images."""
+    data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
-                         test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed)
+                         test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed,
+                         val_per_class=cfg.val_per_class, val_fraction=cfg.val_fraction)
+    if (cfg.val_per_class or cfg.val_fraction) and not getattr(data, "val_size", 0):
+        raise UserError(f"--val-per-class/--val-fraction: {cfg.dataset} gave no validation images (its loader holds "
+                        f"none out, or the long-tail profile keeps every image); drop the flag")
+    return data
 
 
 def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, norm: str, pad: int,
@@ -268,22 +341,31 @@ def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, no
     """A balanced (or already long-tailed) in-memory set with the request's long-tail profile applied.
 
     ``norm``, ``pad`` and ``flip`` are the set's own defaults; the request's values win.
+    A validation split, if asked for, comes from the images the profile leaves out, so the training
+    set is the same with or without it.
     """
     classes = list(full.classes)
-    train, counts = apply_profile(full, len(classes), req.imb_type, req.imb_factor, req.rand_number,
-                                  req.lt_generator, req.seed)
-    return _finish(name, train, test, classes, counts, req, norm, pad, flip)
+    c = len(classes)
+    targets = full.targets.numpy()
+    keep = profile_indices(targets, c, req.imb_type, req.imb_factor, req.rand_number, req.lt_generator, req.seed)
+    train = full.subset(keep)
+    n = val_count(req.val_per_class, req.val_fraction, full.class_counts(c))
+    val, note = None, ""
+    if n:
+        val = full.subset(draw_validation(targets, complement(len(full), keep), c, n, req.rand_number))
+        note = describe(n, val.class_counts(c), classes, "discarded")
+    return _finish(name, train, test, classes, train.class_counts(c), req, norm, pad, flip, val, note)
 
 
 def _finish(name: str, train: ImageSet, test: ImageSet, classes: list[str], counts: list[int], req: DataRequest,
-            norm: str, pad: int, flip: bool) -> InMemoryLTData:
+            norm: str, pad: int, flip: bool, val: ImageSet | None = None, val_note: str = "") -> InMemoryLTData:
     if min(counts) == 0:
         empty = [classes[c] for c, n in enumerate(counts) if n == 0]
         raise UserError(f"classes with no training images after the imbalance profile: "
                         f"{', '.join(empty[:5])}; raise --imb-factor or add images")
     mean, std = _norm(req.norm or norm, train)
     return InMemoryLTData(name, train, test, list(classes), counts, mean, std,
-                          pad if req.pad is None else req.pad, flip if req.flip is None else req.flip)
+                          pad if req.pad is None else req.pad, flip if req.flip is None else req.flip, val, val_note)
 
 
 @DATASETS.register("digits", help="bundled 8x8 digits (offline)", native_epochs=200,
@@ -306,23 +388,24 @@ def _cifar(name: str) -> Callable[[DataRequest], InMemoryLTData]:
     return load
 
 
-DATASETS.add("cifar10", _cifar("cifar10"), help="CIFAR-10 pickles", native_epochs=200, defaults=dict(arch="resnet32"))
+DATASETS.add("cifar10", _cifar("cifar10"), help="CIFAR-10 pickles", native_epochs=200, defaults=dict(arch="resnet32"),
+             needs_root=True)
 DATASETS.add("cifar100", _cifar("cifar100"), help="CIFAR-100 pickles", native_epochs=200,
-             defaults=dict(arch="resnet32"))
+             defaults=dict(arch="resnet32"), needs_root=True)
 
 
 @DATASETS.register("folder", help="ROOT/train/<class>/*, ROOT/test/<class>/*", native_epochs=200,
-                   defaults=dict(arch="resnet32"))
+                   defaults=dict(arch="resnet32"), needs_root=True)
 def _folder(req: DataRequest) -> InMemoryLTData:
-    train, test, classes, counts = _load_folder(req.root, req.imb_type, req.imb_factor, req.rand_number,
-                                                req.image_size, req.lt_generator, req.seed)
+    train, test, classes, counts, val, note = _load_folder(req)
     return _finish("folder", train, test, classes, counts, req, "cifar" if train.images.shape[1] == 3 else "data",
-                   4, True)
+                   4, True, val, note)
 
 
 def _list_files(name: str) -> Callable[[DataRequest], StreamingLTData]:
     def load(req: DataRequest) -> StreamingLTData:
-        return _load_list_dataset(name, req.root, req.image_size or 224, req.norm, req.train_list, req.test_list)
+        return _load_list_dataset(name, req.root, req.image_size or 224, req.norm, req.train_list, req.test_list,
+                                  req)
 
     return load
 
@@ -331,14 +414,15 @@ def _list_files(name: str) -> Callable[[DataRequest], StreamingLTData]:
 _LARGE = dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", workers=4)
 DATASETS.add("imagenet_lt", _list_files("imagenet_lt"), help="ImageNet-LT list files", native_epochs=90,
              aliases=("imagenet",),
-             defaults=_LARGE, index_split=INDEX_SPLITS["imagenet_lt"], streaming=True)
+             defaults=_LARGE, index_split=INDEX_SPLITS["imagenet_lt"], streaming=True, needs_root=True)
 DATASETS.add("inat18", _list_files("inat18"), help="iNaturalist-2018 list files", native_epochs=90,
              aliases=("inat_18",),
-             defaults=_LARGE, index_split=INDEX_SPLITS["inat18"], streaming=True)
+             defaults=_LARGE, index_split=INDEX_SPLITS["inat18"], streaming=True, needs_root=True)
 
 
 def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | None,
-                       train_list: str | None, test_list: str | None) -> StreamingLTData:
+                       train_list: str | None, test_list: str | None, req: DataRequest | None = None
+                       ) -> StreamingLTData:
     from ltsam.data.listfile import LIST_FILES, frequency_order, read_list, remap
 
     if not root.is_dir():
@@ -358,31 +442,49 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
     if norm_name not in NORMS or len(NORMS[norm_name][0]) != 3:
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
     mean, std = NORMS[norm_name]
-    return StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
+    data = StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
                            mean, std, image_size, train.origins, test.origins)
+    n = val_count(req.val_per_class, req.val_fraction, counts) if req is not None else 0
+    if n:  # held out of the training list; the label order stays the full list's
+        held = draw_validation(train_labels.numpy(), torch.arange(len(train_labels)).numpy(), len(classes), n,
+                               req.rand_number, keep_one=True)
+        rest = complement(len(train_labels), held)
+        data.val_paths, data.val_labels = [train.paths[i] for i in held], train_labels[torch.from_numpy(held)]
+        data.val_origins = [train.origins[i] for i in held]
+        data.train_paths, data.train_labels = [train.paths[i] for i in rest], train_labels[torch.from_numpy(rest)]
+        data.train_origins = [train.origins[i] for i in rest]
+        data.cls_num_list = torch.bincount(data.train_labels, minlength=len(classes)).tolist()
+        data.val_note = describe(n, data.val_cls_num_list, classes, "train")
+    return data
 
 
-def _load_folder(root: Path, imb_type: str, imb_factor: float, rand_number: int, image_size: int | None,
-                 generator: str = "standard", seed: int = 0) -> tuple[ImageSet, ImageSet, list[str], list[int]]:
+def _load_folder(req: DataRequest) -> tuple[ImageSet, ImageSet, list[str], list[int], ImageSet | None, str]:
+    """(train, test, classes, counts, validation set or None, what was held out). A validation split is
+    held out of ``train/`` before the profile is drawn from what is left."""
+    import numpy as np
+
     from ltsam.data.folder import decode_images, scan_split, test_split_dir
 
+    root = req.root
     if not root.is_dir():
         raise UserError(f"--data-root {root} does not exist; point it at a folder holding "
                         f"train/<class>/ and test/<class>/ image folders")
     classes, paths, labels = scan_split(root / "train")
     c = len(classes)
     labels_t = torch.from_numpy(labels)
-    available = torch.bincount(labels_t, minlength=c).tolist()
-    if imb_type == "none":
-        counts = available
-    else:
-        counts = [min(n, a) for n, a in zip(lt_counts(max(available), c, imb_type, imb_factor), available)]
-    keep = select(labels, counts, rand_number, generator, seed)
-    kept_paths = [paths[i] for i in keep]
-    train_images = decode_images(kept_paths, image_size)
+    n = val_count(req.val_per_class, req.val_fraction, np.bincount(labels, minlength=c).tolist())
+    held = draw_validation(labels, np.arange(len(labels)), c, n, req.rand_number, keep_one=True) if n else []
+    rest = complement(len(labels), np.asarray(held, dtype=np.int64))
+    keep = rest[profile_indices(labels[rest], c, req.imb_type, req.imb_factor, req.rand_number, req.lt_generator,
+                                req.seed)]
+    train_images = decode_images([paths[i] for i in keep], req.image_size)
     size = train_images.shape[-1]
     _, test_paths, test_labels = scan_split(test_split_dir(root), classes)
     test_images = decode_images(test_paths, size)
     train = ImageSet(train_images, labels_t[torch.from_numpy(keep)], classes)
     test = ImageSet(test_images, torch.from_numpy(test_labels), classes)
-    return train, test, classes, train.class_counts(c)
+    val, note = None, ""
+    if n:
+        val = ImageSet(decode_images([paths[i] for i in held], size), labels_t[torch.from_numpy(held)], classes)
+        note = describe(n, val.class_counts(c), classes, "train")
+    return train, test, classes, train.class_counts(c), val, note

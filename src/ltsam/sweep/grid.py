@@ -1,0 +1,317 @@
+"""A sweep's grid: a YAML file expanded into runs, each an ``ltsam train`` command line, all checked first.
+
+The file (every key optional except one of ``configs`` / ``recipes``)::
+
+    name: digits-sam-vs-sgd           # default: the file's name without .yaml
+    out: runs/sweeps/digits           # the sweep folder (default runs/sweeps/<name>; --out wins)
+    base: {val-per-class: 10}         # flags every run gets
+    configs:                          # one axis: named flag sets (a recipe and/or flags)
+      sam: {}
+      sgd: {optimizer: sgd}
+    grid: {rho: [0.05, 0.1]}          # further axes: every combination of these flag values
+    seeds: [0, 1, 2]                  # or a count: 3 = seeds 0, 1, 2
+
+``recipes: [cifar10-lt-ce, ...]`` is short for ``configs`` whose flag sets are ``{recipe: NAME}``.
+Keys are ``ltsam train`` flags, written as config keys (``imb_factor``) or flag names (``imb-factor``,
+``--imb-factor``). Later layers win: base, then the config, then the grid point, then the seed; a recipe's
+values give way to any flag the grid sets (as ``ltsam train --recipe`` does). A run is named
+``<config>[_<key><value>...]_seed<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltsam.errors import UserError
+
+# Flags the sweep sets itself for every run.
+RESERVED = {"out", "overwrite", "resume", "stop_after", "no_progress"}
+# Configuration keys that do not change what a run computes (where and how fast it runs, and where
+# it writes); left out of the configuration hash and of the report's grouping.
+VOLATILE = ("out", "compile", "device", "workers", "threads", "eval_batch_size", "wandb")
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its name, the ``ltsam train`` flags that define it, its resolved configuration."""
+
+    name: str
+    config: str  # the configs entry it comes from
+    point: dict[str, Any]  # the grid values it takes
+    seed: int
+    argv: list[str]
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        """The name without the seed: the runs of one configuration share it."""
+        return self.name.rsplit("_seed", 1)[0]
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.resolved)
+
+
+@dataclass
+class Sweep:
+    name: str
+    out: Path
+    runs: list[RunSpec]
+    source: Path
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """The first 12 hex digits of the SHA-256 of the configuration (volatile keys left out) as sorted JSON."""
+    kept = {k: v for k, v in config.items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """Read, expand and validate a grid file; nothing is started. A bad entry is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid file {path} does not exist; write a YAML grid (see `ltsam sweep --help`)")
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: a grid is a YAML mapping with configs (or recipes), and optionally base, grid, "
+                        f"seeds, name, out")
+    unknown = sorted(set(doc) - {"name", "out", "base", "configs", "recipes", "grid", "seeds"})
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; use name, out, base, configs, "
+                        f"recipes, grid, seeds")
+    name = str(doc.get("name") or path.stem)
+    folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
+    runs = expand(doc, str(path))
+    return Sweep(name, folder, runs, path)
+
+
+def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    configs: list[tuple[str, dict[str, Any]]] = []
+    recipes = doc.get("recipes") or []
+    if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
+        raise UserError(f"{where}: recipes must be a list of recipe names (`ltsam recipes`)")
+    configs += [(r, {"recipe": r}) for r in recipes]
+    raw = doc.get("configs") or {}
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = []
+        for i, entry in enumerate(raw):
+            if isinstance(entry, str):
+                items.append((entry, {"recipe": entry}))
+            elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                items.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+            else:
+                raise UserError(f"{where}: configs[{i}] must be a recipe name or a mapping with a name")
+    else:
+        raise UserError(f"{where}: configs must map names to flag sets, or list them")
+    for label, values in items:
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: config {label!r} must be a mapping of flags to values, got {values!r}")
+        configs.append((str(label), values))
+    if not configs:
+        raise UserError(f"{where}: no runs: give configs (named flag sets) or recipes")
+    labels = [c for c, _ in configs]
+    dupes = sorted({c for c in labels if labels.count(c) > 1})
+    if dupes:
+        raise UserError(f"{where}: config name(s) {', '.join(dupes)} given twice; names must be unique")
+    return configs
+
+
+def _seeds(doc: dict[str, Any], where: str) -> list[int]:
+    seeds = doc.get("seeds", [0])
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise UserError(f"{where}: seeds must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise UserError(f"{where}: seeds must be at least 1, got {seeds}")
+        return list(range(seeds))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise UserError(f"{where}: seeds must be non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}: seeds {seeds} repeat a seed")
+    return list(seeds)
+
+
+def expand(doc: dict[str, Any], where: str = "grid") -> list[RunSpec]:
+    """Every run of a grid document, each validated as ``ltsam train`` validates its flags."""
+    flags = TrainFlags()
+    base = doc.get("base") or {}
+    if not isinstance(base, dict):
+        raise UserError(f"{where}: base must be a mapping of flags to values")
+    grid = doc.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"{where}: grid must map flags to lists of values")
+    axes: list[tuple[str, list[Any]]] = []
+    for key, values in grid.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise UserError(f"{where}: grid.{key} has no values")
+        axes.append((flags.key(key, f"{where}: grid.{key}"), values))
+    base = {flags.key(k, f"{where}: base.{k}"): v for k, v in base.items()}
+    runs: list[RunSpec] = []
+    for label, values in _configs(doc, where):
+        own = {flags.key(k, f"{where}: config {label}: {k}"): v for k, v in values.items()}
+        for combo in itertools.product(*(v for _, v in axes)):
+            point = dict(zip((k for k, _ in axes), combo))
+            for seed in _seeds(doc, where):
+                settings = {**base, **own, **point, "seed": seed}
+                name = _run_name(label, point, seed)
+                argv = flags.argv(settings, f"{where}: run {name}")
+                runs.append(RunSpec(name, label, point, seed, argv))
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"{where}: run name(s) {', '.join(dupes[:3])} come out twice; make config names and grid "
+                        f"values distinct")
+    for run in runs:
+        run.resolved = flags.resolve(run.argv, f"{where}: run {run.name}")
+    return runs
+
+
+def _run_name(label: str, point: dict[str, Any], seed: int) -> str:
+    parts = [label] + [f"{k}{_show(v)}" for k, v in point.items()]
+    text = "_".join(parts)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") + f"_seed{seed}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "-".join(map(_show, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class TrainFlags:
+    """``ltsam train``'s own parser, used to turn settings into flags and to check them exactly as the
+    command does (so a grid entry that ``ltsam train`` would refuse is refused before any run starts)."""
+
+    def __init__(self) -> None:
+        from ltsam.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        self.parser: argparse.ArgumentParser = sub.choices["train"]
+        self.actions: dict[str, argparse.Action] = {}
+        for action in self.parser._actions:
+            if action.dest == "help":
+                continue
+            for opt in action.option_strings:
+                self.actions.setdefault(_norm(opt), action)
+            self.actions.setdefault(action.dest, action)
+
+    def key(self, name: Any, where: str) -> str:
+        """The canonical key (a flag's first spelling, as a config key) of a setting name."""
+        action = self.actions.get(_norm(str(name)))
+        if action is None:
+            raise UserError(f"{where}: {name!r} is not an `ltsam train` flag (see `ltsam train --help`)")
+        key = _norm(_long(action))
+        if key in RESERVED or action.dest in RESERVED:
+            raise UserError(f"{where}: {name!r} is set by the sweep itself (each run gets its own --out and "
+                            f"resumes from last.pt); remove it")
+        return key
+
+    def argv(self, settings: dict[str, Any], where: str) -> list[str]:
+        """The flags that give ``settings`` (keys from :meth:`key`)."""
+        out: list[str] = []
+        for key, value in settings.items():
+            action = self.actions[key]
+            flag = _long(action)
+            if value is None:
+                continue
+            if isinstance(action, argparse._AppendAction):
+                for item in value if isinstance(value, list) else [value]:
+                    out += [flag, _text(item)]
+            elif isinstance(action, argparse.BooleanOptionalAction):
+                _need_bool(value, flag, where)
+                out.append(flag if value else "--no-" + flag[2:])
+            elif action.nargs == 0:  # store_true / store_const
+                _need_bool(value, flag, where)
+                if value:
+                    out.append(flag)
+            elif action.nargs == "*" or action.nargs == "+" or isinstance(action.nargs, int):
+                items = value if isinstance(value, list) else [value]
+                out += [flag, *(_text(v) for v in items)]
+            elif action.nargs is None or action.nargs == "?":
+                if isinstance(value, (list, dict)):
+                    raise UserError(f"{where}: {flag} takes one value, got {value!r}")
+                out += [flag, _text(value)]
+            else:
+                out += [flag, _text(value)]
+        return out
+
+    def resolve(self, argv: list[str], where: str) -> dict[str, Any]:
+        """Parse ``argv`` with ``ltsam train``'s parser and resolve it as the command would: the run's
+        configuration (``config.json``'s layout, before the trainer fills in ``compile``)."""
+        from ltsam.cli import _train_overrides
+        from ltsam.config import resolve
+        from ltsam.extensions import load_plugins
+        from ltsam.recipes import get_recipe
+
+        load_plugins(_values_of(argv, "--plugin"))
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                args = self.parser.parse_args(argv)
+        except SystemExit:
+            message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad flags"
+            raise UserError(f"{where}: {message.split('error: ', 1)[-1]}") from None
+        try:
+            recipe = get_recipe(args.recipe) if args.recipe else None
+            cfg = resolve(_train_overrides(args), recipe)
+            _check_data_root(cfg)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        return cfg.to_dict()
+
+
+def _check_data_root(cfg: Any) -> None:
+    """A data set that reads files needs its --data-root (CIFAR may download into it instead)."""
+    from ltsam.data.registry import DATASETS
+
+    needs = DATASETS.entry(cfg.dataset).meta.get("needs_root", False)
+    if needs and not cfg.download and not Path(cfg.data_root).exists():
+        raise UserError(f"--data-root {cfg.data_root} does not exist ({cfg.dataset} reads its images there)")
+
+
+def _values_of(argv: Iterable[str], flag: str) -> list[str]:
+    argv = list(argv)
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def _long(action: argparse.Action) -> str:
+    """A flag's first ``--long`` spelling (``--arch`` rather than ``-a``)."""
+    return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+
+
+def _norm(name: str) -> str:
+    return name.lstrip("-").replace("-", "_").lower()
+
+
+def _need_bool(value: Any, flag: str, where: str) -> None:
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        raise UserError(f"a flag value must be a number or a word, got {value!r}")
+    return str(value)

@@ -1,0 +1,250 @@
+"""Running a sweep's runs through submitit: on this machine (its LocalExecutor, several at once, sharing
+the GPUs), in this process (its DebugExecutor), or as one SLURM job array (its SlurmExecutor).
+
+Every run is the same job, :class:`TrainJob`: it starts ``ltsam train`` into the run's folder, resumes it
+from ``last.pt`` when the folder holds one, and does nothing when the run is done. It is checkpointable:
+on a SLURM time limit or pre-emption submitit calls :meth:`TrainJob.checkpoint` and requeues the job,
+which then resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ltsam.errors import UserError
+from ltsam.sweep.grid import RunSpec, Sweep
+from ltsam.sweep.state import DONE, Manifest, folder_state, run_dir
+
+# SLURM job states in which a job still owns its run folder (a re-run of the sweep leaves it alone).
+QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+MAX_REQUEUES = 30  # time limits a run may hit, each followed by a requeue that resumes it
+
+
+def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments for a run: resume from ``last.pt`` if the folder holds one, else start fresh
+    (replacing a folder whose run never finished an epoch)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pt").is_file():
+        return ["train", "--resume", str(run_dir), "--no-progress"]
+    return ["train", *argv, "--out", str(run_dir), "--overwrite", "--no-progress"]
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One run as a submitit job (pickled by submitit and called in the job's process)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+
+    def __call__(self, run_dir: str, argv: list[str], gpus: int = 1) -> str:
+        if folder_state(Path(run_dir)) == DONE:
+            return "done already"
+        args = train_args(run_dir, argv)
+        if gpus > 1:  # one process per GPU: torchrun on this node
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                   "-m", "ltsam", *args]
+            self._proc = subprocess.Popen(cmd)
+            code = self._proc.wait()
+        else:
+            from ltsam.cli import main
+
+            code = main(args)
+        if code != 0:
+            raise RuntimeError(f"`ltsam {' '.join(args)}` exited with status {code}")
+        return "done"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same job; it resumes from the last ``last.pt`` (written after every epoch)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+        return submitit.helpers.DelayedSubmission(TrainJob(), *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_proc": None}
+
+
+@dataclass
+class LaunchOptions:
+    executor: str = "local"  # local, debug or slurm
+    parallel: int = 1
+    gpus_per_run: int | None = None  # None: 1 where CUDA is present, else 0
+    timeout_min: int | None = None  # None: 3 days per job (SLURM: --time; requeued and resumed past it)
+    partition: str | None = None
+    array_parallelism: int | None = None
+    cpus_per_run: int | None = None
+    mem_gb: float | None = None
+    slurm_args: dict[str, str] = field(default_factory=dict)
+    resubmit: bool = False
+    poll_s: float = 0.5
+
+
+def gpus_per_run(opts: LaunchOptions) -> int:
+    if opts.gpus_per_run is not None:
+        return opts.gpus_per_run
+    if opts.executor == "slurm":
+        return 1
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
+def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: LaunchOptions,
+              say: Callable[[str], None] = print) -> list[str]:
+    """Run ``todo`` on this machine, ``opts.parallel`` at once; returns the names of the runs that failed.
+
+    With GPUs, concurrent runs take turns over them (slot k of N gets GPUs k*G .. k*G+G-1, modulo the
+    GPU count): one GPU is shared by all; 8 GPUs and 8 at once give each run its own. Stopped (Ctrl-C,
+    SIGTERM, a budget's timeout), it cancels its jobs; their runs keep their last.pt and resume next time.
+    """
+    gpus = gpus_per_run(opts)
+    logs = sweep.out.absolute() / "logs"
+    if opts.executor == "debug":
+        executor: submitit.Executor = submitit.DebugExecutor(folder=logs)
+    else:
+        executor = submitit.LocalExecutor(folder=logs, max_num_timeout=MAX_REQUEUES)
+        executor.update_parameters(timeout_min=opts.timeout_min or 3 * 24 * 60, gpus_per_node=gpus)
+    n_gpus = _device_count() if gpus else 0
+    if gpus > n_gpus and opts.executor == "local":
+        raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the CPU)")
+    parallel = 1 if opts.executor == "debug" else opts.parallel
+    queue, active, failed = list(todo), {}, []
+    free = list(range(parallel))
+    t0 = time.time()
+    try:
+        while queue or active:
+            while queue and free:
+                run, slot = queue.pop(0), free.pop(0)
+                if opts.executor == "local" and gpus:
+                    executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
+                active[_start(sweep, manifest, executor, run, gpus, say, t0)] = (run, slot)
+            for job in [j for j in active if j.done()]:
+                run, slot = active.pop(job)
+                free.append(slot)
+                _finished(sweep, manifest, run, job, failed, say, t0)
+            if active:
+                time.sleep(opts.poll_s)
+    except BaseException:
+        for job in active:
+            job.cancel(check=False)
+        raise
+    return failed
+
+
+def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: int, say: Callable[[str], None],
+           t0: float) -> Any:
+    folder = run_dir(sweep, run)
+    how = "resuming" if (folder / "last.pt").is_file() else "starting"
+    job = executor.submit(TrainJob(), str(folder), run.argv, gpus)
+    manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
+    say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
+    return job
+
+
+def _finished(sweep: Sweep, manifest: Manifest, run: RunSpec, job: Any, failed: list[str],
+              say: Callable[[str], None], t0: float) -> None:
+    try:
+        job.result()
+    except Exception as exc:  # the job's own error, with its log
+        failed.append(run.name)
+        manifest.mark(run.name, "failed", error=_last_line(str(exc)))
+        say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {_last_line(str(exc))}; log {job.paths.stderr}")
+        return
+    final = run_dir(sweep, run) / "final.json"
+    state = folder_state(run_dir(sweep, run))
+    manifest.mark(run.name, state)
+    top1 = ""
+    if final.is_file():
+        import json
+
+        top1 = f": last-epoch test top-1 {json.loads(final.read_text())['final']['top1']:.2f}"
+    say(f"[+{time.time() - t0:.0f}s] {state} {run.name}{top1}")
+
+
+def submit_slurm(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: LaunchOptions,
+                 say: Callable[[str], None] = print) -> list[str]:
+    """Submit ``todo`` as one SLURM job array (submitit's SlurmExecutor); returns the job ids."""
+    gpus = gpus_per_run(opts)
+    try:
+        executor = submitit.SlurmExecutor(folder=sweep.out.absolute() / "slurm" / "%j", max_num_timeout=MAX_REQUEUES)
+    except RuntimeError as exc:
+        raise UserError(f"--executor slurm: {exc} (no `srun` on PATH); run `ltsam sweep` on the cluster, or write "
+                        f"a plain script with --emit-sbatch FILE") from None
+    params: dict[str, Any] = dict(job_name=f"ltsam-{sweep.name}", time=opts.timeout_min or 24 * 60,
+                                  nodes=1, ntasks_per_node=1, signal_delay_s=120,
+                                  array_parallelism=opts.array_parallelism or len(todo))
+    if opts.partition:
+        params["partition"] = opts.partition
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if opts.cpus_per_run:
+        params["cpus_per_task"] = opts.cpus_per_run
+    if opts.mem_gb:
+        params["mem"] = f"{opts.mem_gb:g}GB"
+    if opts.slurm_args:
+        params["additional_parameters"] = dict(opts.slurm_args)
+    try:
+        executor.update_parameters(**params)
+        with executor.batch():
+            jobs = [executor.submit(TrainJob(), str(run_dir(sweep, run)), run.argv, gpus) for run in todo]
+    except (ValueError, OSError, subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as exc:
+        raise UserError(f"--executor slurm: submission failed: {_last_line(str(exc))}") from None
+    for run, job in zip(todo, jobs):
+        manifest.mark(run.name, "submitted", job=str(job.job_id), log=str(job.paths.stdout))
+    ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    say(f"submitted {len(jobs)} runs as SLURM job array {', '.join(ids)} (logs under {sweep.out / 'slurm'}); "
+        f"`ltsam sweep {sweep.source}` again later resumes what did not finish, `ltsam report {sweep.out}` "
+        f"summarises")
+    return [str(j.job_id) for j in jobs]
+
+
+def still_queued(sweep: Sweep, manifest: Manifest, run: RunSpec) -> str | None:
+    """The SLURM state of the run's job if it still holds the run (queued or running), else None."""
+    entry = manifest.runs.get(run.name, {})
+    if entry.get("state") != "submitted" or not entry.get("job"):
+        return None
+    try:
+        job = submitit.SlurmJob(folder=sweep.out.absolute() / "slurm" / "%j", job_id=str(entry["job"]))
+        state = str(job.watcher.get_state(job.job_id, mode="force")).split()[0].upper()  # sacct, now
+    except Exception:  # no sacct here, or it failed
+        state = "UNKNOWN"
+    return state if state in QUEUED or state == "UNKNOWN" else None
+
+
+def _device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def lock(sweep: Sweep):
+    """Hold ``SWEEP/.lock`` for this process's life: a second ``ltsam sweep`` of the same folder (which would
+    train the same run folders twice) stops with a clear line. The OS drops the lock if the process dies."""
+    import fcntl
+
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    handle = open(sweep.out / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"another `ltsam sweep` is running the sweep in {sweep.out}; wait for it, or stop it "
+                        f"first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
