@@ -115,6 +115,8 @@ def test_post_hoc_adjustment_against_a_hand_argmax() -> None:
     batches = [(x[:40], y[:40]), (x[40:], y[40:])]
     taus = [0.0, 0.5, 1.0, 2.0]
     found = evaluate_offsets(model, batches, counts, [adjustment(counts, t) for t in taus])
+    lean = evaluate_offsets(model, batches, counts, [adjustment(counts, t) for t in taus], confusion=False)
+    assert [r for r, _ in lean] == [r for r, _ in found] and all(m is None for _, m in lean)
     with torch.no_grad():
         logits = model(x).double().tolist()
     total = sum(counts)

@@ -262,7 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     batches = data.test_batches(cfg.eval_batch_size, device, workers=cfg.workers)
     title = f"{args.target} ({args.which}, after epoch {ckpt['epoch']})"
     if taus is None:
-        (result, _), = evaluate_offsets(model, batches, data.cls_num_list, [None], groups=groups)
+        (result, _), = evaluate_offsets(model, batches, data.cls_num_list, [None], groups=groups, confusion=False)
         print_results(result, data.classes, data.cls_num_list, title=title)
         if args.json:
             write_json(args.json, {"checkpoint_epoch": ckpt["epoch"], **result})
@@ -273,7 +273,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(prior) != data.num_classes:
         raise UserError(f"the checkpoint's class counts ({len(prior)} classes) do not fit the data set "
                         f"({data.num_classes} classes); pass the run's own data with --data-root")
-    found = evaluate_offsets(model, batches, data.cls_num_list, [adjustment(prior, t) for t in taus], groups=groups)
+    found = evaluate_offsets(model, batches, data.cls_num_list, [adjustment(prior, t) for t in taus], groups=groups,
+                             confusion=False)
     rows = [{"tau": t, **result} for t, (result, _) in zip(taus, found)]
     if len(rows) == 1:
         print_results(rows[0], data.classes, data.cls_num_list,
@@ -300,7 +301,7 @@ def _add_stage_option_flags(p: argparse.ArgumentParser) -> None:
         kind = _lower if o.type is str and o.choices else (_flag_bool if o.type is bool else o.type)
         defaults = ", ".join(f"{stage} {'-' if opt.default is None else _show(opt.default)}" for stage, opt in pairs)
         g.add_argument(*(o.flags or (o.flag,)), dest=name, type=kind, default=None, metavar=o.metavar,
-                       help=f"{o.help} (defaults: {defaults})")
+                       help=f"{o.help} (defaults: {defaults})" if len(pairs) > 1 else o.help)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -356,6 +357,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 _check_number(o.flag, options[o.name], o.minimum, o.below)
         build_stage(entry.name, options)  # the stage's own checks (e.g. --tau-grid), before any work
         parent = load_parent(args.run, args.which or "last")
+        if recipe and parent.cfg.recipe != recipe["parent"] and main_rank:
+            print(f"ltsam: warning: recipe {args.recipe} is meant for a run of recipe {recipe['parent']}; this run's "
+                  f"is {parent.cfg.recipe or 'none'}", flush=True)
         settings = StageSettings(entry.name, options, parent.info, args.seed if args.seed is not None else 0,
                                  args.device or "auto", args.workers, args.data_root, args.recipe,
                                  list(args.plugin or []))

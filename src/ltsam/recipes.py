@@ -104,7 +104,7 @@ for _ds, _la_epochs, _bs_epochs in (("cifar10", 1241, 537), ("cifar100", 1419, 6
                                           if k != "la_tau"}
     RECIPES[f"bs-{_ds}-lt-if100"] = dict(_BS, dataset=_ds, epochs=_bs_epochs)
     RECIPES[f"wb-stage1-{_ds}-lt-if100"] = dict(_WB1, dataset=_ds)
-PAPER_TOP1["la-cifar100-lt-if100"] = 43.89  # Menon et al., Table 2 (error 56.11)
+PAPER_TOP1["la-cifar100-lt-if100"] = 43.89  # Menon et al.: logit-adjusted loss, CIFAR-100-LT (error 56.11)
 PAPER_TOP1["bs-cifar100-lt-if100"] = 46.1  # Ren et al., CIFAR-100-LT, imbalance factor 100
 
 # Figures from others' runs of the released code, beside (never instead of) the papers'.

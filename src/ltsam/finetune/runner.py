@@ -22,7 +22,7 @@ from ltsam.acceleration import autocast_context, grad_scaler
 from ltsam.config import TrainConfig, validate
 from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from ltsam.errors import TrainingDiverged, UserError
-from ltsam.evaluate import evaluate, shot_split_groups
+from ltsam.evaluate import evaluate, evaluate_offsets, shot_split_groups
 from ltsam.finetune.heads import classifier_path, get_module, set_module, swapped
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
 from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
@@ -358,7 +358,8 @@ class StageRunner:
         rows = []
         for tau in self.stage.grid:  # type: ignore[attr-defined]
             head = self.stage.head_for(tau)  # type: ignore[attr-defined]
-            result, _ = evaluate(head, features, self.data.cls_num_list, None, self.ctx, self.groups)
+            (result, _), = evaluate_offsets(head, features, self.data.cls_num_list, [None], None, self.ctx,
+                                            self.groups, confusion=False)
             rows.append({"tau": tau, "split": split, **result})
         return rows
 
