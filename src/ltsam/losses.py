@@ -1,4 +1,5 @@
-"""Long-tail losses (CE, Focal, LDAM, VS) and the effective-number class weights, in one registry.
+"""Long-tail losses (CE, Focal, LDAM, VS, logit-adjusted, Balanced Softmax) and the effective-number
+class weights, in one registry.
 
 Every loss is called as ``loss(logits, targets)`` and, given per-class ``weight``, uses PyTorch's
 weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}.
@@ -98,6 +99,50 @@ class VSLoss(nn.Module):
         return F.cross_entropy(adjusted, targets, weight=_weight(self.weight, logits))
 
 
+def log_prior(cls_num_list: Sequence[int]) -> torch.Tensor:
+    """log pi_c = log(n_c / sum_k n_k), in float64: the training class prior of logit adjustment."""
+    n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+    if (n <= 0).any():
+        raise UserError("logit adjustment needs every class to have at least one training image")
+    return torch.log(n / n.sum())
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted loss (Menon et al., ICLR 2021): CE(z + tau log pi, y), pi = n / sum n the training prior.
+
+    Each logit z_c is shifted by tau log pi_c before the (weighted) cross-entropy, which asks the
+    rare classes for a larger margin; at prediction time the raw logits z are used.
+    """
+
+    def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("offset", (tau * log_prior(cls_num_list)).to(torch.float32))
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
+
+
+class BalancedSoftmaxLoss(nn.Module):
+    """Balanced Softmax (Ren et al., NeurIPS 2020): CE(z + log n, y), every logit z_c shifted by log n_c.
+
+    p(y | x) = n_y exp(z_y) / sum_c n_c exp(z_c); the same minimiser as the logit-adjusted loss at tau = 1
+    (log n and log pi differ by a constant, which the softmax ignores).
+    """
+
+    def __init__(self, cls_num_list: Sequence[int], weight: torch.Tensor | None = None):
+        super().__init__()
+        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+        if (n <= 0).any():
+            raise UserError("Balanced Softmax needs every class to have at least one training image")
+        self.register_buffer("offset", torch.log(n).to(torch.float32))
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
+
+
 class WeightedCrossEntropy(nn.Module):
     """Plain cross-entropy with optional per-class weights (registry name ``ce``)."""
 
@@ -124,6 +169,13 @@ LOSSES.add("vs", lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0: VSL
     cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling",
     options=[Option("vs_gamma", float, 0.3, "VS loss gamma (default 0.3)", flags=("--gamma", "--vs-gamma")),
              Option("vs_tau", float, 1.0, "VS loss tau (default 1.0)", flags=("--tau", "--vs-tau"))])
+
+LOSSES.add("la", lambda cls_num_list, weight=None, la_tau=1.0: LogitAdjustedLoss(cls_num_list, la_tau, weight),
+           help="logit-adjusted CE (Menon et al., 2021)", aliases=("logit_adjusted", "logit-adjusted"),
+           options=[Option("la_tau", float, 1.0, "logit-adjusted loss: tau of CE(z + tau log prior) (default 1)",
+                           minimum=0.0)])
+LOSSES.add("balanced_softmax", lambda cls_num_list, weight=None: BalancedSoftmaxLoss(cls_num_list, weight),
+           help="Balanced Softmax (Ren et al., 2020)", aliases=("balanced-softmax", "bsce"))
 
 
 def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None, config: Any = None,

@@ -80,3 +80,17 @@ def save_figures(out_dir: Path, result: dict[str, Any], classes: Sequence[str],
     fig.tight_layout()
     fig.savefig(out_dir / "confusion_matrix.png", dpi=120)
     plt.close(fig)
+
+
+def print_sweep(rows: Sequence[dict[str, Any]], title: str) -> None:
+    """One line per tau of a sweep (post-hoc logit adjustment, tau-normalisation): top-1, top-5, shot groups."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in ("tau", "top-1", "top-5", "many", "medium", "few"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        g = r["shot_acc"]
+        table.add_row(f"{r['tau']:g}", fmt(r["top1"]), fmt(r["top5"]), fmt(g["many"]), fmt(g["medium"]),
+                      fmt(g["few"]))
+    console().print(table)

@@ -51,6 +51,30 @@ def cosine_lr(epoch: int, base_lr: float, epochs: int, eta_min: float = 0.0) -> 
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
+# Menon et al.'s CIFAR-LT schedule (google-research/logit_adjustment): (epoch, multiplier) over 1241 epochs
+# of CIFAR-10-LT; CIFAR-100-LT's 1419 epochs put its boundaries at the same fractions of the run.
+_LA_NATIVE = 1241
+_LA_WARMUP = 20
+_LA_DROPS = ((604, 0.1), (926, 0.01), (1128, 0.001))
+
+
+@LR_SCHEDULES.register("la", help="logit adjustment's: warm-up over 20 of 1241 epochs, x0.1 / x0.01 / x0.001 "
+                                  "at 604 / 926 / 1128, scaled")
+def la_lr(epoch: int, base_lr: float, epochs: int) -> float:
+    """Menon et al.'s step schedule, per epoch: linear warm-up to ``base_lr`` over the first 20/1241 of the
+    run, then x0.1, x0.01, x0.001 from 604/1241, 926/1241, 1128/1241 of it (0-indexed ``epoch``; at 1241
+    and 1419 epochs these are the CIFAR-10-LT and CIFAR-100-LT boundaries of the released code)."""
+    e = epoch + 1
+    warmup = max(1, int(_LA_WARMUP * epochs / _LA_NATIVE + 1e-9))
+    if e <= warmup:
+        return base_lr * e / warmup
+    lr = base_lr
+    for start, mult in _LA_DROPS:
+        if epoch >= int(round(start * epochs / _LA_NATIVE)):
+            lr = base_lr * mult
+    return lr
+
+
 def learning_rate(schedule: str, epoch: int, base_lr: float, epochs: int) -> float:
     """The LR of a 0-indexed epoch under a registered schedule."""
     return LR_SCHEDULES.get(schedule)(epoch, base_lr, epochs)
