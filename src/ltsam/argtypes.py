@@ -1,9 +1,17 @@
-"""argparse value types that reject impossible numbers at the flag, with one clear line (exit 2)."""
+"""argparse helpers: a parser and value types that reject bad input with one clear line (exit 2)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or value on one line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def positive_int(text: str) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class UserError(Exception):
     """A problem with what the user asked for (bad path, value, file) — not a bug in ltsam.
@@ -17,3 +21,19 @@ class TrainingDiverged(Exception):
     """
 
     exit_code = 3
+
+
+def exit_code_of(command: Callable[[Any], Any], args: Any) -> int:
+    """Run a command and turn how it ended into the CLI's exit code: 0 (or its own), 2 with one line for
+    a UserError, 3 for a diverged run, 130 for Ctrl-C (SIGTERM is handled by ``ltsam train`` itself)."""
+    try:
+        return int(command(args) or 0)
+    except UserError as exc:
+        print(f"ltsam: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"ltsam: error: {exc}", file=sys.stderr)
+        return TrainingDiverged.exit_code
+    except KeyboardInterrupt:
+        print("ltsam: interrupted; `ltsam train --resume RUN_DIR` continues a training run", file=sys.stderr)
+        return 130

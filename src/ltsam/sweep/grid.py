@@ -203,11 +203,9 @@ class TrainFlags:
     command does (so a grid entry that ``ltsam train`` would refuse is refused before any run starts)."""
 
     def __init__(self) -> None:
-        from ltsam.cli import build_parser
+        from ltsam.train_cli import train_parser
 
-        parser = build_parser()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        self.parser: argparse.ArgumentParser = sub.choices["train"]
+        self.parser: argparse.ArgumentParser = train_parser()
         self.actions: dict[str, argparse.Action] = {}
         for action in self.parser._actions:
             if action.dest == "help":
@@ -259,10 +257,10 @@ class TrainFlags:
     def resolve(self, argv: list[str], where: str) -> dict[str, Any]:
         """Parse ``argv`` with ``ltsam train``'s parser and resolve it as the command would: the run's
         configuration (``config.json``'s layout, before the trainer fills in ``compile``)."""
-        from ltsam.cli import _train_overrides
         from ltsam.config import resolve
         from ltsam.extensions import load_plugins
         from ltsam.recipes import get_recipe
+        from ltsam.train_cli import _train_overrides
 
         load_plugins(_values_of(argv, "--plugin"))
         err = io.StringIO()

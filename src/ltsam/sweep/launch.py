@@ -55,9 +55,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             self._proc = subprocess.Popen(cmd)
             code = self._proc.wait()
         else:
-            from ltsam.cli import main
+            from ltsam.train_cli import run_train
 
-            code = main(args)
+            code = run_train(args[1:] if args[:1] == ["train"] else args)
         if code != 0:
             raise RuntimeError(f"`ltsam {' '.join(args)}` exited with status {code}")
         return "done"
