@@ -46,8 +46,10 @@ def _option_flags(p: argparse.ArgumentParser, title: str, options) -> None:
     g = p.add_argument_group(title)
     for o in options:
         kind = _lower if o.type is str else (_flag_bool if o.type is bool else o.type)
-        g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, nargs=o.nargs, metavar=o.metavar,
-                       choices=o.choices, help=o.help or None)
+        # A bool option is a switch: the flag alone means true (``--flag false`` also works).
+        switch = dict(nargs="?", const=True) if o.type is bool and o.nargs is None else dict(nargs=o.nargs)
+        g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, metavar=o.metavar,
+                       choices=o.choices, help=o.help or None, **switch)
 
 
 def _flag_bool(text: str) -> bool:
@@ -222,13 +224,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
+        for note in trainer.method.step.warnings():  # e.g. ImbSAM with an empty tail set
+            print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)
         return 0
     print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
           f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
           f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
-          f"{'SAM' if cfg.uses_sam else 'SGD'} on "
+          f"{_optimizer_label(cfg)} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
     summary = trainer.fit(stop_after=args.stop_after)
     print_results(summary["final"], summary["classes"], summary["cls_num_list"],
@@ -237,6 +241,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if best["top1"] is not None:
         print(f"best epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f}; results in {run_dir}/final.json")
     return 0
+
+
+def _optimizer_label(cfg: Any) -> str:
+    """SAM, ASAM or the registered step's name (imbsam, ...); SGD when nothing perturbs."""
+    if not cfg.uses_sam:
+        return "SGD"
+    return {"sam": "SAM", "asam": "ASAM"}.get(cfg.optimizer, cfg.optimizer)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
