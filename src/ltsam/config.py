@@ -317,6 +317,6 @@ def run_name(cfg: TrainConfig) -> str:
     """A readable default run-folder name."""
     if cfg.recipe:
         return cfg.recipe
-    opt = f"sam{cfg.rho:g}" if cfg.uses_sam else "sgd"
+    opt = f"{'sam' if cfg.optimizer in ('sam', 'asam') else cfg.optimizer}{cfg.rho:g}" if cfg.uses_sam else "sgd"
     return (f"{cfg.dataset}_{cfg.arch}_{cfg.loss}_{cfg.train_rule}_{cfg.imb_type}{cfg.imb_factor:g}"
             f"_{opt}_seed{cfg.seed}")

@@ -2,7 +2,9 @@
 class weights, in one registry.
 
 Every loss is called as ``loss(logits, targets)`` and, given per-class ``weight``, uses PyTorch's
-weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}.
+weighted-mean convention: sum_i w_{y_i} l_i / sum_i w_{y_i}. ``loss.per_sample(logits, targets)`` gives
+the unreduced form whose mean is the loss, p_i = B w_{y_i} l_i / sum_j w_{y_j} (the SAM variants that
+split the loss by class need it; ``per_sample_losses`` asks for it).
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ def effective_number_weights(cls_num_list: Sequence[int], beta: float = 0.9999) 
     return w.to(torch.float32)
 
 
+def weighted_per_sample(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """CE per sample in the weighted-mean convention: p_i = B w_{y_i} l_i / sum_j w_{y_j} (w = 1: l_i)."""
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    if weight is None:
+        return ce
+    w = weight.to(logits.dtype)[targets]
+    return ce * w * (len(targets) / w.sum())
+
+
+def per_sample_losses(criterion: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``criterion.per_sample(logits, targets)``; a loss without that method is a UserError."""
+    fn = getattr(criterion, "per_sample", None)
+    if fn is None:
+        raise UserError(f"this --optimizer splits the loss by class and needs per-sample losses; "
+                        f"{type(criterion).__name__} has no per_sample(logits, targets) method (add one whose "
+                        f"mean is the loss)")
+    return fn(logits, targets)
+
+
 def _weight(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
     """Class weights in the logits' dtype (float64 checks, mixed precision)."""
     return None if weight is None else weight.to(logits.dtype)
@@ -49,9 +70,13 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(1 - p_i)^gamma l_i with l_i = w_{y_i} CE_i (its batch mean is the loss)."""
         ce = F.cross_entropy(logits, targets, weight=_weight(self.weight, logits), reduction="none")
         p = torch.exp(-ce)
-        return ((1.0 - p) ** self.gamma * ce).mean()
+        return (1.0 - p) ** self.gamma * ce
 
 
 class LDAMLoss(nn.Module):
@@ -73,9 +98,15 @@ class LDAMLoss(nn.Module):
         self.s = s
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _scaled(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         shift = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * self.margins.to(logits.dtype)[targets, None]
-        return F.cross_entropy(self.s * (logits - shift), targets, weight=_weight(self.weight, logits))
+        return self.s * (logits - shift)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self._scaled(logits, targets), targets, weight=_weight(self.weight, logits))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(self._scaled(logits, targets), targets, self.weight)
 
 
 class VSLoss(nn.Module):
@@ -94,9 +125,14 @@ class VSLoss(nn.Module):
         self.register_buffer("iota", (tau * torch.log(n / n.sum())).to(torch.float32))
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
+    def _adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.scale.to(logits.dtype) + self.iota.to(logits.dtype)
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        adjusted = logits * self.scale.to(logits.dtype) + self.iota.to(logits.dtype)
-        return F.cross_entropy(adjusted, targets, weight=_weight(self.weight, logits))
+        return F.cross_entropy(self._adjusted(logits), targets, weight=_weight(self.weight, logits))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(self._adjusted(logits), targets, self.weight)
 
 
 def log_prior(cls_num_list: Sequence[int]) -> torch.Tensor:
@@ -152,6 +188,9 @@ class WeightedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, weight=_weight(self.weight, logits))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(logits, targets, self.weight)
 
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", "loss")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltsam.errors import UserError
 from ltsam.losses import LOSSES
 from ltsam.models import MODELS, build_model
 from ltsam.optim import Step, build_step
@@ -85,9 +86,15 @@ class Method:
         """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
         cfg = self.ctx.cfg
         name = cfg.optimizer if cfg.uses_sam else "sgd"
-        return build_step(name, self.ctx.model.parameters() if params is None else params, cfg.lr, cfg.momentum,
+        step = build_step(name, self.ctx.model.parameters() if params is None else params, cfg.lr, cfg.momentum,
                           cfg.wd, cfg.rho, cfg.adaptive, self.ctx.autocast, self.ctx.scaler if scaled else None,
-                          cfg)
+                          cfg, cls_num_list=self.ctx.data.cls_num_list, seed=cfg.seed)
+        if self.ctx.world > 1 and not step.supports_ddp:
+            trigger = getattr(getattr(step, "frequency", None), "trigger", False) and not step.needs_per_sample
+            what = f"--optimizer {name}" + (" --sam-adaptive-trigger" if trigger else "")
+            raise UserError(f"{what} takes several backward passes through one forward pass, which "
+                            f"DistributedDataParallel does not allow; run it in one process (without torchrun)")
+        return step
 
     def compile_trial(self, net: nn.Module) -> None:
         """One forward/backward of the compiled module, so a compile failure shows before training."""
@@ -122,11 +129,15 @@ class ERMMethod(Method):
         nn.functional.cross_entropy(net(x), y).backward()
 
     def prepare(self, epoch: int, criterion: nn.Module) -> None:
+        if self.step is not None and self.step.needs_per_sample and not hasattr(criterion, "per_sample"):
+            raise UserError(f"--optimizer {self.ctx.cfg.optimizer} splits the loss by class and needs per-sample "
+                            f"losses; --loss {self.ctx.cfg.loss} has no per_sample(logits, targets) method")
         self.criterion = criterion
 
     def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        out = self.step(net, supervised_objective(x, y, self.criterion, self.ctx.autocast)).last
+        out = self.step(net, supervised_objective(x, y, self.criterion, self.ctx.autocast,
+                                                  self.step.needs_per_sample)).last
         return out.report.detach(), out.logits.detach(), y
 
 

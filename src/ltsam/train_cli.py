@@ -44,8 +44,10 @@ def _option_flags(p: argparse.ArgumentParser, title: str, options) -> None:
     g = p.add_argument_group(title)
     for o in options:
         kind = _lower if o.type is str else (_flag_bool if o.type is bool else o.type)
-        g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, nargs=o.nargs, metavar=o.metavar,
-                       choices=o.choices, help=o.help or None)
+        # A bool option is a switch: the flag alone means true (``--flag false`` also works).
+        switch = dict(nargs="?", const=True) if o.type is bool and o.nargs is None else dict(nargs=o.nargs)
+        g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, metavar=o.metavar,
+                       choices=o.choices, help=o.help or None, **switch)
 
 
 def _flag_bool(text: str) -> bool:
@@ -255,13 +257,15 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
+        for note in trainer.method.step.warnings():  # e.g. ImbSAM with an empty tail set
+            print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)
         return 0
     print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
           f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
           f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
-          f"{'SAM' if cfg.uses_sam else 'SGD'} on "
+          f"{_optimizer_label(cfg)} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
     if getattr(trainer.data, "val_note", ""):
         print(f"ltsam: {trainer.data.val_note}", flush=True)
@@ -277,6 +281,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"best validation epoch {bv['epoch'] + 1} (val top-1 {bv['val_top1']:.2f}): test top-1 {bv['top1']:.2f}")
     print(f"results in {run_dir}/final.json")
     return 0
+
+
+def _optimizer_label(cfg: Any) -> str:
+    """SAM, ASAM or the registered step's name (imbsam, ...); SGD when nothing perturbs."""
+    if not cfg.uses_sam:
+        return "SGD"
+    return {"sam": "SAM", "asam": "ASAM"}.get(cfg.optimizer, cfg.optimizer)
 
 
 def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epochs: int, cfg: Any) -> str:

@@ -128,6 +128,7 @@ class Trainer:
             group["lr"] = lr
             if "rho" in group:
                 group["rho"] = rho
+        self.method.step.set_progress(epoch, cfg.epochs, len(self.source))  # e.g. SSE-SAM's switch, AE-SAM's c_t
         return lr, (rho if self.cfg.uses_sam else 0.0)
 
     def criterion_for(self, epoch: int) -> torch.nn.Module:

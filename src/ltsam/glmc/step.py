@@ -15,6 +15,12 @@ instance-balanced loader and batch B = (B1, B2, y_B) from the weighted loader (t
    SAM: backward of alpha L_bal + (1 - alpha) L_reb only (no L_con) -> first_step; both forwards again
    at the perturbed weights with the same inputs and targets, backward of the full L -> second_step.
 
+Steps that split the loss by class (ImbSAM, Focal-SAM, SSE-SAM, CC-SAM) get per-sample losses
+p_i = alpha (CE_i(fc(X_mix), y_mix) + CE_i(fc(X_cut), y_cut)) + (1 - alpha) (CE_i(fc_cb(X_mix), y_mix_w) +
+CE_i(fc_cb(X_cut), y_cut_w)), whose mean is alpha L_bal + (1 - alpha) L_reb, and each mixed sample i belongs
+to class y_A with share lam and to y_B with share 1 - lam (the membership is y_mix, the unweighted soft
+targets, which MixUp and CutMix share); the consistency loss, owned by no class, is taken at w.
+
 Logged: the loss is alpha L_bal + (1 - alpha) L_reb of the first pass (the reference's logged loss, both
 modes); the logits are the ``fc_cb`` logits of X_mix from the first pass, for a training-accuracy proxy
 against ``targets`` = y_A (the dominant label of X_mix when lam > 1/2; the reference has no exact
@@ -40,7 +46,12 @@ Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-mean_i sum_c y_ic log_softmax(logits_i)_c (the reference's soft-target CE; targets not renormalised)."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return soft_cross_entropy_per_sample(logits, targets).mean()
+
+
+def soft_cross_entropy_per_sample(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-sum_c y_ic log_softmax(logits_i)_c for each sample i."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -59,13 +70,16 @@ class GLMCLosses(NamedTuple):
     con: torch.Tensor    # L_con: S(p_mix, z_cut) + S(p_cut, z_mix)
     cls: torch.Tensor    # alpha L_bal + (1 - alpha) L_reb (the SAM ascent loss; the logged loss)
     total: torch.Tensor  # cls + cw L_con
+    per_sample: torch.Tensor | None = None  # cls per mixed sample (its mean is cls), when asked for
 
 
 def glmc_losses(out_mix: Outputs, out_cut: Outputs, y_mix: torch.Tensor, y_mix_w: torch.Tensor,
-                y_cut: torch.Tensor, y_cut_w: torch.Tensor, alpha: float, contrast_weight: float) -> GLMCLosses:
+                y_cut: torch.Tensor, y_cut_w: torch.Tensor, alpha: float, contrast_weight: float,
+                per_sample: bool = False) -> GLMCLosses:
     """The GLMC loss parts from the two forwards' (logits_fc, logits_fc_cb, z, p) and the soft targets.
 
     Half-precision outputs are promoted to float32 and the targets cast to the logits' dtype.
+    ``per_sample`` adds alpha (CE_i(fc mix) + CE_i(fc cut)) + (1 - alpha) (CE_i(fc_cb mix) + CE_i(fc_cb cut)).
     """
     fc_mix, cb_mix, z_mix, p_mix = (_full(t) for t in out_mix)
     fc_cut, cb_cut, z_cut, p_cut = (_full(t) for t in out_cut)
@@ -74,7 +88,12 @@ def glmc_losses(out_mix: Outputs, out_cut: Outputs, y_mix: torch.Tensor, y_mix_w
     reb = soft_cross_entropy(cb_mix, y_mix_w) + soft_cross_entropy(cb_cut, y_cut_w)
     con = negative_cosine(p_mix, z_cut) + negative_cosine(p_cut, z_mix)
     cls = alpha * bal + (1.0 - alpha) * reb
-    return GLMCLosses(bal, reb, con, cls, cls + contrast_weight * con)
+    samples = None
+    if per_sample:
+        ce = soft_cross_entropy_per_sample
+        samples = (alpha * (ce(fc_mix, y_mix) + ce(fc_cut, y_cut))
+                   + (1.0 - alpha) * (ce(cb_mix, y_mix_w) + ce(cb_cut, y_cut_w)))
+    return GLMCLosses(bal, reb, con, cls, cls + contrast_weight * con, samples)
 
 
 class MixedBatch(NamedTuple):
@@ -168,7 +187,7 @@ class GLMCStep:
         if not isinstance(out_mix, tuple) or len(out_mix) != 4:
             raise TypeError("the GLMC step needs a train-mode GLMCNet returning (fc, fc_cb, z, p)")
         losses = glmc_losses(out_mix, out_cut, m.y_mix, m.y_mix_w, m.y_cut, m.y_cut_w, alpha,
-                             self.contrast_weight)
+                             self.contrast_weight, per_sample=self.step.needs_per_sample)
         return losses, out_mix[1]
 
     def update(self, model: nn.Module, m: MixedBatch, alpha: float) -> dict:
@@ -182,7 +201,8 @@ class GLMCStep:
         def objective(net: nn.Module) -> StepLosses:
             losses, logits = self._losses(net, m, alpha)
             passes.append(losses)
-            return StepLosses(losses.cls, losses.total, losses.cls, logits, m.y_a)
+            return StepLosses(losses.cls, losses.total, losses.cls, logits, m.y_a, losses.per_sample,
+                              m.y_mix if losses.per_sample is not None else None)
 
         first = self.step(model, objective).first
         parts = passes[0]

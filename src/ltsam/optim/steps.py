@@ -1,14 +1,21 @@
-"""Optimizer steps by name (``--optimizer``): SGD, SAM and ASAM, each built with its optimizer."""
+"""Optimizer steps by name (``--optimizer``): SGD, SAM and ASAM, each built with its optimizer.
+
+SAM-style steps take the frequency options of ``ltsam.optim.frequency`` (``--sam-every``, ``--sam-prob``,
+``--sam-adaptive-trigger``): the ascent on some steps only, a plain step of the base optimizer otherwise.
+The imbalance-aware variants (ImbSAM, Focal-SAM, SSE-SAM, CC-SAM) live in ``ltsam.optim.imbalance``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from ltsam.optim.frequency import DECIDE, PLAIN, SAMFrequency, grad_sq_norm
+from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.registry import Registry, option_kwargs
 from ltsam.sam import SAM
 
@@ -20,6 +27,12 @@ class StepLosses(NamedTuple):
     gradient updates the weights; ``report``: the loss logged for the batch (detached by the step's
     caller); ``logits`` and ``targets`` (per-sample class ids) for the training accuracy, and for
     steps that weight or perturb per class.
+
+    For steps that split the objective by class (``Step.needs_per_sample``): ``per_sample``, the
+    unreduced losses p_i whose mean is ``ascent`` (under the loss's weighted-mean convention,
+    p_i = B w_{y_i} l_i / sum_j w_{y_j}), and ``membership``, each sample's share of each class, (B, C)
+    with rows summing to 1 (MixUp / CutMix: lam e_{y_A} + (1 - lam) e_{y_B}); None means one-hot ``targets``.
+    ``descent - ascent`` is the part of the descent that no class owns (GLMC's consistency loss).
     """
 
     ascent: torch.Tensor
@@ -27,6 +40,8 @@ class StepLosses(NamedTuple):
     report: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
+    per_sample: torch.Tensor | None = None
+    membership: torch.Tensor | None = None
 
 
 class StepResult(NamedTuple):
@@ -43,10 +58,15 @@ class Step:
     """One optimisation step on one objective. Subclasses register in ``STEPS``.
 
     ``perturbs`` says whether the step needs a radius (``--rho`` > 0); a step that perturbs with rho 0
-    everywhere runs as plain SGD.
+    everywhere runs as plain SGD. ``needs_per_sample``: the objective must fill ``StepLosses.per_sample``.
+    ``needs_class_counts``: ``create`` hands the training class counts to the constructor
+    (``cls_num_list=``). ``supports_ddp``: the step may run under ``torchrun``.
     """
 
     perturbs = False
+    needs_per_sample = False
+    needs_class_counts = False
+    supports_ddp = True
 
     def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,
                  scaler: torch.amp.GradScaler | None = None):
@@ -55,23 +75,41 @@ class Step:
     @classmethod
     def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.0,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, **options: Any) -> Step:
+               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
+               seed: int = 0, **options: Any) -> Step:
         """The step with its optimizer: SGD with momentum and weight decay on all parameters."""
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
-        return cls(opt, autocast, scaler, **options)
+        return cls(opt, autocast, scaler, **_with_counts(cls, cls_num_list, options))
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False,
+                 inputs: Sequence[torch.Tensor] | None = None) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward(retain_graph=retain_graph,
+                                                                             inputs=inputs)
 
     def __call__(self, model: nn.Module, objective: Objective) -> StepResult:
         raise NotImplementedError
 
+    def set_progress(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        """Called by the trainer at each epoch start (0-indexed ``epoch``), for steps that change with it."""
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but almost certainly not what was meant; ``ltsam train`` prints them."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
-        """Step state beyond the optimizer's, saved in checkpoints (none for SGD and SAM)."""
+        """Step state beyond the optimizer's, saved in checkpoints (none for SGD and plain SAM)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _with_counts(cls: type[Step], cls_num_list: Sequence[int] | None, options: dict[str, Any]) -> dict[str, Any]:
+    if not cls.needs_class_counts:
+        return options
+    if cls_num_list is None:
+        raise ValueError(f"{cls.__name__} needs the training class counts (cls_num_list)")
+    return dict(options, cls_num_list=[int(n) for n in cls_num_list])
 
 
 STEPS: Registry[type[Step]] = Registry("optimizer step", "optimizer")
@@ -93,7 +131,7 @@ class SGDStep(Step):
         return StepResult(out, out)
 
 
-@STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)")
+@STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS)
 class SAMStep(Step):
     """Ascent pass, ``first_step``, descent pass at the perturbed weights, restore and base step.
 
@@ -101,22 +139,59 @@ class SAMStep(Step):
     (the reference's behaviour). With fp16 loss scaling the ascent needs no unscaling (SAM's
     perturbation is scale-invariant) and an overflowed ascent leaves w unperturbed; the descent
     goes through the scaler as usual.
+
+    ``frequency`` (``SAMFrequency``; every step by default) decides which steps take the ascent; the
+    others are plain steps of the base optimizer. A subclass changes the perturbed step by overriding
+    ``perturbed_step``; the frequency options then apply to it too.
     """
 
     perturbs = True
+    # After a backward of the descent loss that is also the ascent loss, the gradients are SAM's ascent
+    # gradients (the trigger's pass is reused). Variants whose ascent is a part of the loss say False.
+    reuses_descent_gradient = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,
+                 scaler: torch.amp.GradScaler | None = None):
+        super().__init__(optimizer, autocast, scaler)
+        self.frequency = SAMFrequency()
 
     @classmethod
     def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, **options: Any) -> Step:
+               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
+               seed: int = 0, **options: Any) -> Step:
+        frequency = SAMFrequency.pop_from(options, seed)
         opt = SAM(params, torch.optim.SGD, rho=rho, adaptive=adaptive, lr=lr, momentum=momentum, weight_decay=wd)
-        return cls(opt, autocast, scaler, **options)
+        step = cls(opt, autocast, scaler, **_with_counts(cls, cls_num_list, options))
+        step.frequency = frequency
+        return step
+
+    @property
+    def supports_ddp(self) -> bool:  # type: ignore[override]
+        # The trigger may need a second backward through one forward pass, which DDP does not allow.
+        return not self.frequency.trigger
+
+    def set_progress(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        self.frequency.set_progress(epoch, epochs, steps_per_epoch)
 
     def __call__(self, model: nn.Module, objective: Objective) -> StepResult:
+        plan = self.frequency.plan()
+        if plan == PLAIN:
+            return self.plain_step(model, objective)
+        if plan == DECIDE:
+            return self.triggered_step(model, objective)
+        return self.perturbed_step(model, objective)
+
+    def perturbed_step(self, model: nn.Module, objective: Objective, first: StepLosses | None = None,
+                       ascent_grad: bool = False) -> StepResult:
+        """The SAM step. ``first``: the objective at w already evaluated (its graph kept);
+        ``ascent_grad``: the gradients already hold the ascent loss's gradient at w."""
         opt: SAM = self.optimizer  # type: ignore[assignment]
-        opt.zero_grad(set_to_none=True)
-        first = objective(model)
-        self.backward(first.ascent)
+        if first is None:
+            opt.zero_grad(set_to_none=True)
+            first = objective(model)
+        if not ascent_grad:
+            self.backward(first.ascent)
         opt.first_step(zero_grad=True, skip_nonfinite=self.scaler is not None)
         last = objective(model)
         self.backward(last.descent)
@@ -129,22 +204,71 @@ class SAMStep(Step):
             opt.zero_grad()
         return StepResult(first, last)
 
+    def plain_step(self, model: nn.Module, objective: Objective) -> StepResult:
+        """A step of the base optimizer with the descent loss's gradient at w (what ``sgd`` does)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        out = objective(model)
+        self.backward(out.descent)
+        self.base_step()
+        return StepResult(out, out)
 
-@STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive")
+    def triggered_step(self, model: nn.Module, objective: Objective) -> StepResult:
+        """AE-SAM: the descent gradient at w decides; a plain step uses it, a SAM step reuses it when the
+        descent loss is the ascent loss (else it keeps the graph and takes the ascent's backward)."""
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        first = objective(model)
+        reuse = self.reuses_descent_gradient and first.descent is first.ascent
+        self.backward(first.descent, retain_graph=not reuse)
+        scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
+        if not self.frequency.decide(grad_sq_norm(self.params(), scale)):
+            self.base_step()
+            return StepResult(first, first)
+        if not reuse:
+            opt.zero_grad(set_to_none=True)
+        return self.perturbed_step(model, objective, first, ascent_grad=reuse)
+
+    def base_step(self) -> None:
+        """The base optimizer's step with the gradients as they are (through the scaler under fp16)."""
+        base = self.optimizer.base_optimizer  # type: ignore[attr-defined]
+        if self.scaler is None:
+            base.step()
+        else:
+            self.scaler.step(base)
+            self.scaler.update()
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.frequency.state_dict()
+        return {"frequency": state} if state else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frequency.load_state_dict(state.get("frequency", {}))
+
+
+@STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS)
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 
     @classmethod
     def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = True, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, **options: Any) -> Step:
-        return super().create(params, lr, momentum, wd, rho, True, autocast, scaler, **options)
+               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
+               seed: int = 0, **options: Any) -> Step:
+        return super().create(params, lr, momentum, wd, rho, True, autocast, scaler, cls_num_list, seed, **options)
 
 
 def build_step(name: str, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, config: Any = None) -> Step:
-    """A registered step and its optimizer; the step's own options come from ``config`` (or defaults)."""
+               scaler: torch.amp.GradScaler | None = None, config: Any = None,
+               cls_num_list: Sequence[int] | None = None, seed: int | None = None) -> Step:
+    """A registered step and its optimizer; the step's own options come from ``config`` (or defaults).
+    ``cls_num_list``: the training class counts (steps that weight or perturb per class need them);
+    ``seed``: for steps that draw random numbers (default ``config.seed``, else 0)."""
     entry = STEPS.entry(name)
-    return entry.obj.create(params, lr, momentum, wd, rho, adaptive, autocast, scaler,
-                            **option_kwargs(entry, config))
+    if seed is None:
+        seed = int(getattr(config, "seed", 0) or 0)
+    return entry.obj.create(params, lr, momentum, wd, rho, adaptive, autocast, scaler, cls_num_list=cls_num_list,
+                            seed=seed, **option_kwargs(entry, config))
