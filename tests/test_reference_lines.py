@@ -81,3 +81,18 @@ def test_every_line_trains_as_copied(tmp_path: Path, monkeypatch, capsys) -> Non
         assert cfg["lr_schedule"] == "cosine" and cfg["epochs"] == 90 and cfg["data_root"] in ("inat_18", "ImageNet")
         assert len((runs[-1] / "metrics.jsonl").read_text().splitlines()) == 1
     assert len(list((tmp_path / "runs").iterdir())) == len(LINES)  # one folder per line (names differ)
+
+
+def test_reference_aliases_are_listed_in_help() -> None:
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ("--log_results", "--exp_str", "--cos_lr", "--data_path", "--gpu"):
+        assert flag in text, flag
+
+
+def test_data_set_defaults_are_said_at_start(tmp_path, capsys) -> None:
+    """A reference-style digits line gets the digits defaults, and the run says which ones at start."""
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "defaults in effect" in ln)
+    for said in ("--batch-size 32", "--lr 0.05", "--wd 0.0005", "--arch small_cnn", "--loss ldam"):
+        assert said in line, (said, line)
+    assert "--epochs" not in line  # given on the command line, so not a default
