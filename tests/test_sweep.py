@@ -217,6 +217,50 @@ def test_a_killed_run_resumes_on_rerun_and_ends_bitwise_equal(swept, tmp_path: P
     assert fa["final"] == fb["final"] and fa["best_val"] == fb["best_val"]
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat_file.parent.name))
+    return kids
+
+
+def test_a_preempted_job_is_requeued_by_submitit_and_resumes(swept, tmp_path: Path) -> None:
+    """Pre-emption as SLURM signals it (SIGUSR2 to the job): submitit calls TrainJob.checkpoint and requeues
+    the job; the requeued job resumes from last.pt and ends bit for bit as the uninterrupted run."""
+    import submitit
+
+    from ltsam.sweep.launch import TrainJob
+
+    grid, reference, _ = swept
+    (spec,) = [r for r in load_sweep(grid).runs if r.seed == 2]
+    run = tmp_path / "runs" / spec.name
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs", max_num_timeout=3)
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(TrainJob(), str(run), spec.argv, 0)
+    deadline = time.time() + 300
+    while not (run / "last.pt").is_file():
+        assert not job.done() and time.time() < deadline, "the job ended before its first epoch"
+        time.sleep(0.02)
+    (task,) = _children(int(job.job_id))  # the job's process under submitit's controller
+    os.kill(task, signal.SIGUSR2)
+    assert job.result() == "done"
+    log = job.stdout()
+    assert "this job is preempted" in log and "Requeued job" in log
+    first, second = log.split("Requeued job")
+    assert "Starting with JobEnvironment" in second  # submitit started the job again
+    assert "epoch   4/4" in second and "epoch   1/4" not in second  # and it resumed after epoch 1 or later
+    ref = reference / "runs" / spec.name
+    wa, wb = _weights(ref / "last.pt"), _weights(run / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["test_top1"] for r in _rows(run)] == [r["test_top1"] for r in _rows(ref)]
+
+
 # ---------------------------------------------------------------- SLURM
 def test_emit_sbatch_writes_one_array_line_per_run(swept, tmp_path: Path) -> None:
     grid, out, _ = swept

@@ -23,7 +23,7 @@ def add_sweep_command(sub) -> None:
     p.add_argument("--out", help="the sweep folder (default: the grid's out, else runs/sweeps/<name>)")
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
                    help="local: submitit's LocalExecutor, --parallel runs at once on this machine (default); "
-                        "slurm: one SLURM job array; debug: one run after another in this process")
+                        "slurm: one SLURM job array; debug: one run after another, from this process")
     p.add_argument("--parallel", type=positive_int, default=1, metavar="N",
                    help="local: runs at once (they share this machine's GPUs; several small runs fit one GPU)")
     p.add_argument("--gpus-per-run", type=non_negative_int, metavar="G",
@@ -120,12 +120,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"  {opts.executor} executor, {1 if opts.executor == 'debug' else opts.parallel} at once, "
           f"{gpus_per_run(opts)} GPU(s) per run; logs in {sweep.out / 'logs'}", flush=True)
     t0 = time.time()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a budget's timeout: stop the jobs like Ctrl-C does
+    before = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a budget's timeout: stop the jobs as Ctrl-C does
     try:
         failed = run_local(sweep, manifest, todo, opts)
     except KeyboardInterrupt:
         print(f"ltsam sweep: interrupted; `ltsam sweep {sweep.source}` resumes the unfinished runs", flush=True)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
     print(f"ltsam sweep {sweep.name}: {len(todo) - len(failed)} of {len(todo)} runs finished in "
           f"{time.time() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else "")
           + f"; `ltsam report {sweep.out}` summarises them", flush=True)

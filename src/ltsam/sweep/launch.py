@@ -1,5 +1,5 @@
 """Running a sweep's runs through submitit: on this machine (its LocalExecutor, several at once, sharing
-the GPUs), in this process (its DebugExecutor), or as one SLURM job array (its SlurmExecutor).
+the GPUs), one after another from this process (its DebugExecutor), or as one SLURM job array (its SlurmExecutor).
 
 Every run is the same job, :class:`TrainJob`: it starts ``ltsam train`` into the run's folder, resumes it
 from ``last.pt`` when the folder holds one, and does nothing when the run is done. It is checkpointable:
@@ -10,6 +10,7 @@ which then resumes from the last finished epoch.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,7 +41,13 @@ def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job (pickled by submitit and called in the job's process)."""
+    """One run as a submitit job (pickled by submitit and called in the job's process).
+
+    The training runs in a child process (``torchrun`` for several GPUs) that the job waits for, so a
+    pre-emption signal lands in the wait, never in the middle of a checkpoint write: submitit then calls
+    :meth:`checkpoint`, which stops the child (its last.pt stays whole: checkpoints are written atomically)
+    and requeues the job.
+    """
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
@@ -49,27 +56,55 @@ class TrainJob(submitit.helpers.Checkpointable):
         if folder_state(Path(run_dir)) == DONE:
             return "done already"
         args = train_args(run_dir, argv)
+        cmd = [sys.executable, "-m", "ltsam", *args]
         if gpus > 1:  # one process per GPU: torchrun on this node
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                    "-m", "ltsam", *args]
-            self._proc = subprocess.Popen(cmd)
+        self._proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        try:
             code = self._proc.wait()
-        else:
-            from ltsam.train_cli import run_train
-
-            code = run_train(args[1:] if args[:1] == ["train"] else args)
+        finally:
+            self._stop()
         if code != 0:
             raise RuntimeError(f"`ltsam {' '.join(args)}` exited with status {code}")
         return "done"
 
+    def _stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Requeue the same job; it resumes from the last ``last.pt`` (written after every epoch)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+        """Stop the training and requeue the same job; it resumes from the last ``last.pt``.
+
+        Called from submitit's signal handler while ``__call__`` waits on the child, so it only signals the
+        child: waiting here would wait on the lock the interrupted wait holds. The requeue's exit unwinds
+        ``__call__``, whose ``finally`` waits for the child to end.
+        """
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                self._proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         return submitit.helpers.DelayedSubmission(TrainJob(), *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_proc": None}
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the job process dies (a job killed by its
+    controller or by SLURM must not leave its training behind). Elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
 
 
 @dataclass
