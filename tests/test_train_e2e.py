@@ -91,7 +91,7 @@ def test_recipes_cover_every_cifar_line_of_run_sh(capsys) -> None:
                 ("cifar100", "ldam", "drw", None), ("cifar100", "ce", "none", 0.2),
                 ("cifar100", "ce", "drw", 0.8), ("cifar100", "ldam", "drw", 0.8)}
     got = {(r["dataset"], r["loss"], r["train_rule"], r["rho"] if r["optimizer"] == "sam" else None)
-           for name, r in RECIPES.items() if name.startswith("cifar")}
+           for name, r in RECIPES.items() if name.startswith("cifar")}  # the reference's run.sh lines
     assert got == expected
     for name in RECIPES:
         assert name in listed

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ltsam.errors import UserError
 from ltsam.registry import Option
 
 SAM, PLAIN, DECIDE = "sam", "plain", "decide"
@@ -46,6 +47,13 @@ OPTIONS = (
 NAMES = tuple(o.name for o in OPTIONS)
 
 
+def check_options(cfg: Any) -> None:
+    """The registration hook (``resolve``) of SAM-style steps: refuse a probability above 1 while the
+    configuration is resolved, before a run folder is touched."""
+    if float(getattr(cfg, "sam_prob", 1.0)) > 1.0:
+        raise UserError(f"--sam-prob is a probability, at most 1; got {cfg.sam_prob}")
+
+
 def _generator(seed: int) -> torch.Generator:
     """The Bernoulli stream: its own CPU generator, apart from the data and model streams of ``--seed``."""
     return torch.Generator().manual_seed((int(seed) * 2_654_435_761 + 0x5A3) % (2**63))
@@ -60,8 +68,8 @@ class SAMFrequency:
                  ae_sam_delta: float = 0.9, ae_sam_lambda1: float = -1.0, ae_sam_lambda2: float = 1.0,
                  seed: int = 0):
         if sam_every < 1 or not 0.0 <= sam_prob <= 1.0 or not 0.0 <= ae_sam_delta < 1.0:
-            raise ValueError(f"need sam_every >= 1, 0 <= sam_prob <= 1, 0 <= delta < 1; got {sam_every}, "
-                             f"{sam_prob}, {ae_sam_delta}")
+            raise UserError(f"--sam-every must be at least 1, --sam-prob in [0, 1] and --ae-sam-delta in [0, 1); "
+                            f"got {sam_every}, {sam_prob}, {ae_sam_delta}")
         self.every, self.prob, self.trigger = int(sam_every), float(sam_prob), bool(sam_adaptive_trigger)
         self.delta, self.lambda1, self.lambda2 = float(ae_sam_delta), float(ae_sam_lambda1), float(ae_sam_lambda2)
         self.generator = _generator(seed) if self.prob < 1.0 else None

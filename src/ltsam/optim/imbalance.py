@@ -46,6 +46,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
+from ltsam.optim.frequency import check_options as check_frequency
 from ltsam.optim.steps import STEPS, Objective, SAMStep, StepLosses, StepResult
 from ltsam.registry import Option
 from ltsam.sam import SAM
@@ -65,6 +66,24 @@ def class_share(out: StepLosses, values: torch.Tensor) -> torch.Tensor:
 def split_loss(out: StepLosses, values: torch.Tensor) -> torch.Tensor:
     """(1/B) sum_i (sum_k m_ik v_k) p_i: the part of the objective that class weights ``v`` select."""
     return (class_share(out, values) * out.per_sample).mean()
+
+
+class OnDevice:
+    """Per-class value vectors copied to the losses' device and dtype once, not at every step (a host-to-device
+    copy from pageable memory waits for the device)."""
+
+    def __init__(self) -> None:
+        self._copies: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, values: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+        if like is None:
+            return values
+        key = (id(values), like.device, like.dtype)
+        hit = self._copies.get(key)
+        if hit is None or hit[0] is not values:
+            hit = (values, values.to(device=like.device, dtype=like.dtype))
+            self._copies[key] = hit
+        return hit[1]
 
 
 def unowned(out: StepLosses) -> torch.Tensor | None:
@@ -147,6 +166,8 @@ class ClassWeightedSAMStep(SAMStep):
             raise ValueError(f"{type(self).__name__} needs the training class counts")
         self.cls_num_list = [int(n) for n in cls_num_list]
         self._rest = GradBuffer()
+        self._on = OnDevice()
+        self._weights: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def class_weights(self) -> torch.Tensor:
         """c, one per class (float64; cast to the losses' dtype where used)."""
@@ -156,9 +177,16 @@ class ClassWeightedSAMStep(SAMStep):
         """r_k = max(0, 1 - c_k): a class whose ascent weight exceeds 1 has no part at w."""
         return (1.0 - self.class_weights()).clamp_min(0.0)
 
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, r), computed once (they depend on the class counts and the options only)."""
+        if self._weights is None:
+            self._weights = (self.class_weights(), self.rest_weights())
+        return self._weights
+
     def is_sam(self) -> bool:
         """c = 1 for every class: SAM itself."""
-        return bool((self.class_weights() == 1).all()) and bool((self.rest_weights() == 0).all())
+        c, r = self.weights()
+        return bool((c == 1).all()) and bool((r == 0).all())
 
     def perturbed_step(self, model: nn.Module, objective: Objective, first: StepLosses | None = None,
                        ascent_grad: bool = False) -> StepResult:
@@ -170,10 +198,10 @@ class ClassWeightedSAMStep(SAMStep):
         """g = grad L_rest(w) + grad L_asc(w + e), then the base step (the module docstring's formula)."""
         opt: SAM = self.optimizer  # type: ignore[assignment]
         params = self.params()
-        c, r = self.class_weights(), self.rest_weights()
         opt.zero_grad(set_to_none=True)
         if first is None:
             first = objective(model)
+        c, r = (self._on(v, first.per_sample) for v in self.weights())
         rest = split_loss(first, r)
         extra = unowned(first)
         self.backward(rest if extra is None else rest + extra, retain_graph=True)
@@ -199,7 +227,7 @@ IMBSAM_OPTIONS = (
 
 
 @STEPS.register("imbsam", help="ImbSAM (Zhou et al., ICCV 2023): SAM on the tail classes only",
-                options=IMBSAM_OPTIONS + FREQUENCY_OPTIONS)
+                options=IMBSAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
 class ImbSAMStep(ClassWeightedSAMStep):
     """c_k = ``imbsam_tail_weight`` for n_k < ``imbsam_eta``, else 0: g = grad L_head(w) + 2 grad L_tail(w + e)."""
 
@@ -235,7 +263,7 @@ FOCAL_SAM_OPTIONS = (
 
 
 @STEPS.register("focal_sam", help="Focal-SAM (Li et al., ICML 2025): class-prior-weighted sharpness",
-                options=FOCAL_SAM_OPTIONS + FREQUENCY_OPTIONS)
+                options=FOCAL_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
 class FocalSAMStep(ClassWeightedSAMStep):
     """c_k = lambda (1 - pi_k)^gamma, pi_k = n_k / sum n; rest r_k = 1 - c_k (negative when c_k > 1)."""
 
@@ -264,7 +292,7 @@ SSE_SAM_OPTIONS = (
 
 
 @STEPS.register("sse_sam", help="SSE-SAM (Lyu et al., AAAI 2025): head and tail ascents, the head's stops",
-                options=SSE_SAM_OPTIONS + FREQUENCY_OPTIONS)
+                options=SSE_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
 class SSESAMStep(ClassWeightedSAMStep):
     """g = grad L_H(w + e_H) + grad L_T(w + e_T) + grad X(w); rho_H = 0 from epoch gamma * epochs on."""
 
@@ -274,6 +302,7 @@ class SSESAMStep(ClassWeightedSAMStep):
         super().__init__(optimizer, autocast, scaler, cls_num_list)
         self.eta, self.head_rho, self.gamma = float(sse_eta), float(sse_head_rho), float(sse_gamma)
         self._tail = tail_mask(self.cls_num_list, self.eta)
+        self._head = 1.0 - self._tail
         self.epoch, self.epochs = 0, 0
         self._head_grad, self._tail_grad, self._extra = GradBuffer(), GradBuffer(), GradBuffer()
 
@@ -299,10 +328,10 @@ class SSESAMStep(ClassWeightedSAMStep):
     def split_step(self, model: nn.Module, objective: Objective, first: StepLosses | None = None) -> StepResult:
         opt: SAM = self.optimizer  # type: ignore[assignment]
         params = self.params()
-        tail, head = self._tail, 1.0 - self._tail
         opt.zero_grad(set_to_none=True)
         if first is None:
             first = objective(model)
+        tail, head = self._on(self._tail, first.per_sample), self._on(self._head, first.per_sample)
         extra = unowned(first)
         if extra is not None:
             self.backward(extra, retain_graph=True)
@@ -367,7 +396,7 @@ def class_radius_factors(cls_num_list: Sequence[int]) -> torch.Tensor:
 
 
 @STEPS.register("cc_sam", help="CC-SAM (Zhou et al., CVPR 2023): one ascent per class, radius ~ (n_k - 1)^(-1/4)",
-                options=CC_SAM_OPTIONS + FREQUENCY_OPTIONS)
+                options=CC_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
 class CCSAMStep(ClassWeightedSAMStep):
     """g = sum_k grad L_k(w + e_k) + grad X(w), e_k = rho_k grad L_k / ||grad L_k|| over the classes in the batch."""
 
@@ -376,9 +405,10 @@ class CCSAMStep(ClassWeightedSAMStep):
                  cc_sam_scope: str = "all"):
         super().__init__(optimizer, autocast, scaler, cls_num_list)
         if cc_sam_scope not in ("all", "classifier"):
-            raise ValueError(f"cc_sam_scope must be 'all' or 'classifier', got {cc_sam_scope!r}")
+            raise UserError(f"--cc-sam-scope must be all or classifier, got {cc_sam_scope!r}")
         self.scope = cc_sam_scope
         self.factors = class_radius_factors(self.cls_num_list)
+        self._eye = torch.eye(len(self.cls_num_list), dtype=torch.float64)
         self._class_grads: dict[int, GradBuffer] = {}
         self._sum, self._extra = GradBuffer(), GradBuffer()
 
@@ -399,7 +429,7 @@ class CCSAMStep(ClassWeightedSAMStep):
         if first is None:
             first = objective(model)
         classes = self.classes_in(first)
-        eye = torch.eye(len(self.cls_num_list))
+        eye = self._on(self._eye, first.per_sample)
         extra = unowned(first)
         if extra is not None:
             self.backward(extra, retain_graph=True)

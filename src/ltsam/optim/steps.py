@@ -16,6 +16,7 @@ from torch import nn
 
 from ltsam.optim.frequency import DECIDE, PLAIN, SAMFrequency, grad_sq_norm
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
+from ltsam.optim.frequency import check_options as check_frequency
 from ltsam.registry import Registry, option_kwargs
 from ltsam.sam import SAM
 
@@ -131,7 +132,8 @@ class SGDStep(Step):
         return StepResult(out, out)
 
 
-@STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS)
+@STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS,
+                resolve=check_frequency)
 class SAMStep(Step):
     """Ascent pass, ``first_step``, descent pass at the perturbed weights, restore and base step.
 
@@ -248,7 +250,8 @@ class SAMStep(Step):
         self.frequency.load_state_dict(state.get("frequency", {}))
 
 
-@STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS)
+@STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
+                resolve=check_frequency)
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 
