@@ -461,3 +461,36 @@ def test_cc_sam_radius_per_class() -> None:
     expected = torch.tensor([100.0, 16.0, 1.0, 1.0]) ** -0.25  # (n - 1) floored at 1, relative to the rarest
     torch.testing.assert_close(f, expected.double())
     assert float(f.max()) == 1.0
+
+
+def test_steps_that_retain_graphs_say_so() -> None:
+    """The trainer turns off torch.compile's donated buffers for these (else their second backward raises)."""
+    params = list(TinyNet().parameters())
+    for variant in ("imbsam", "focal_sam", "sse_sam", "cc_sam"):
+        assert _step(variant, params).retains_graph
+    assert not build_step("sam", params, LR, MOMENTUM, WD, RHO).retains_graph
+    assert build_step("sam", params, LR, MOMENTUM, WD, RHO,
+                      config=SimpleNamespace(sam_adaptive_trigger=True)).retains_graph
+
+
+def test_a_variant_on_a_compiled_model_equals_eager() -> None:
+    """ImbSAM (three backward passes through one forward) on ``torch.compile``'s model, as the trainer sets it
+    up, gives the eager update (float64; the compiled kernels may sum in another order)."""
+    from ltsam.acceleration import allow_retained_graphs, compile_with_fallback
+
+    x, y = _batch()
+    criterion = WeightedCrossEntropy()
+    eager, model = TinyNet().double(), TinyNet().double()
+    step_eager, step = _step("imbsam", eager.parameters()), _step("imbsam", model.parameters())
+    assert step.retains_graph
+    allow_retained_graphs()
+    compiled, ok = compile_with_fallback(model, lambda net: net(x).sum().backward())
+    if not ok:
+        pytest.skip("torch.compile is unavailable on this platform")
+    for _ in range(2):
+        step_eager(eager, supervised_objective(x, y, criterion, per_sample=True))
+        step(compiled, supervised_objective(x, y, criterion, per_sample=True))
+    for p, q in zip(eager.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, atol=rtol(torch.float64, n=12, stages=20), rtol=0)
+    assert any(not torch.equal(p, q) for p, q in zip(eager.parameters(), TinyNet().double().parameters(),
+                                                        strict=True))

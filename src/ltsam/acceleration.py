@@ -56,6 +56,15 @@ def compile_with_fallback(model: nn.Module, trial: Callable[[nn.Module], None] |
     return compiled, True
 
 
+def allow_retained_graphs() -> None:
+    """Let compiled backward passes run with ``retain_graph=True`` (steps that take several backward passes
+    through one forward pass: the imbalance-aware SAM variants, AE-SAM's trigger). torch.compile's donated
+    buffers (a memory saving) forbid that, so they are turned off; results are unchanged."""
+    config = getattr(getattr(torch, "_functorch", None), "config", None)
+    if config is not None and hasattr(config, "donated_buffer"):
+        config.donated_buffer = False
+
+
 def autocast_context(amp: str | None, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for ``--amp bf16|fp16`` (a no-op context when off)."""
     if not amp:

@@ -157,6 +157,7 @@ class ClassWeightedSAMStep(SAMStep):
     needs_per_sample = True
     needs_class_counts = True
     supports_ddp = False  # type: ignore[assignment]
+    retains_graph = True  # type: ignore[assignment]
     reuses_descent_gradient = False
 
     def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,

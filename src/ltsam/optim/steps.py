@@ -61,13 +61,15 @@ class Step:
     ``perturbs`` says whether the step needs a radius (``--rho`` > 0); a step that perturbs with rho 0
     everywhere runs as plain SGD. ``needs_per_sample``: the objective must fill ``StepLosses.per_sample``.
     ``needs_class_counts``: ``create`` hands the training class counts to the constructor
-    (``cls_num_list=``). ``supports_ddp``: the step may run under ``torchrun``.
+    (``cls_num_list=``). ``supports_ddp``: the step may run under ``torchrun``. ``retains_graph``: it
+    takes several backward passes through one forward pass.
     """
 
     perturbs = False
     needs_per_sample = False
     needs_class_counts = False
     supports_ddp = True
+    retains_graph = False  # backward passes with retain_graph=True (a compiled model must allow them)
 
     def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,
                  scaler: torch.amp.GradScaler | None = None):
@@ -172,6 +174,10 @@ class SAMStep(Step):
     def supports_ddp(self) -> bool:  # type: ignore[override]
         # The trigger may need a second backward through one forward pass, which DDP does not allow.
         return not self.frequency.trigger
+
+    @property
+    def retains_graph(self) -> bool:  # type: ignore[override]
+        return self.frequency.trigger
 
     def set_progress(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
         self.frequency.set_progress(epoch, epochs, steps_per_epoch)
