@@ -318,3 +318,16 @@ def test_weight_balancing_under_torchrun(parent: Path, tmp_path: Path) -> None:
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # written once, by rank 0
     _same_backbone(parent, out)
     _eval_recomputes(out, final, tmp_path)
+
+
+def test_train_resume_on_a_stage_run_points_to_finetune(parent: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "crt"
+    assert main(["finetune", str(parent), "--stage", "crt", "--epochs", "2", "--batch-size", "256", "--out",
+                 str(out), "--stop-after", "1", "--no-progress"]) == 0
+    (out / "last.pt").unlink()  # as if stopped before its first checkpoint: train --resume would clear it
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "second-stage run" in err and f"ltsam finetune --resume {out}" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

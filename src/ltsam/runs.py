@@ -197,6 +197,8 @@ def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
     outputs of a run that never reached a checkpoint."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such folder; pass the folder of an ltsam run")
+    if (run_dir / CONFIG_NAME).is_file():
+        _refuse_stage_run(run_dir, read_json(run_dir / CONFIG_NAME))
     has_checkpoint = (run_dir / "last.pt").is_file()
     if not has_checkpoint and not (is_run_dir(run_dir) and (run_dir / CONFIG_NAME).is_file()):
         raise UserError(f"--resume {run_dir}: no last.pt there; pass the folder of an ltsam run")
@@ -250,8 +252,17 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
     return model, cfg, ckpt
 
 
+def _refuse_stage_run(run_dir: Path, values: Any) -> None:
+    """``ltsam train --resume`` on a folder of ``ltsam finetune`` (its config.json names a stage and a parent)."""
+    if isinstance(values, dict) and "stage" in values and "parent" in values:
+        raise UserError(f"{run_dir} is a second-stage run (ltsam finetune), not a training run; continue it with "
+                        f"`ltsam finetune --resume {run_dir}`")
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
-    cfg = config_from_dict(read_json(run_dir / CONFIG_NAME))
+    values = read_json(run_dir / CONFIG_NAME)
+    _refuse_stage_run(run_dir, values)
+    cfg = config_from_dict(values)
     validate(cfg)
     return cfg
 
