@@ -13,17 +13,15 @@ per step to SGD's.
 
 from __future__ import annotations
 
-import argparse
 import time
 from types import SimpleNamespace
 
 import torch
+from step_timing import COUNTS, step_parser
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
 from ltsam.steps import build_optimizer
-
-COUNTS = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.01: 5000 ... 50
 
 # name -> (registered step, its options)
 RUNS = {
@@ -56,11 +54,7 @@ def time_steps(step, model, x, y, criterion, n: int, device: torch.device) -> tu
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=4, help="consecutive steps per timing (even, for every-2)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = step_parser(__doc__, 4, "consecutive steps per timing (even, for every-2)")
     ap.add_argument("--only", nargs="*", help="time only these (sgd is always timed)")
     args = ap.parse_args()
     device = torch.device(args.device)

@@ -9,11 +9,11 @@ two forward/backward passes).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+from step_timing import COUNTS, step_parser
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
@@ -35,16 +35,10 @@ def time_steps(step, model, x, y, criterion, n: int, device: torch.device) -> fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = step_parser(__doc__, 10, "timed steps per round").parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    counts = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]
-    criterion = LDAMLoss(counts).to(device)
+    criterion = LDAMLoss(COUNTS).to(device)
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     runs = {}

@@ -1,0 +1,20 @@
+"""What the per-step benchmarks (train_step.py, sam_variants.py) share: their command line and the
+CIFAR-10-LT class counts. Imported by those scripts as a sibling module (``python benchmarks/NAME.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+COUNTS = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.01: 5000 ... 50
+
+
+def step_parser(doc: str | None, steps: int, steps_help: str) -> argparse.ArgumentParser:
+    """--steps, --rounds, --batch-size and --device (CUDA when there is one)."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--steps", type=int, default=steps, help=steps_help)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap
