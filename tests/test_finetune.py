@@ -167,6 +167,21 @@ def test_tau_norm_keeps_the_given_tau_and_reports_the_sweep(parent: Path, tmp_pa
     _eval_recomputes(out, final, tmp_path)
 
 
+def test_tau_norm_chooses_tau_on_the_parents_held_out_split(tmp_path: Path) -> None:
+    """A parent trained with --val-per-class: tau is the best on its validation images (ties: the smaller tau),
+    never on the test set."""
+    run = tmp_path / "ce_val"
+    assert main(["train", *PARENT_FLAGS, "--val-per-class", "4", "--out", str(run)]) == 0
+    final = _finetune(run, tmp_path / "tau", "--stage", "tau-norm", "--tau-grid", "0:2:0.5")
+    val = [r for r in final["sweep"] if r["split"] == "val"]
+    test = [r for r in final["sweep"] if r["split"] == "test"]
+    assert [r["tau"] for r in val] == [r["tau"] for r in test] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    best = max(val, key=lambda r: (r["top1"], -r["tau"]))
+    assert final["tau_selected_on"] == "val" and final["tau"] == best["tau"]
+    assert final["final"]["top1"] == next(r for r in test if r["tau"] == best["tau"])["top1"]
+    assert [r["top1"] for r in val] != [r["top1"] for r in test]  # two different image sets
+
+
 def test_weight_balancing_projects_after_every_step(parent: Path, tmp_path: Path) -> None:
     """Run in process with MaxNorm's projection wrapped: called once per step, every norm within the cap after it;
     the cap from the parent's class vectors by hand."""

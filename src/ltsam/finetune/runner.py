@@ -303,6 +303,10 @@ class StageRunner:
         val = None
         if stage.val_list:
             val = self._sweep("val", self._features(self._val_batches(stage.val_list)))
+        elif getattr(self.data, "val_size", 0):  # the parent's held-out split (--val-per-class / --val-fraction)
+            val = self._sweep("val", self._features(self.data.val_batches(
+                self.cfg.eval_batch_size, self.device, False, self.cfg.workers, self.ctx.rank, self.ctx.world)))
+        if val is not None:
             sweep += val
         sweep += self._sweep("test", self._features(self.test_batches()))
         if stage.tau is not None:
@@ -369,9 +373,9 @@ class StageRunner:
 
         data = self.data
         if not hasattr(data, "image_size") or not hasattr(data, "train_paths"):
-            raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); this run's data set "
-                            "has no validation split — leave --val-list out (tau then defaults to 1, and the "
-                            "test sweep is reported)")
+            raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); on this data set "
+                            "train the parent with --val-per-class N (tau is then chosen on its held-out split) or "
+                            "leave --val-list out (tau then defaults to 1, and the test sweep is reported)")
         samples = read_list(Path(val_list), Path(self.cfg.data_root))
         new_id = {int(c): i for i, c in enumerate(data.classes)}
         unknown = sorted({int(v) for v in samples.labels if int(v) not in new_id})

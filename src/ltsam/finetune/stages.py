@@ -123,10 +123,10 @@ class LearnableWeightScaling(Stage):
         return head.folded()  # type: ignore[operator]
 
 
-@STAGES.register("tau-norm", help="tau-normalisation w_k / ||w_k||^tau, no training; tau chosen on --val-list, "
-                                  "else given (default 1), with the sweep reported",
-                 options=[Option("tau", float, None, "tau-norm: the tau to keep (default: the best on --val-list, "
-                                 "else 1)", minimum=0.0),
+@STAGES.register("tau-norm", help="tau-normalisation w_k / ||w_k||^tau, no training; tau chosen on --val-list or "
+                                  "the parent's held-out split, else given (default 1), with the sweep reported",
+                 options=[Option("tau", float, None, "tau-norm: the tau to keep (default: the best on --val-list or "
+                                 "on the parent's --val-per-class split, else 1)", minimum=0.0),
                           Option("tau_grid", str, "0:2:0.1", "tau-norm: the taus swept, START:STOP:STEP or a list "
                                  "(default 0:2:0.1, the authors' grid)"),
                           Option("val_list", str, None, "tau-norm: list file of validation images (list-file data "
@@ -134,7 +134,8 @@ class LearnableWeightScaling(Stage):
                           _batch(512)], aliases=("tau_norm", "taunorm"))
 class TauNormalisation(Stage):
     """tau-normalisation (Kang et al., ICLR 2020): w_k / ||w_k||^tau for each tau of the grid, evaluated on
-    the frozen features; the model kept has the given tau, or the one best on the validation list."""
+    the frozen features; the model kept has the given tau, or the one best on the validation images (the
+    --val-list, else the parent run's held-out split)."""
 
     trains = False
 
