@@ -84,10 +84,10 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def _killed(out: Path, fault: str) -> None:
+def _killed(out: Path, fault: str, flags: list[str] = FLAGS) -> None:
     """`ltsam train` in a child process killed with SIGKILL at ``fault``."""
     env = dict(os.environ, PYTHONPATH=SRC, LTSAM_FAULT=fault)
-    proc = subprocess.run([sys.executable, "-m", "ltsam", "train", *FLAGS, "--out", str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "ltsam", "train", *flags, "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
@@ -108,6 +108,24 @@ def test_kill_while_best_is_written_repairs_best(tmp_path: Path, reference: Path
     assert list(out.glob(".best.pt.*.tmp"))  # the killed write's temporary file
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     _assert_same_run(out, reference)
+
+
+def test_kill_while_best_val_is_written_repairs_best_val(tmp_path: Path, tmp_path_factory) -> None:
+    """With a validation split (3 per class: validation top-1 22.2, 18.5, 25.9, so best_val.pt is written after
+    epochs 1 and 3), a kill between last.pt and best_val.pt of epoch 3 leaves best_val.pt stale; --resume
+    copies last.pt over it."""
+    flags = [*FLAGS, "--val-per-class", "3"]
+    ref = tmp_path / "ref"
+    assert main(["train", *flags, "--out", str(ref)]) == 0
+    out = tmp_path / "run"
+    _killed(out, "write:best_val.pt@2", flags)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(out / "best_val.pt", weights_only=True)["epoch"] == 1  # stale
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, ref)
+    best_val = _ckpt(out / "best_val.pt")
+    _assert_same(best_val, _ckpt(ref / "best_val.pt"), "best_val.pt")
+    assert best_val["epoch"] == best_val["best_val_epoch"] + 1 == 3
 
 
 def test_kill_in_first_epoch_restarts_from_config(tmp_path: Path, reference: Path, capsys) -> None:

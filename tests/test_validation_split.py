@@ -169,6 +169,22 @@ def test_training_with_a_validation_split_is_the_same_run_and_records_the_best_v
     assert final["best"]["top1"] == max(r["test_top1"] for r in rb)
     assert final["val_images"] == sum(final["val_cls_num_list"]) and final["val_cls_num_list"][0] == 0
     assert json.loads((a / "final.json").read_text())["best_val"] is None
+    # best_val.pt is the checkpoint of that epoch: ltsam eval on it gives the recorded test results
+    assert torch.load(b / "best_val.pt", weights_only=True)["epoch"] == best["epoch"] + 1
+    report = tmp_path / "best_val.json"
+    assert main(["eval", str(b), "--which", "best_val", "--json", str(report)]) == 0
+    again = json.loads(report.read_text())
+    assert (again["top1"], again["per_class_acc"]) == (bv["top1"], bv["per_class_acc"])
+    assert not (a / "best_val.pt").exists()
+
+
+def test_best_val_of_a_run_without_a_split_is_one_line(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "plain"
+    assert main(["train", *FAST_DIGITS[:2], "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--which", "best_val"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no validation split" in err and "--val-per-class" in err, err
 
 
 def test_glmc_with_a_validation_split_under_torchrun(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ltsam.argtypes import OneLineParser
 from ltsam.errors import UserError, exit_code_of
+from ltsam.runs import CHECKPOINTS
 from ltsam.train_cli import _add_plugin_flag, _add_train_flags, _flag_bool, _lower, _show, _train_overrides, cmd_train  # noqa: F401
 
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="recompute the results of a saved model")
     p.add_argument("target", help="run folder or checkpoint file")
-    p.add_argument("--which", choices=["best", "last"], default="best")
+    p.add_argument("--which", choices=CHECKPOINTS, default="best")
     p.add_argument("--device")
     p.add_argument("--data-root", help="where the data set is now, if it moved")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                        allow_abbrev=False)
     p.add_argument("run", nargs="?", help="the finished run folder (or checkpoint file)")
     p.add_argument("--stage", type=_lower, help=STAGES.help_text())
-    p.add_argument("--which", choices=["best", "last"], help="the parent's checkpoint (default last: its final "
+    p.add_argument("--which", choices=CHECKPOINTS, help="the parent's checkpoint (default last: its final "
                                                              "weights)")
     _add_stage_option_flags(p)
     g = p.add_argument_group("run")

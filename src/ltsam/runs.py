@@ -22,8 +22,11 @@ RUN_FORMAT = "ltsam-run-v1"
 CONFIG_NAME = "config.json"
 LOCK_NAME = ".ltsam-lock"  # flock'ed by the process that trains into the folder; holds its pid
 # Everything ltsam writes into a run folder; --overwrite removes these and nothing else.
-OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "last.pt", "best.pt", "final.json",
-                       "per_class_accuracy.png", "confusion_matrix.png"})
+# A run folder's checkpoints (``--which``): the final epoch's, the best test top-1's (the paper's protocol) and,
+# with a validation split, the best validation top-1's (model selection on held-out images).
+CHECKPOINTS = ("best", "last", "best_val")
+OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "final.json", "per_class_accuracy.png",
+                       "confusion_matrix.png", *(f"{name}.pt" for name in CHECKPOINTS)})
 OWN_FOLDERS = frozenset({"tensorboard", "wandb", "hessian"})
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # io._atomic's (and mkstemp's) names
 
@@ -214,20 +217,23 @@ def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
     return False
 
 
-def repair_best(run_dir: Path, epochs_done: int, best_record: dict[str, Any] | None) -> None:
-    """Make ``best.pt`` the checkpoint ``last.pt`` records as best. ``best.pt`` is written just after
-    ``last.pt`` in the same epoch, so a kill or a full disk between the two leaves it stale exactly when
-    the last finished epoch was the best; then ``last.pt`` holds the same payload, and is copied over it."""
-    if best_record is not None and best_record.get("epoch") == epochs_done - 1:
-        copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
+def repair_best(run_dir: Path, epochs_done: int, best_epoch: int | None, name: str = "best.pt") -> None:
+    """Make ``name`` (``best.pt``, ``best_val.pt``) the checkpoint ``last.pt`` records as best. It is written
+    just after ``last.pt`` in the same epoch, so a kill or a full disk between the two leaves it stale exactly
+    when the last finished epoch was the best; then ``last.pt`` holds the same payload, and is copied over it."""
+    if best_epoch is not None and best_epoch == epochs_done - 1:
+        copy_atomic(run_dir / "last.pt", run_dir / name)
 
 
 def checkpoint_path(target: str | Path, which: str = "best") -> Path:
-    """A run folder (its ``best.pt`` or ``last.pt``) or a checkpoint file."""
+    """A run folder (its ``best.pt``, ``last.pt`` or ``best_val.pt``) or a checkpoint file."""
     target = Path(target)
     if target.is_dir():
         path = target / f"{which}.pt"
         if not path.is_file():
+            if which == "best_val" and (target / "last.pt").is_file():
+                raise UserError(f"{target} has no best_val.pt: the run had no validation split (train with "
+                                f"--val-per-class N); use --which best or last")
             raise UserError(f"{target} has no {which}.pt; is it an ltsam run folder?")
         return path
     if not target.exists():

@@ -230,7 +230,8 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, run_dir, resume=has_checkpoint, progress=not args.no_progress)
         note = _resume_note(args, run_dir, trainer.start_epoch, saved_epochs, cfg)
         if trainer.ctx.is_main:
-            repair_best(run_dir, trainer.start_epoch, trainer.best_record)
+            repair_best(run_dir, trainer.start_epoch, (trainer.best_record or {}).get("epoch"))
+            repair_best(run_dir, trainer.start_epoch, trainer.best_val_epoch, "best_val.pt")
             print(note, flush=True)
             write_json(run_dir / "config.json", cfg.to_dict())
     else:

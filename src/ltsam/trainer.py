@@ -81,6 +81,7 @@ class Trainer:
         self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
                        if cfg.shot_split == "index" else None)
         self.start_epoch, self.best_top1, self.best_record = 0, -1.0, None
+        self.best_val_top1, self.best_val_epoch = -1.0, None  # best_val.pt: selected on the validation split
         self.elapsed = 0.0
         if resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt"))
@@ -124,6 +125,8 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt["best_top1"])
         self.best_record = ckpt.get("best_record")
+        self.best_val_top1 = float(ckpt.get("best_val_top1", -1.0))
+        self.best_val_epoch = ckpt.get("best_val_epoch")
         self.elapsed = float(ckpt.get("elapsed", 0.0))
 
     # ------------------------------------------------------------------ one epoch
@@ -223,10 +226,13 @@ class Trainer:
             is_best = test["top1"] > self.best_top1
             if is_best:
                 self.best_top1, self.best_record = test["top1"], record
+            is_best_val = val is not None and val["top1"] > self.best_val_top1  # the earliest on a tie
+            if is_best_val:
+                self.best_val_top1, self.best_val_epoch = val["top1"], epoch
             if main:
                 with open(metrics_path, "a") as f:
                     f.write(to_json(record) + "\n")
-                self._save(epoch, is_best)
+                self._save(epoch, is_best, is_best_val)
                 _log_scalars(writer, wandb_run, record)
                 print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  rho {rho:.3g}  "
                       f"train loss {train_stats['train_loss']:.4f} acc {train_stats['train_acc']:.2f}  "
@@ -242,17 +248,20 @@ class Trainer:
             wandb_run.finish()
         return self.finish()
 
-    def _save(self, epoch: int, is_best: bool) -> None:
+    def _save(self, epoch: int, is_best: bool, is_best_val: bool = False) -> None:
         payload = {"epoch": epoch + 1, "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "model_meta": self.meta,
                    "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
                    "classes": self.data.classes, "best_top1": self.best_top1,
-                   "best_record": self.best_record, "elapsed": self.elapsed,
+                   "best_record": self.best_record, "best_val_top1": self.best_val_top1,
+                   "best_val_epoch": self.best_val_epoch, "elapsed": self.elapsed,
                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                    "step": self.method.step.state_dict()}
         save_checkpoint(self.run_dir / "last.pt", payload)
         if is_best:
             save_checkpoint(self.run_dir / "best.pt", payload)
+        if is_best_val:
+            save_checkpoint(self.run_dir / "best_val.pt", payload)
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""
