@@ -17,7 +17,7 @@ import time
 from types import SimpleNamespace
 
 import torch
-from step_timing import COUNTS, step_parser
+from step_timing import COUNTS, interleaved, step_parser
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
@@ -73,23 +73,19 @@ def main() -> None:
         _, step = build_optimizer(model, step_name != "sgd", lr=0.1, momentum=0.9, wd=2e-4, rho=0.5,
                                   name=step_name, config=SimpleNamespace(**options), cls_num_list=COUNTS)
         step.step.set_progress(0, 1, args.steps * (args.rounds + 1))
-        for _ in range(2):  # warm-up
-            step(model, x, y, criterion)
-        runs[name] = (model, step, [])
-    for _ in range(args.rounds):
-        for model, step, times in runs.values():
-            times.append(time_steps(step, model, x, y, criterion, args.steps, device))
+        runs[name] = (model, step)
+    times = interleaved(runs, x, y, criterion, args.rounds,
+                        lambda step, model: time_steps(step, model, x, y, criterion, args.steps, device))
     timed = args.rounds * args.steps
-    per_step = {name: sum(t for t, _ in times) / timed for name, (_, _, times) in runs.items()}
+    per_step = {name: sum(t for t, _ in rounds) / timed for name, rounds in times.items()}
     print(f"resnet32, batch {args.batch_size}, {device}, classes in the batch: {len(set(y.tolist()))}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps; spread of the rounds in brackets")
     for name in names:
-        times = runs[name][2]
-        spread = [t / args.steps * 1000 for t, _ in times]
+        spread = [t / args.steps * 1000 for t, _ in times[name]]
         frequency = getattr(runs[name][1].step, "frequency", None)
         share = ""
         if frequency is not None and not frequency.always:
-            share = f"  SAM on {sum(n for _, n in times)} of {timed} timed steps"
+            share = f"  SAM on {sum(n for _, n in times[name])} of {timed} timed steps"
         print(f"{name:<18} {per_step[name] * 1000:8.1f} ms/step ({min(spread):.0f}-{max(spread):.0f})  "
               f"{per_step[name] / per_step['sgd']:5.2f} x SGD{share}")
     print("cost_vs_sgd=" + " ".join(f"{name}:{per_step[name] / per_step['sgd']:.2f}" for name in names

@@ -4,9 +4,12 @@ CIFAR-10-LT class counts. Imported by those scripts as a sibling module (``pytho
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
+T = TypeVar("T")
 COUNTS = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.01: 5000 ... 50
 
 
@@ -18,3 +21,17 @@ def step_parser(doc: str | None, steps: int, steps_help: str) -> argparse.Argume
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return ap
+
+
+def interleaved(runs: dict[str, tuple[Any, Any]], x: torch.Tensor, y: torch.Tensor, criterion: Any, rounds: int,
+                timer: Callable[[Any, Any], T]) -> dict[str, list[T]]:
+    """Two warm-up steps of each ``(model, step)``, then ``rounds`` rounds that time each in turn with
+    ``timer(step, model)`` (interleaving spreads the machine's load drift over every run alike)."""
+    for model, step in runs.values():
+        for _ in range(2):
+            step(model, x, y, criterion)
+    times: dict[str, list[T]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (model, step) in runs.items():
+            times[name].append(timer(step, model))
+    return times

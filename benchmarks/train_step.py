@@ -13,7 +13,7 @@ import statistics
 import time
 
 import torch
-from step_timing import COUNTS, step_parser
+from step_timing import COUNTS, interleaved, step_parser
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
@@ -44,14 +44,10 @@ def main() -> None:
     runs = {}
     for name, use_sam in (("sgd", False), ("sam", True)):
         model = build_model("resnet32", 10, use_norm=True).to(device).train()
-        _, step = build_optimizer(model, use_sam, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5)
-        for _ in range(2):  # warm-up
-            step(model, x, y, criterion)
-        runs[name] = (model, step, [])
-    for _ in range(args.rounds):
-        for model, step, times in runs.values():
-            times.append(time_steps(step, model, x, y, criterion, args.steps, device))
-    med = {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+        runs[name] = (model, build_optimizer(model, use_sam, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5)[1])
+    times = interleaved(runs, x, y, criterion, args.rounds,
+                        lambda step, model: time_steps(step, model, x, y, criterion, args.steps, device))
+    med = {name: statistics.median(t) for name, t in times.items()}
     for name in ("sgd", "sam"):
         print(f"{name.upper()} step: {med[name] * 1000:.1f} ms, {args.batch_size / med[name]:.0f} images/s "
               f"(resnet32, batch {args.batch_size}, {device})")
