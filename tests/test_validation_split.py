@@ -98,7 +98,7 @@ def test_val_fraction_is_of_the_smallest_source_class(tmp_path: Path, monkeypatc
     data = build_lt_data("cifar10", tmp_path / "cifar", "exp", 0.1, val_fraction=0.15)
     # floor(0.15 * 100) = 15 per class, fewer where the profile leaves fewer out.
     assert data.val_cls_num_list == [min(15, PER_CLASS - n) for n in lt_counts(PER_CLASS, 10, "exp", 0.1)]
-    with pytest.raises(UserError, match="not both"):
+    with pytest.raises(UserError, match="give one of --val-per-class, --val-fraction:"):
         build_lt_data("cifar10", tmp_path / "cifar", val_per_class=3, val_fraction=0.1)
     with pytest.raises(UserError, match="holds out no image"):
         build_lt_data("cifar10", tmp_path / "cifar", val_fraction=0.001)
@@ -219,3 +219,36 @@ def test_a_split_with_nothing_to_hold_out_is_refused(tmp_path: Path, capsys) -> 
     assert code == 2
     assert "gave no validation images" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_a_val_list_validates_on_its_images_and_keeps_the_training_list_whole(tmp_path: Path) -> None:
+    """--val-list (ImageNet-LT's val list): labels in the training list's order, the training set unchanged."""
+    root = make_list_dataset(tmp_path / "imnet")
+    # old labels 1 and 2 (new 3 and 0), the test images
+    (root / "val.txt").write_text("test/n0001/0.jpg 1\ntest/n0002/0.jpg 2\ntest/n0002/1.jpg 2\n")
+    plain = build_lt_data("imagenet_lt", root, image_size=16)
+    data = build_lt_data("imagenet_lt", root, image_size=16, val_list=str(root / "val.txt"))
+    assert (data.classes, data.cls_num_list, data.train_paths) == (plain.classes, plain.cls_num_list,
+                                                                    plain.train_paths)
+    assert data.val_labels.tolist() == [3, 0, 0] and data.val_cls_num_list == [2, 0, 0, 1]
+    x, y = next(iter(data.val_batches(64, "cpu")))
+    assert y.tolist() == [3, 0, 0] and x.shape[1:] == (3, 16, 16)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagenet_lt", "--data-root", str(root), "--image-size", "16", "--arch",
+                 "resnet10", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress",
+                 "--val-list", str(root / "val.txt"), "--out", str(run)]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["val_images"] == 3 and final["train_images"] == sum(plain.cls_num_list)
+    assert final["best_val"]["epoch"] == 0 and (run / "best_val.pt").is_file()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--dataset", "digits", "--val-list", "v.txt"], ["--val-list is for list-file data sets", "--val-per-class"]),
+    (["--dataset", "digits", "--val-list", "v.txt", "--val-per-class", "2"], ["give one of", "--val-list"]),
+])
+def test_val_list_misuse_is_one_line(tmp_path: Path, capsys, flags: list[str], words: list[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *flags, "--epochs", "1", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not out.exists()

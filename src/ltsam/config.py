@@ -41,6 +41,7 @@ class TrainConfig:
     lt_generator: str = "standard"  # which images the LT profile keeps: standard (LDAM/paper) or glmc
     val_per_class: int = 0  # validation images held out per class (0: none; ltsam.data.validation)
     val_fraction: float = 0.0  # or this fraction of the smallest class's images, per class
+    val_list: str | None = None  # or a list file of validation images (list-file sets: ImageNet-LT's val list)
     # model
     arch: str | None = None  # None: the data set's (or method's) default
     use_norm: bool | None = None  # None: cosine head iff the loss asks for it (LDAM)
@@ -298,7 +299,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
-    check_request(cfg.val_per_class, cfg.val_fraction)
+    check_request(cfg.val_per_class, cfg.val_fraction, cfg.val_list)
     if cfg.rho_steps is not None and len(cfg.rho_steps) != 4:
         raise UserError(f"--rho-steps takes four non-negative values a b c d, got {cfg.rho_steps}")
     if cfg.shot_split == "index" and "index_split" not in DATASETS.entry(cfg.dataset).meta:

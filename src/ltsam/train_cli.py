@@ -82,6 +82,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "images the LT profile leaves out; folders, list files: from the training images)")
     g.add_argument("--val-fraction", type=float, metavar="F",
                    help="or hold out floor(F x the smallest class's images) per class")
+    g.add_argument("--val-list", metavar="FILE",
+                   help="or validate on the images of a list file (list-file sets, e.g. ImageNet-LT's "
+                        "ImageNet_LT_val.txt); the training list stays whole")
     g = p.add_argument_group("model")
     _choices_flag(g, R["arch"], "-a", "--arch")
     g.add_argument("--head", type=_lower, choices=["auto", "linear", "cosine"],

@@ -41,6 +41,7 @@ class DataRequest:
     seed: int = 0
     val_per_class: int = 0  # images per class held out for validation (ltsam.data.validation)
     val_fraction: float = 0.0
+    val_list: str | None = None  # list-file sets: a list file of validation images (not held out of training)
 
 
 DATASETS: Registry[Callable[[DataRequest], Any]] = Registry("data set", "dataset")
@@ -156,7 +157,8 @@ class StreamingLTData:
     image_size: int
     train_origins: list[str] | None = None  # "list_file:line" per image, named when one cannot be read
     test_origins: list[str] | None = None
-    val_paths: list[Path] | None = None  # held out of the training list (--val-per-class / --val-fraction)
+    val_paths: list[Path] | None = None  # held out of the training list (--val-per-class / --val-fraction) or
+    # read from --val-list
     val_labels: torch.Tensor | None = None
     val_origins: list[str] | None = None
     val_note: str = ""
@@ -309,19 +311,23 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
                   image_size: int | None = None, norm: str | None = None, pad: int | None = None,
                   flip: bool | None = None, train_list: str | None = None,
                   test_list: str | None = None, lt_generator: str = "standard",
-                  seed: int = 0, val_per_class: int = 0, val_fraction: float = 0.0
-                  ) -> InMemoryLTData | StreamingLTData:
+                  seed: int = 0, val_per_class: int = 0, val_fraction: float = 0.0,
+                  val_list: str | None = None) -> InMemoryLTData | StreamingLTData:
     """Load a registered data set; in-memory sets get the long-tail profile applied to their training part.
 
-    ``val_per_class`` / ``val_fraction`` hold out a validation split (:mod:`ltsam.data.validation`).
+    ``val_per_class`` / ``val_fraction`` hold out a validation split (:mod:`ltsam.data.validation`);
+    ``val_list`` reads one from a list file (list-file sets only).
     """
     loader = DATASETS.get(dataset)
     imb_type = imb_type.lower()
     if imb_type != "none":
         lt_counts(1, 1, imb_type, imb_factor)  # validate early, before any slow loading
-    check_request(val_per_class, val_fraction)  # the same for the validation split
+    check_request(val_per_class, val_fraction, val_list)  # the same for the validation split
+    if val_list and not DATASETS.entry(dataset).meta.get("streaming"):
+        raise UserError(f"--val-list is for list-file data sets (imagenet_lt, inat18), not {dataset}; hold out a "
+                        f"validation split with --val-per-class N")
     return loader(DataRequest(Path(data_root), imb_type, imb_factor, rand_number, download, image_size, norm, pad,
-                              flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction))
+                              flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction, val_list))
 
 
 def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
@@ -329,10 +335,11 @@ def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
     data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
                          test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed,
-                         val_per_class=cfg.val_per_class, val_fraction=cfg.val_fraction)
-    if (cfg.val_per_class or cfg.val_fraction) and not getattr(data, "val_size", 0):
-        raise UserError(f"--val-per-class/--val-fraction: {cfg.dataset} gave no validation images (its loader holds "
-                        f"none out, or the long-tail profile keeps every image); drop the flag")
+                         val_per_class=cfg.val_per_class, val_fraction=cfg.val_fraction, val_list=cfg.val_list)
+    if (cfg.val_per_class or cfg.val_fraction or cfg.val_list) and not getattr(data, "val_size", 0):
+        raise UserError(f"--val-per-class/--val-fraction/--val-list: {cfg.dataset} gave no validation images (its "
+                        f"loader holds none out, the long-tail profile keeps every image, or the list is empty); "
+                        f"drop the flag")
     return data
 
 
@@ -455,7 +462,29 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
         data.train_origins = [train.origins[i] for i in rest]
         data.cls_num_list = torch.bincount(data.train_labels, minlength=len(classes)).tolist()
         data.val_note = describe(n, data.val_cls_num_list, classes, "train")
+    elif req is not None and req.val_list:
+        attach_val_list(data, Path(req.val_list), root, mapping)
     return data
+
+
+def attach_val_list(data: StreamingLTData, val_file: Path, root: Path, mapping: Any = None) -> None:
+    """Validation images from a list file (ImageNet-LT's ``ImageNet_LT_val.txt``), labelled in the training
+    list's order; the training images stay as they are. ``mapping`` (original label -> training label) is
+    rebuilt from ``data.classes`` when not given."""
+    import numpy as np
+
+    from ltsam.data.listfile import read_list, remap
+
+    if mapping is None:
+        mapping = np.empty(len(data.classes), dtype=np.int64)
+        for new, old in enumerate(data.classes):
+            mapping[int(old)] = new
+    samples = read_list(val_file, root)
+    labels = remap(samples, mapping, val_file)  # every label 0..C-1 is a training class (frequency_order)
+    data.val_paths, data.val_labels = list(samples.paths), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    data.val_origins = samples.origins
+    data.val_note = (f"validation: {len(samples.paths)} images from {val_file} "
+                     f"({len(set(labels.tolist()))} classes)")
 
 
 def _load_folder(req: DataRequest) -> tuple[ImageSet, ImageSet, list[str], list[int], ImageSet | None, str]:

@@ -29,10 +29,12 @@ from ltsam.errors import UserError
 _STREAM = 0x7A1  # keeps the validation draw apart from the long-tail profile's stream of the same seed
 
 
-def check_request(per_class: int, fraction: float) -> None:
-    """One of the two, each in range: ``per_class`` >= 0, ``fraction`` in [0, 1)."""
-    if per_class and fraction:
-        raise UserError("give --val-per-class or --val-fraction, not both")
+def check_request(per_class: int, fraction: float, val_list: str | None = None) -> None:
+    """At most one source of validation images, each in range: ``per_class`` >= 0, ``fraction`` in [0, 1)."""
+    given = [flag for flag, v in (("--val-per-class", per_class), ("--val-fraction", fraction),
+                                  ("--val-list", val_list)) if v]
+    if len(given) > 1:
+        raise UserError(f"give one of {', '.join(given)}: each is a validation split on its own")
     if per_class < 0:
         raise UserError(f"--val-per-class must be at least 0, got {per_class}")
     if not math.isfinite(fraction) or not (0.0 <= fraction < 1.0):

@@ -368,24 +368,16 @@ class StageRunner:
         return rows
 
     def _val_batches(self, val_list: str):
-        from ltsam.data.listfile import read_list
-        from ltsam.data.streaming import FileImageDataset, loader_batches, test_transform
+        from ltsam.data.registry import attach_val_list
 
         data = self.data
         if not hasattr(data, "image_size") or not hasattr(data, "train_paths"):
             raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); on this data set "
                             "train the parent with --val-per-class N (tau is then chosen on its held-out split) or "
                             "leave --val-list out (tau then defaults to 1, and the test sweep is reported)")
-        samples = read_list(Path(val_list), Path(self.cfg.data_root))
-        new_id = {int(c): i for i, c in enumerate(data.classes)}
-        unknown = sorted({int(v) for v in samples.labels if int(v) not in new_id})
-        if unknown:
-            raise UserError(f"--val-list {val_list}: label(s) {unknown[:5]} are not classes of the training list")
-        labels = torch.tensor([new_id[int(v)] for v in samples.labels])
-        ds = FileImageDataset(samples.paths, labels, test_transform(data.image_size, data.mean, data.std),
-                              samples.origins)
-        indices = range(self.ctx.rank, len(ds), self.ctx.world) if self.ctx.world > 1 else None
-        return loader_batches(ds, self.stage.batch_size, self.cfg.workers, self.device, indices)
+        attach_val_list(data, Path(val_list), Path(self.cfg.data_root))
+        return data.val_batches(self.stage.batch_size, self.device, False, self.cfg.workers, self.ctx.rank,
+                                self.ctx.world)
 
 
 def _f(v: float | None) -> str:
