@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="recompute the results of a saved model")
     p.add_argument("target", help="run folder or checkpoint file")
-    p.add_argument("--which", choices=CHECKPOINTS, default="best")
+    p.add_argument("--which", choices=CHECKPOINTS, default="best",
+                   help="best (test top-1), last or best_val (validation top-1; runs with a validation split)")
     p.add_argument("--device")
     p.add_argument("--data-root", help="where the data set is now, if it moved")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="the finished run folder (or checkpoint file)")
     p.add_argument("--stage", type=_lower, help=STAGES.help_text())
     p.add_argument("--which", choices=CHECKPOINTS, help="the parent's checkpoint (default last: its final "
-                                                             "weights)")
+                                                             "weights; best_val: its best validation top-1)")
     _add_stage_option_flags(p)
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="sampling and initialisation seed (default 0)")

@@ -169,7 +169,7 @@ def cmd_hessian_compare(args: argparse.Namespace) -> int:
 def add_hessian_commands(sub) -> None:
     p = sub.add_parser("hessian", help="per-class Hessian spectrum of a trained model")
     p.add_argument("target", help="run folder or checkpoint file")
-    p.add_argument("--which", choices=CHECKPOINTS, default="last")
+    p.add_argument("--which", choices=CHECKPOINTS, default="last", help="the run's checkpoint (default last)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--loss", type=str.lower, choices=LOSSES.names(), default="ce",
                    help="loss whose Hessian is taken, with the run's options (default CE, as the reference)")
