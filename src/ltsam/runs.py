@@ -266,9 +266,8 @@ def _refuse_stage_run(run_dir: Path, values: Any) -> None:
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    values = read_json(run_dir / CONFIG_NAME)
-    _refuse_stage_run(run_dir, values)
-    cfg = config_from_dict(values)
+    """The saved configuration of a training run (``open_for_resume`` has already refused a stage run's)."""
+    cfg = config_from_dict(read_json(run_dir / CONFIG_NAME))
     validate(cfg)
     return cfg
 
