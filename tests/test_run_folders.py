@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def test_overwrite_replaces_only_ltsams_files(tmp_path: Path, capsys) -> None:
     assert main(["train", *FAST_DIGITS, "--out", str(out), "--overwrite"]) == 0
     names = {p.name for p in out.iterdir()}
     assert ".last.pt.k3j9x2ab.tmp" not in names and "hessian" not in names
-    assert (out / ".ltsam-run").read_text() == "ltsam-run-v1\n"
+    marker = (out / ".ltsam-run").read_text().splitlines()
+    assert marker[0] == "ltsam-run-v1" and re.fullmatch(r"id [0-9a-f]{16}", marker[1]), marker
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
 

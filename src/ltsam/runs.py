@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,37 @@ def is_run_dir(path: Path) -> bool:
         return (path / RUN_MARKER).read_text().startswith("ltsam-run-v")
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def new_marker() -> str:
+    """The marker's text: the format, then a run id (random, 16 hex digits) that a copy of the folder keeps,
+    so that ``ltsam report`` counts a copied run once."""
+    return f"{RUN_FORMAT}\nid {secrets.token_hex(8)}\n"
+
+
+def run_id(path: Path) -> str | None:
+    """The run id the folder's marker records (``None`` for a folder without one, or one marked before ids)."""
+    try:
+        lines = (path / RUN_MARKER).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    ids = [ln[3:].strip() for ln in lines[1:] if ln.startswith("id ")]
+    return ids[0] if ids and ids[0] else None
+
+
+def run_finished(path: Path) -> bool:
+    """Whether the run in ``path`` trained all its epochs: its ``final.json`` exists, reads, and records
+    ``epochs_done >= epochs`` (a ``--stop-after`` run writes a final.json too, and is not finished)."""
+    try:
+        final = json.loads((path / "final.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(final, dict):
+        return False
+    done, total = final.get("epochs_done"), final.get("epochs")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total)):
+        return False
+    return done >= total
 
 
 def _is_orphan(entry: Path) -> bool:
@@ -186,7 +219,7 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
     try:
         for entry in _replaceable(path, overwrite):  # now that no other run can change the folder
             _remove(entry)
-        write_text(path / RUN_MARKER, RUN_FORMAT + "\n")
+        write_text(path / RUN_MARKER, new_marker())
     except BaseException:
         _held.remove(lock)
         lock.release()
