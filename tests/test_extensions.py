@@ -196,8 +196,11 @@ def test_a_plugin_module_from_the_command_line(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["plugins"] == ["my_ltsam_plugin"] and cfg["loss"] == "plug_ce" and cfg["plug_temp"] == 2.0
-    # A later command reads the run without being told the plugin again: the run recorded it.
-    again = ltsam("eval", str(out))
+    # A later command imports nothing a run folder names: it asks for the plugin on one line, then works with it.
+    unnamed = ltsam("eval", str(out))
+    assert unnamed.returncode == 2 and "--plugin my_ltsam_plugin" in unnamed.stderr, unnamed.stderr
+    assert len(unnamed.stderr.strip().splitlines()) == 1 and "Traceback" not in unnamed.stderr
+    again = ltsam("eval", str(out), "--plugin", "my_ltsam_plugin")
     assert again.returncode == 0, again.stderr
     # Without the plugin the loss is unknown, named on one line.
     missing = ltsam("train", *ONE_EPOCH, "--loss", "plug_ce", "--out", str(tmp_path / "x"))

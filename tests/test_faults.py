@@ -179,6 +179,32 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, reference: Path, c
     _assert_same_run(out, reference)
 
 
+def test_a_folder_made_unwritable_mid_run(tmp_path: Path, reference: Path, capsys, monkeypatch) -> None:
+    """The system refuses epoch 2's checkpoint (a folder made immutable or read-only while training): one
+    line and exit 2, the previous checkpoint whole; once the folder is writable again, resume is exact."""
+    import ltsam.io
+
+    out = tmp_path / "run"
+    real = ltsam.io._create_temporary
+    calls: list[int] = []
+
+    def create(path):  # the 3rd checkpoint's temporary file: epoch 2's last.pt
+        if path.name.endswith(".pt"):
+            calls.append(1)
+            if len(calls) == 3:
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path.parent / ".last.pt.tmp"))
+        return real(path)
+
+    monkeypatch.setattr(ltsam.io, "_create_temporary", create)
+    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
+    assert code == 2
+    _assert_one_line(err, "cannot write", os.strerror(errno.EPERM), f"--resume {out}")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, reference)
+
+
 def test_disk_full_while_appending_metrics(tmp_path: Path, reference: Path, capsys, monkeypatch) -> None:
     import ltsam.trainer
 

@@ -81,6 +81,16 @@ def _add_stage_option_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """``ltsam finetune``, holding the stage folder's lock until it ends, however it ends."""
+    from ltsam.runs import release_run_locks
+
+    try:
+        return _finetune(args)
+    finally:
+        release_run_locks()
+
+
+def _finetune(args: argparse.Namespace) -> int:
     from ltsam.config import _check_number
     from ltsam.data.registry import load_data
     from ltsam.finetune import STAGES, build_stage
@@ -88,7 +98,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ltsam.finetune.stages import stage_options
     from ltsam.io import read_json, write_json
     from ltsam.report import print_results
-    from ltsam.runs import prepare_run_dir
+    from ltsam.runs import prepare_run_dir, refuse_overlap, run_finished
 
     given = {o.name: getattr(args, o.name, None) for o in STAGES.options()}
     if args.stop_after is not None and args.stop_after < 1:
@@ -100,9 +110,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if not (run_dir / "config.json").is_file():
             raise UserError(f"--resume {run_dir}: no config.json there; pass the folder of an ltsam finetune run")
         settings = StageSettings.from_dict(read_json(run_dir / "config.json"))
-        from ltsam.extensions import load_plugins
+        from ltsam.extensions import require_plugins
 
-        load_plugins(settings.plugins)
+        require_plugins(settings.plugins, f"the stage run {run_dir}")
         changed = [k for k, v in given.items() if v is not None and settings.options.get(k) != v]
         if args.run is not None or (args.stage and STAGES.entry(args.stage).name != settings.stage) or changed:
             differ = f" ({', '.join('--' + k.replace('_', '-') for k in changed)} differ)" if changed else ""
@@ -139,9 +149,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         settings = StageSettings(entry.name, options, parent.info, args.seed if args.seed is not None else 0,
                                  args.device or "auto", args.workers, args.data_root, args.recipe,
                                  list(args.plugin or []))
-        if settings.data_root:
-            parent.cfg.data_root = settings.data_root
-        data = load_data(parent.cfg)  # a data set that cannot be read fails before the run folder exists
         if args.out:
             run_dir = Path(args.out)
         elif parent.info["run"] is not None:
@@ -149,6 +156,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             run_dir = run.parent / f"{run.name}_{entry.name}"
         else:
             run_dir = Path("runs") / f"{Path(parent.info['path']).stem}_{entry.name}"
+        parent_source = Path(parent.info["run"] or parent.info["path"])
+        refuse_overlap(run_dir, parent_source, "the parent run" if parent.info["run"] else "the parent checkpoint")
+        if parent.info["run"] is not None and not run_finished(parent_source) and main_rank:
+            print(f"ltsam: warning: the parent run {parent_source} has not finished its epochs (no complete "
+                  f"final.json); the stage starts from its {parent.info['which']}.pt after epoch "
+                  f"{parent.info['epoch']} — `ltsam train --resume {parent_source}` finishes it first", flush=True)
+        if settings.data_root:
+            parent.cfg.data_root = settings.data_root
+        data = load_data(parent.cfg)  # a data set that cannot be read fails before the run folder exists
         if main_rank:
             prepare_run_dir(run_dir, args.overwrite)
             write_json(run_dir / "config.json", settings.to_dict())

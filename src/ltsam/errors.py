@@ -25,7 +25,8 @@ class TrainingDiverged(Exception):
 
 def exit_code_of(command: Callable[[Any], Any], args: Any) -> int:
     """Run a command and turn how it ended into the CLI's exit code: 0 (or its own), 2 with one line for
-    a UserError, 3 for a diverged run, 130 for Ctrl-C (SIGTERM is handled by ``ltsam train`` itself)."""
+    a UserError or a file the system refused (an OSError with an errno), 3 for a diverged run, 130 for
+    Ctrl-C (SIGTERM is handled by ``ltsam train`` itself)."""
     try:
         return int(command(args) or 0)
     except UserError as exc:
@@ -34,6 +35,13 @@ def exit_code_of(command: Callable[[Any], Any], args: Any) -> int:
     except TrainingDiverged as exc:
         print(f"ltsam: error: {exc}", file=sys.stderr)
         return TrainingDiverged.exit_code
+    except OSError as exc:  # the system refused a file (permissions, a full or read-only disk): not a bug
+        if exc.errno is None:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ltsam: error: cannot use{where} ({exc.strerror}); fix the cause (permissions, free space, a "
+              f"read-only folder) and run the command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ltsam: interrupted; `ltsam train --resume RUN_DIR` continues a training run", file=sys.stderr)
         return 130

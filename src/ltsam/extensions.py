@@ -48,14 +48,20 @@ def all_options() -> dict[str, Option]:
     return {name: option for name, (option, _) in found.items()}
 
 
-_loaded: set[str] = set()
+_loaded: set[str] = set()  # modules named by --plugin in this process
+_entry_point_modules: set[str] = set()  # modules of the ltsam.plugins entry points that loaded
+_entry_points_read = False
 
 
 def load_plugins(modules: Iterable[str] = (), entry_points: bool = True) -> list[str]:
     """Import plugin modules (their registrations take effect); returns the module names loaded.
 
-    ``entry_points`` also loads every ``ltsam.plugins`` entry point of the installed packages.
+    Only for modules the user names (``--plugin``, a grid's ``plugin:``): a name read from a run folder
+    goes through :func:`require_plugins`, which imports nothing. ``entry_points`` also loads every
+    ``ltsam.plugins`` entry point of the installed packages (installing a package is the user's choice).
+    A module that fails to import, whatever it raises, is one line naming it.
     """
+    global _entry_points_read
     names = [m for m in modules if m]
     for name in names:
         if name in _loaded:
@@ -65,12 +71,45 @@ def load_plugins(modules: Iterable[str] = (), entry_points: bool = True) -> list
         except ImportError as exc:
             raise UserError(f"cannot import plugin {name!r} ({exc}); check the module name and that it is "
                             f"importable (PYTHONPATH or pip install)") from None
+        except Exception as exc:  # noqa: BLE001 - a plugin's own error (SyntaxError, a failing registration ...)
+            raise UserError(f"plugin {name!r} failed while being imported ({_where(exc)}{type(exc).__name__}: "
+                            f"{_first_line(exc)}); fix the module or drop --plugin {name}") from None
         _loaded.add(name)
-    if entry_points and "ep" not in _loaded:
-        _loaded.add("ep")
+    if entry_points and not _entry_points_read:
+        _entry_points_read = True
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 ep.load()
             except Exception as exc:  # a broken third-party plugin must not stop ltsam
                 print(f"ltsam: warning: plugin entry point {ep.name!r} failed to load: {exc}", file=sys.stderr)
+            else:
+                _entry_point_modules.add(ep.module)
     return names
+
+
+def require_plugins(recorded: Iterable[str], what: str = "this run") -> None:
+    """Check that the plugins a saved run records are loaded, importing nothing.
+
+    A run folder or checkpoint is data that someone may hand over: the module names in its
+    configuration are never imported from it. A recorded plugin is usable only when this command
+    line named it (``--plugin``) or an installed package provides it as an ``ltsam.plugins`` entry
+    point; otherwise one line says which ``--plugin`` to pass.
+    """
+    available = _loaded | _entry_point_modules
+    missing = [m for m in recorded if isinstance(m, str) and m and m not in available]
+    if missing:
+        flags = " ".join(f"--plugin {m}" for m in missing)
+        raise UserError(f"{what} was trained with plugin(s) {', '.join(missing)}, which ltsam does not import from "
+                        f"a run folder; if you trust that code, pass {flags}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line: `` of a syntax error (the rest of an import error's place is in its message)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}: "
+    return ""

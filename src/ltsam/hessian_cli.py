@@ -73,6 +73,12 @@ def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Any = No
     return build_loss(name, cls_num_list, weights, config=config)
 
 
+def hessian_dir(run_dir: Path, split: str, which: str) -> Path:
+    """Where ``ltsam hessian`` writes by default: ``RUN/hessian/<split>`` for the last checkpoint (the
+    default), ``RUN/hessian/<split>_<which>`` for another, so that two checkpoints never share a folder."""
+    return run_dir / "hessian" / (split if which == "last" else f"{split}_{which}")
+
+
 def cmd_hessian(args: argparse.Namespace) -> int:
     from ltsam.data.registry import load_data
     from ltsam.distributed import resolve_device
@@ -81,7 +87,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent
-    out_dir = Path(args.out) if args.out else run_dir / "hessian" / args.split
+    out_dir = Path(args.out) if args.out else hessian_dir(run_dir, args.split, args.which)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; the Hessian analysis writes a folder — choose a folder name")
     device = resolve_device(args.device)
@@ -144,12 +150,14 @@ def cmd_hessian_compare(args: argparse.Namespace) -> int:
 
     summaries = []
     for run in (args.run_a, args.run_b):
-        path = Path(run) / "hessian" / args.split / "summary.json"
+        path = hessian_dir(Path(run), args.split, args.which) / "summary.json"
         if not path.is_file():
-            raise UserError(f"{path} does not exist; run `ltsam hessian {run} --split {args.split}` first")
+            raise UserError(f"{path} does not exist; run `ltsam hessian {run} --split {args.split} "
+                            f"--which {args.which}` first")
         summaries.append(read_json(path))
     labels = args.labels or [Path(args.run_a).name, Path(args.run_b).name]
-    out = Path(args.out) if args.out else Path(args.run_b) / "hessian" / args.split / f"compare_{labels[0]}.png"
+    default = hessian_dir(Path(args.run_b), args.split, args.which) / f"compare_{labels[0]}.png"
+    out = Path(args.out) if args.out else default
     rows = compare_runs(summaries[0], summaries[1], out, tuple(labels))
     from rich.table import Table
 
@@ -191,13 +199,16 @@ def add_hessian_commands(sub) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="where the data set is now, if it moved")
-    p.add_argument("--out", help="output folder (default RUN_DIR/hessian/<split>)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/hessian/<split>, or <split>_<which> for "
+                                 "--which best or best_val)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_hessian)
     p = sub.add_parser("hessian-compare", help="two runs' per-class spectra side by side")
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--which", choices=CHECKPOINTS, default="last",
+                   help="the checkpoint whose `ltsam hessian` results are compared (default last)")
     p.add_argument("--labels", nargs=2)
     p.add_argument("--out", help="figure path")
     p.set_defaults(func=cmd_hessian_compare)

@@ -159,6 +159,9 @@ class LogitAdjustedLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
+
 
 class BalancedSoftmaxLoss(nn.Module):
     """Balanced Softmax (Ren et al., NeurIPS 2020): CE(z + log n, y), every logit z_c shifted by log n_c.
@@ -177,6 +180,9 @@ class BalancedSoftmaxLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -197,24 +203,37 @@ LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", "loss")
 """Losses by name. An entry is called as ``obj(cls_num_list, weight=None, **options)`` and returns an
 ``nn.Module`` computing ``loss(logits, targets)``; ``cosine_head=True`` gives it the normalised head."""
 
-LOSSES.add("ce", lambda cls_num_list, weight=None: WeightedCrossEntropy(weight=weight), help="cross-entropy")
+LOSSES.add("ce", lambda cls_num_list, weight=None: WeightedCrossEntropy(weight=weight), help="cross-entropy",
+           per_sample=True)
 LOSSES.add("focal", lambda cls_num_list, weight=None, focal_gamma=1.0: FocalLoss(weight, focal_gamma),
-           help="focal loss", options=[Option("focal_gamma", float, 1.0, "focal loss gamma (default 1)", minimum=0.0)])
+           help="focal loss", options=[Option("focal_gamma", float, 1.0, "focal loss gamma (default 1)", minimum=0.0)],
+           per_sample=True)
 LOSSES.add("ldam", lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0: LDAMLoss(
     cls_num_list, max_m=max_m, s=ldam_s, weight=weight), help="label-distribution-aware margin", cosine_head=True,
+    per_sample=True,
     options=[Option("margin", float, 0.5, "LDAM max margin (default 0.5)", param="max_m"),
              Option("ldam_s", float, 30.0, "LDAM logit scale s (default 30)")])
 LOSSES.add("vs", lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0: VSLoss(
-    cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling",
+    cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling", per_sample=True,
     options=[Option("vs_gamma", float, 0.3, "VS loss gamma (default 0.3)", flags=("--gamma", "--vs-gamma")),
              Option("vs_tau", float, 1.0, "VS loss tau (default 1.0)", flags=("--tau", "--vs-tau"))])
 
 LOSSES.add("la", lambda cls_num_list, weight=None, la_tau=1.0: LogitAdjustedLoss(cls_num_list, la_tau, weight),
-           help="logit-adjusted CE (Menon et al., 2021)", aliases=("logit_adjusted", "logit-adjusted"),
+           help="logit-adjusted CE (Menon et al., 2021)", aliases=("logit_adjusted", "logit-adjusted"), per_sample=True,
            options=[Option("la_tau", float, 1.0, "logit-adjusted loss: tau of CE(z + tau log prior) (default 1)",
                            minimum=0.0)])
 LOSSES.add("balanced_softmax", lambda cls_num_list, weight=None: BalancedSoftmaxLoss(cls_num_list, weight),
-           help="Balanced Softmax (Ren et al., 2020)", aliases=("balanced-softmax", "bsce"))
+           help="Balanced Softmax (Ren et al., 2020)", aliases=("balanced-softmax", "bsce"), per_sample=True)
+
+
+def has_per_sample(name: str) -> bool | None:
+    """Whether loss ``name`` gives per-sample losses, known before any data is read: the registration's
+    ``per_sample`` flag, else a registered class's ``per_sample`` method; ``None`` when it cannot be told
+    (a factory function: the check then happens when the loss is built)."""
+    entry = LOSSES.entry(name)
+    if "per_sample" in entry.meta:
+        return bool(entry.meta["per_sample"])
+    return hasattr(entry.obj, "per_sample") if isinstance(entry.obj, type) else None
 
 
 def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None, config: Any = None,

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ltsam.errors import UserError
-from ltsam.losses import LOSSES
+from ltsam.losses import LOSSES, has_per_sample
 from ltsam.models import MODELS, build_model
-from ltsam.optim import Step, build_step
+from ltsam.optim import STEPS, Step, build_step
 from ltsam.registry import Registry
 from ltsam.rules import build_rule
 from ltsam.steps import supervised_objective
@@ -113,6 +113,15 @@ METHODS: Registry[type[Method]] = Registry("method", "method")
 @METHODS.register("erm", help="losses + train rules (the paper's methods)")
 class ERMMethod(Method):
     """Empirical risk minimisation with the configured loss and train rule (any registered step)."""
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        """A class-splitting step needs a loss with per-sample losses: refused here, before the run folder."""
+        step = STEPS.entry(cfg.optimizer).obj if cfg.uses_sam else None
+        if getattr(step, "needs_per_sample", False) and has_per_sample(cfg.loss) is False:
+            raise UserError(f"--optimizer {cfg.optimizer} splits the loss by class and needs per-sample losses; "
+                            f"--loss {cfg.loss} has no per_sample(logits, targets) method — choose another --loss "
+                            f"(every built-in loss has one) or add the method to it")
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)

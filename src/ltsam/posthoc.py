@@ -14,6 +14,8 @@ import torch
 from ltsam.errors import UserError
 from ltsam.losses import log_prior
 
+MAX_TAUS = 1000  # values one sweep may score
+
 
 def adjustment(cls_num_list: Sequence[int], tau: float) -> torch.Tensor:
     """The per-class offset -tau log pi_c (float64) added to the logits before the argmax."""
@@ -29,9 +31,15 @@ def parse_taus(text: str, flag: str = "--logit-adjust") -> list[float]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, step = parts
+            if not all(map(math.isfinite, parts)):
+                raise UserError(f"{flag} values must be finite numbers, got {text!r}")
             if step <= 0 or stop < start:
                 raise UserError(f"{flag} {text}: a range START:STOP:STEP needs STEP > 0 and STOP >= START")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            span = (stop - start) / step  # counted before any list is built: 0:1e6:1e-6 would be 10^12 values
+            if not span < MAX_TAUS:
+                raise UserError(f"{flag} {text} gives {span + 1:.0f} values; use a coarser STEP (at most {MAX_TAUS} "
+                                f"values)")
+            count = math.floor(span + 1e-9) + 1
             taus = [round(start + i * step, 10) for i in range(count)]
         else:
             taus = [float(p) for p in text.split(",")]
@@ -40,6 +48,6 @@ def parse_taus(text: str, flag: str = "--logit-adjust") -> list[float]:
                         f"got {text!r}") from None
     if not taus or any(not math.isfinite(t) for t in taus):
         raise UserError(f"{flag} values must be finite numbers, got {text!r}")
-    if len(taus) > 1000:
-        raise UserError(f"{flag} {text} gives {len(taus)} values; use a coarser STEP (at most 1000 values)")
+    if len(taus) > MAX_TAUS:
+        raise UserError(f"{flag} {text} gives {len(taus)} values; use a coarser STEP (at most {MAX_TAUS} values)")
     return taus

@@ -15,7 +15,7 @@ from torch import nn
 from ltsam.config import TrainConfig, validate
 from ltsam.distributed import resolve_device
 from ltsam.errors import UserError
-from ltsam.extensions import load_plugins
+from ltsam.extensions import require_plugins
 from ltsam.io import copy_atomic, load_checkpoint, read_json, write_text
 from ltsam.methods import METHODS
 
@@ -28,7 +28,7 @@ LOCK_NAME = ".ltsam-lock"  # flock'ed by the process that trains into the folder
 # with a validation split, the best validation top-1's (model selection on held-out images).
 CHECKPOINTS = ("best", "last", "best_val")
 OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "final.json", "per_class_accuracy.png",
-                       "confusion_matrix.png", *(f"{name}.pt" for name in CHECKPOINTS)})
+                       "confusion_matrix.png", "sweep.json", *(f"{name}.pt" for name in CHECKPOINTS)})
 OWN_FOLDERS = frozenset({"tensorboard", "wandb", "hessian"})
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # io._atomic's (and mkstemp's) names
 
@@ -107,6 +107,16 @@ def _refuse_dangerous(path: Path) -> None:
         what = ("the working folder" if real == cwd else "the root folder" if real == Path(real.anchor)
                 else "your home folder" if real == home else "a folder above the working folder")
         raise UserError(f"--out {path} is {what}; a run needs a folder of its own, e.g. --out runs/NAME")
+
+
+def refuse_overlap(out: Path, keep: Path, what: str) -> None:
+    """A new run's folder ``out`` must not be ``keep`` (a folder or file the run reads, e.g. a stage's
+    parent run), lie inside it, or contain it: replacing ``out`` would destroy what it was made from."""
+    real_out, real_keep = Path(os.path.realpath(out)), Path(os.path.realpath(keep))
+    if real_out == real_keep or real_keep in real_out.parents or real_out in real_keep.parents:
+        how = ("is" if real_out == real_keep else "lies inside" if real_keep in real_out.parents else "contains")
+        raise UserError(f"--out {out} {how} {what} {keep}; a new run needs a folder of its own beside it, "
+                        f"e.g. --out {real_keep.parent / (real_keep.stem + '_stage')}")
 
 
 def _names(entries: list[Path], most: int = 5) -> str:
@@ -264,6 +274,9 @@ def checkpoint_path(target: str | Path, which: str = "best") -> Path:
     if target.is_dir():
         path = target / f"{which}.pt"
         if not path.is_file():
+            if which == "best_val" and _is_stage_folder(target):
+                raise UserError(f"{target} is a second-stage run (ltsam finetune), which keeps best.pt and last.pt "
+                                f"only; use --which best or last")
             if which == "best_val" and (target / "last.pt").is_file():
                 raise UserError(f"{target} has no best_val.pt: the run had no validation split (train with "
                                 f"--val-per-class N); use --which best or last")
@@ -291,6 +304,15 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
     return model, cfg, ckpt
 
 
+def _is_stage_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s config.json is a second stage's (it names a stage and a parent)."""
+    try:
+        values = json.loads((run_dir / CONFIG_NAME).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(values, dict) and "stage" in values and "parent" in values
+
+
 def _refuse_stage_run(run_dir: Path, values: Any) -> None:
     """``ltsam train --resume`` on a folder of ``ltsam finetune`` (its config.json names a stage and a parent)."""
     if isinstance(values, dict) and "stage" in values and "parent" in values:
@@ -306,12 +328,14 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A saved configuration, after importing the plugins its run used (their entries and options)."""
-    plugins = values.get("plugins") if isinstance(values, dict) else None
-    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
-        load_plugins(plugins)
+    """A saved configuration. The plugins its run used must already be loaded (``--plugin`` on this
+    command line, or an installed entry point): nothing named in a run folder is imported."""
     if not isinstance(values, dict):
         raise UserError("a run configuration must be a JSON object of settings; the file is damaged")
+    plugins = values.get("plugins")
+    if plugins is not None and not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
+        raise UserError("a run configuration's plugins must be a list of module names; the file is damaged")
+    require_plugins(plugins or [])
     return TrainConfig.from_dict(values)
 
 

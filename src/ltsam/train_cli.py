@@ -192,12 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"ltsam: {how}; {then}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except OSError as exc:
-        if not is_disk_full(exc):
+        if exc.errno is None:
             raise
         run, where = held_run_dir(), exc.filename or held_run_dir()
-        raise UserError(f"no space left on the disk{f' writing {where}' if where else ''}; the last checkpoint "
-                        f"is intact — free some space, then `ltsam train --resume {run or 'RUN_DIR'}` continues"
-                        ) from None
+        then = f"`ltsam train --resume {run or 'RUN_DIR'}` continues"
+        if is_disk_full(exc):
+            raise UserError(f"no space left on the disk{f' writing {where}' if where else ''}; the last checkpoint "
+                            f"is intact — free some space, then {then}") from None
+        raise UserError(f"cannot write {where or 'the run folder'} ({exc.strerror}); the last checkpoint is intact "
+                        f"— fix the cause (permissions, a read-only or immutable folder), then {then}") from None
     finally:
         release_run_locks()
 

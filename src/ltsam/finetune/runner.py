@@ -63,7 +63,25 @@ class StageSettings:
             raise UserError("this config.json is not a stage run's (no 'stage' and 'parent'); resume a training "
                             "run with `ltsam train --resume RUN`")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        settings = cls(**{k: v for k, v in values.items() if k in known})
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        """A damaged or hand-edited config.json: one line naming the bad entry, before anything uses it."""
+        parent = self.parent if isinstance(self.parent, dict) else {}
+        bad = [name for name, ok in (
+            ("stage", isinstance(self.stage, str)), ("options", isinstance(self.options, dict)),
+            ("parent", all(isinstance(parent.get(k), str) for k in ("path", "which", "sha256"))),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+            ("device", isinstance(self.device, str)),
+            ("workers", self.workers is None or isinstance(self.workers, int) and not isinstance(self.workers, bool)),
+            ("data_root", self.data_root is None or isinstance(self.data_root, str)),
+            ("recipe", self.recipe is None or isinstance(self.recipe, str)),
+            ("plugins", isinstance(self.plugins, list) and all(isinstance(m, str) for m in self.plugins))) if not ok]
+        if bad:
+            raise UserError(f"the stage run's config.json has invalid {', '.join(bad)}; it is damaged — restore it, "
+                            f"or start the stage again with --overwrite")
 
 
 @dataclass

@@ -16,19 +16,23 @@ loss; 0 for ERM), taken at w with the rest. c = 1 is SAM (computed by SAM's own 
 Cost: two forward passes and three backward passes (SAM: two and two).
 
 Variants:
-- ImbSAM (Zhou et al., ICCV 2023): tail T = {k : n_k < eta}; c_k = 2 on T (the official MindSpore code's
-  factor; its PyTorch script uses 1), 0 elsewhere, so g = grad L_head(w) + 2 grad L_tail(w + e).
+- ImbSAM (Zhou et al., ICCV 2023): tail T = {k : n_k < eta}; c_k = 2 on T (the official code's factor: the
+  MindSpore code's, and the PyTorch script's since its September 2023 commit), 0 elsewhere, so
+  g = grad L_head(w) + 2 grad L_tail(w + e).
 - Focal-SAM (Li et al., ICML 2025): c_k = lambda (1 - pi_k)^gamma with pi the training class prior and
   r_k = 1 - c_k unclamped (the official code's), so the objective is L(w) + sum_k c_k (L_k(w + e) - L_k(w)).
 - SSE-SAM (Lyu et al., AAAI 2025): head H = {k : n_k >= eta} and tail T, two ascents:
   g = grad L_H(w + e_H) + grad L_T(w + e_T) + grad X(w), rho_H = --sse-head-rho until epoch gamma * epochs
-  (then 0: g_H at w), rho_T = --rho (its schedule applies).
+  (then 0: g_H at w), rho_T = --rho (its schedule applies). The weight update is the official code's; its
+  batch-norm running statistics are not: ltsam takes three train-mode passes per step, the official code four,
+  and each pass updates the running statistics.
 - CC-SAM (Zhou et al., CVPR 2023), as its paper states it: a radius per class,
   rho_k = rho ((n_k - 1) / (n_min - 1))^(-1/4) (the rarest class gets --rho; n - 1 floored at 1), one ascent
   per class in the batch on the per-class loss L_k = (1/B) sum_i m_ik p_i:
-  g = sum_k grad L_k(w + e_k) + grad X(w). ``--cc-sam-scope classifier`` perturbs only the classifier
-  (the official code's choice). Cost: 1 + K forward and 2K backward passes for K classes in the batch, and
-  one gradient copy per class.
+  g = sum_k grad L_k(w + e_k) + grad X(w). ``--cc-sam-scope classifier`` applies that formula to the
+  classifier only (the scope the official code perturbs; not its per-tensor normalisation, norm-dependent
+  radius or mixing of perturbed and clean losses). Cost: 1 + K forward and 2K backward passes for K classes
+  in the batch, and one gradient copy per class.
 
 Every pass is a forward of the whole batch in train mode (batch-norm statistics of the whole batch, running
 statistics updated in each pass, as SAM's two passes do). These steps refuse ``torchrun``: several backward
@@ -223,7 +227,7 @@ IMBSAM_OPTIONS = (
     Option("imbsam_eta", float, 20.0, "ImbSAM: classes with fewer training images form the tail (default 20)",
            minimum=0.0),
     Option("imbsam_tail_weight", float, 2.0, "ImbSAM: ascent weight of the tail loss (default 2, the official "
-           "code's)", minimum=0.0),
+           "MindSpore and PyTorch code's)", minimum=0.0),
 )
 
 
@@ -363,8 +367,8 @@ class SSESAMStep(ClassWeightedSAMStep):
 
 
 CC_SAM_OPTIONS = (
-    Option("cc_sam_scope", str, "all", "CC-SAM: perturb all weights (the paper) or the classifier only (the "
-           "official code)", choices=("all", "classifier")),
+    Option("cc_sam_scope", str, "all", "CC-SAM: the paper's per-class ascent on all weights, or on the "
+           "classifier only (the official code's scope, not its other changes)", choices=("all", "classifier")),
 )
 
 _CLASSIFIER_NAMES = ("fc", "fc_cb", "linear", "net.fc")
