@@ -291,9 +291,14 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
     return model, cfg, ckpt
 
 
+def is_stage_config(values: Any) -> bool:
+    """Whether a run folder's config.json is an ``ltsam finetune`` run's (it names a stage and a parent)."""
+    return isinstance(values, dict) and "stage" in values and "parent" in values
+
+
 def _refuse_stage_run(run_dir: Path, values: Any) -> None:
-    """``ltsam train --resume`` on a folder of ``ltsam finetune`` (its config.json names a stage and a parent)."""
-    if isinstance(values, dict) and "stage" in values and "parent" in values:
+    """``ltsam train --resume`` on a folder of ``ltsam finetune``."""
+    if is_stage_config(values):
         raise UserError(f"{run_dir} is a second-stage run (ltsam finetune), not a training run; continue it with "
                         f"`ltsam finetune --resume {run_dir}`")
 
