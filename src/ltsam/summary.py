@@ -79,8 +79,8 @@ def _group_key(config: dict[str, Any]) -> str:
 
 def group_runs(runs: Sequence[RunResult]) -> list[Group]:
     """Runs grouped by their configuration without the seed (and the settings that do not change results),
-    in the order first seen; each group labelled by its run-folder name without ``_seed<N>``, or, where those
-    differ, by the settings in which the groups differ."""
+    in the order first seen; each group labelled by its run-folder name without ``_seed<N>`` (``ce_seed0_crt``:
+    ``ce_crt``), or, where those differ, by the settings in which the groups differ."""
     by_key: dict[str, list[RunResult]] = {}
     for r in runs:
         by_key.setdefault(_group_key(r.settings), []).append(r)
@@ -293,7 +293,7 @@ def check_report_folder(out: Path) -> None:
         raise UserError(f"--out {out} is a file; give a folder for the report")
     if out.is_dir() and not _is_report_folder(out) and any(out.iterdir()):
         raise UserError(f"--out {out} holds files that ltsam report did not write (no {REPORT_MARKER} marker); "
-                        f"choose another --out, e.g. {out / 'report'}, or move its files away")
+                        f"choose another --out (a new or empty folder), or move its files away")
 
 
 def _is_report_folder(out: Path) -> bool:
