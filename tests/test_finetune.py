@@ -104,6 +104,8 @@ def test_crt_changes_only_the_classifier(parent: Path, tmp_path: Path) -> None:
     assert ckpt["format"] == "ltsam-checkpoint-v1" and ckpt["epoch"] == 2 and ckpt["stage"]["name"] == "crt"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert final["parent"]["sha256"] == cfg["parent"]["sha256"] and final["epochs_done"] == 2
+    # the parent's training configuration, unchanged (ltsam report groups the stage runs' seeds by it)
+    assert final["parent_config"] == json.loads((parent / "config.json").read_text())
     _eval_recomputes(out, final, tmp_path)
 
 

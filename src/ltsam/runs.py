@@ -304,18 +304,22 @@ def load_trained(target: str | Path, which: str = "best", device: str = "cpu"
     return model, cfg, ckpt
 
 
-def _is_stage_folder(run_dir: Path) -> bool:
-    """Whether ``run_dir``'s config.json is a second stage's (it names a stage and a parent)."""
-    try:
-        values = json.loads((run_dir / CONFIG_NAME).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
+def is_stage_config(values: Any) -> bool:
+    """Whether a run folder's config.json is an ``ltsam finetune`` run's (it names a stage and a parent)."""
     return isinstance(values, dict) and "stage" in values and "parent" in values
 
 
+def _is_stage_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s config.json is a second stage's."""
+    try:
+        return is_stage_config(json.loads((run_dir / CONFIG_NAME).read_text()))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
 def _refuse_stage_run(run_dir: Path, values: Any) -> None:
-    """``ltsam train --resume`` on a folder of ``ltsam finetune`` (its config.json names a stage and a parent)."""
-    if isinstance(values, dict) and "stage" in values and "parent" in values:
+    """``ltsam train --resume`` on a folder of ``ltsam finetune``."""
+    if is_stage_config(values):
         raise UserError(f"{run_dir} is a second-stage run (ltsam finetune), not a training run; continue it with "
                         f"`ltsam finetune --resume {run_dir}`")
 

@@ -9,8 +9,17 @@ Three ways to pick a run's number, side by side:
 - best test: the highest test top-1 over the epochs, the paper's protocol; it selects on the test set and is
   shown for comparison only.
 
+What counts (:mod:`ltsam.summary_runs`): folders with ltsam's run marker (.ltsam-run) whose run finished
+(final.json with all its epochs; --partial adds unfinished runs, marked), each run once: a copied run folder
+(the same run id) or two runs of one configuration and seed count once, with a warning. Folders left out are
+named under the table. A damaged config.json, final.json or metrics.jsonl line stops the report with one line
+naming the file. A second-stage run (``ltsam finetune``) groups by its stage, options and recipe on its
+parent's configuration; its seed is the parent's, so stages on parents of seeds 0, 1, 2 are three seeds.
+
 Standard deviations are sample standard deviations, s = sqrt(sum_i (x_i - mean)^2 / (n - 1)), over the n runs
-of a group. One run's own table and figures are :mod:`ltsam.report`'s.
+of a group; where only k of them have a value (a diverged run's null), the cell says "(k of n)". The report
+folder gets a .ltsam-report marker: --out must be new, empty or an earlier report's folder, so nothing else is
+overwritten. One run's own table and figures are :mod:`ltsam.report`'s.
 """
 
 from __future__ import annotations
@@ -19,47 +28,43 @@ import argparse
 import csv
 import io
 import json
-import re
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ltsam.errors import UserError
-from ltsam.metrics import best_record
 from ltsam.report import fmt
-from ltsam.sweep.grid import VOLATILE
+from ltsam.runs import RUN_MARKER
+from ltsam.summary_runs import (
+    FOREIGN,
+    GROUP_IGNORES,
+    SHOTS,
+    RunResult,
+    Selection,
+    find_runs,
+    names,
+    seedless,
+    select_runs,
+)
 
-SHOTS = ("many", "medium", "few")
+__all__ = ["GROUP_IGNORES", "RunResult", "build_report", "find_runs", "group_runs", "select_runs", "table"]
+
 SELECTIONS = ("last", "best_val", "best_test")
-GROUP_IGNORES = set(VOLATILE) | {"seed"}
-
-
-@dataclass
-class RunResult:
-    """What the report reads from one run folder."""
-
-    path: Path
-    config: dict[str, Any]
-    complete: bool
-    epochs_done: int
-    picks: dict[str, dict[str, Any] | None]  # selection -> {top1, many, medium, few, epoch, per_class}
-    cls_num_list: list[int]
-    curves: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+REPORT_MARKER = ".ltsam-report"  # written first into a report folder: what lets a later report write there
+REPORT_FORMAT = "ltsam-report-v1"
+REPORT_FILES = ("report.md", "report.csv", "per_class_vs_size.png", "shot_curves.png")
 
 
 @dataclass
 class Group:
     label: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # the settings that define it (RunResult.settings)
     runs: list[RunResult]
 
     def values(self, selection: str, metric: str) -> list[float]:
+        """The values of the runs that have one (a diverged run's null top-1 has none)."""
         out = []
         for r in self.runs:
             pick = r.picks.get(selection)
@@ -68,99 +73,23 @@ class Group:
         return out
 
 
-def _pick(record: dict[str, Any] | None, prefix: str = "test_") -> dict[str, Any] | None:
-    """A metrics.jsonl record as a pick: test top-1 and shot groups at that epoch."""
-    if record is None:
-        return None
-    return {"top1": record[f"{prefix}top1"], **{k: record.get(f"{k}_acc") for k in SHOTS},
-            "epoch": record["epoch"], "per_class": record.get("per_class_acc")}
-
-
-def read_run(path: Path, partial: bool = False) -> RunResult | None:
-    """A run folder's results; None for a run without final.json unless ``partial`` (then its last finished
-    epoch stands for "last"), or for one that finished no epoch."""
-    from ltsam.io import read_json
-
-    config = read_json(path / "config.json")
-    metrics = path / "metrics.jsonl"
-    rows = []
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line being written
-    final_path = path / "final.json"
-    if final_path.is_file():
-        final = read_json(final_path)
-        fin = final["final"]
-        last = {"top1": fin["top1"], **{k: fin["shot_acc"].get(k) for k in SHOTS},
-                "epoch": len(rows) - 1 if rows else None, "per_class": fin["per_class_acc"]}
-        best = final.get("best") or {}
-        best_test = {"top1": best.get("top1"), **{k: (best.get("shot_acc") or {}).get(k) for k in SHOTS},
-                     "epoch": best.get("epoch"), "per_class": best.get("per_class_acc")}
-        bv = final.get("best_val")
-        best_val = None if not bv else {"top1": bv["top1"], **{k: bv["shot_acc"].get(k) for k in SHOTS},
-                                        "epoch": bv["epoch"], "per_class": bv.get("per_class_acc"),
-                                        "val_top1": bv.get("val_top1")}
-        return RunResult(path, config, True, final.get("epochs_done", len(rows)),
-                         {"last": last, "best_val": best_val, "best_test": best_test}, final["cls_num_list"], rows)
-    if not partial or not rows:
-        return None
-    cls_num_list = _cls_num_list(path)
-    return RunResult(path, config, False, len(rows),
-                     {"last": _pick(rows[-1]), "best_val": _pick(best_record(rows, "val_top1")),
-                      "best_test": _pick(best_record(rows, "test_top1"))}, cls_num_list, rows)
-
-
-def _cls_num_list(path: Path) -> list[int]:
-    """Class sizes of an unfinished run, from its last checkpoint."""
-    from ltsam.io import load_checkpoint
-
-    try:
-        return list(load_checkpoint(path / "last.pt").get("cls_num_list") or [])
-    except UserError:
-        return []
-
-
-def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders (holding config.json) named, or found under the folders named (a sweep, a runs/ folder)."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"{p} does not exist; pass run folders or sweep folders")
-        if (p / "config.json").is_file():
-            found.append(p)
-            continue
-        under = sorted(c.parent for c in p.rglob("config.json") if "report" not in c.relative_to(p).parts[:-1])
-        if not under:
-            raise UserError(f"{p} holds no run folders (no config.json under it); pass run or sweep folders")
-        found += under
-    seen, out = set(), []
-    for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
 def _group_key(config: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in GROUP_IGNORES}, sort_keys=True, default=str)
 
 
 def group_runs(runs: Sequence[RunResult]) -> list[Group]:
     """Runs grouped by their configuration without the seed (and the settings that do not change results),
-    in the order first seen; each group labelled by its run-folder name without ``_seed<N>``, or, where those
-    differ, by the settings in which the groups differ."""
+    in the order first seen; each group labelled by its run-folder name without ``_seed<N>`` (``ce_seed0_crt``:
+    ``ce_crt``), or, where those differ, by the settings in which the groups differ."""
     by_key: dict[str, list[RunResult]] = {}
     for r in runs:
-        by_key.setdefault(_group_key(r.config), []).append(r)
-    groups = [Group("", rs[0].config, sorted(rs, key=lambda r: r.seed)) for rs in by_key.values()]
+        by_key.setdefault(_group_key(r.settings), []).append(r)
+    groups = [Group("", rs[0].settings, sorted(rs, key=lambda r: (r.seed, r.stage_seed or 0)))
+              for rs in by_key.values()]
     differing = sorted({k for g in groups for k in g.config if k not in GROUP_IGNORES
                         and len({json.dumps(h.config.get(k), default=str) for h in groups}) > 1})
     for g in groups:
-        stems = {re.sub(r"_seed\d+$", "", r.path.name) for r in g.runs}
+        stems = {seedless(r.path.name) for r in g.runs}
         if len(stems) == 1:
             g.label = stems.pop()
         else:
@@ -180,11 +109,13 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _cell(values: Sequence[float]) -> str:
+def _cell(values: Sequence[float], n: int) -> str:
+    """mean ± std of the values, with ``(k of n)`` where only k of the group's n runs have a value."""
     mean, std = mean_std(values)
     if mean is None:
         return "–"
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    text = fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    return text if len(values) >= n else f"{text} ({len(values)} of {n})"
 
 
 def _paper(group: Group) -> tuple[str, str]:
@@ -208,26 +139,29 @@ def table(groups: Sequence[Group]) -> tuple[str, list[dict[str, Any]]]:
         head += ["best-val top-1", "best-val many", "best-val medium", "best-val few"]
     head += ["best-test top-1 †", "paper top-1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    notes, rows = [], []
+    notes, rows, fewer = [], [], False
     for g in groups:
         paper, diff = _paper(g)
         if diff and paper != "–":
             notes.append(f"‡ {g.label}: the paper's figure is for the recipe as published; these runs differ in "
                          f"{diff}.")
             paper += " ‡"
-        cells = [g.label, str(len(g.runs))]
-        cells += [_cell(g.values("last", m)) for m in ("top1", *SHOTS)]
+        n = len(g.runs)
+        cells = [g.label, str(n)]
+        cells += [_cell(g.values("last", m), n) for m in ("top1", *SHOTS)]
         if has_val:
-            cells += [_cell(g.values("best_val", m)) for m in ("top1", *SHOTS)]
-        cells += [_cell(g.values("best_test", "top1")), paper]
+            cells += [_cell(g.values("best_val", m), n) for m in ("top1", *SHOTS)]
+        cells += [_cell(g.values("best_test", "top1"), n), paper]
+        fewer = fewer or any(" of " in c for c in cells[2:])
         lines.append("| " + " | ".join(cells) + " |")
         row: dict[str, Any] = {"config": g.label, "n": len(g.runs), "seeds": " ".join(str(r.seed) for r in g.runs),
                                "complete": sum(r.complete for r in g.runs),
                                "epochs": " ".join(sorted({str(r.epochs_done) for r in g.runs}))}
         for sel in SELECTIONS:
             for m in ("top1", *SHOTS):
-                mean, std = mean_std(g.values(sel, m))
-                row[f"{sel}_{m}_mean"], row[f"{sel}_{m}_std"] = mean, std
+                values = g.values(sel, m)
+                mean, std = mean_std(values)
+                row[f"{sel}_{m}_mean"], row[f"{sel}_{m}_std"], row[f"{sel}_{m}_n"] = mean, std, len(values)
         row["paper_top1"] = None if paper == "–" else float(paper.split()[0])
         row["runs"] = " ".join(str(r.path) for r in g.runs)
         rows.append(row)
@@ -241,9 +175,14 @@ def table(groups: Sequence[Group]) -> tuple[str, list[dict[str, Any]]]:
         "† best-test: the highest test top-1 over the epochs — the paper's protocol, selected on the test set; "
         "for comparison only.",
         "paper: the published top-1 of the recipe (one run, best test epoch).",
+        *(["(k of n): only k of the group's n runs have that value (e.g. a diverged run's null); the mean and "
+           "std are over those k."] if fewer else []),
         *notes])
-    if any(not r.complete for g in groups for r in g.runs):
-        text += ("\n* Includes unfinished runs (--partial): their last finished epoch stands for 'last'.")
+    unfinished = [r for g in groups for r in g.runs if not r.complete]
+    if unfinished:
+        which = ", ".join(f"{r.path.name} ({r.epochs_done} of {r.epochs if r.epochs is not None else '?'} epochs)"
+                          for r in unfinished)
+        text += f"\n* Includes unfinished runs (--partial): {which}; their last finished epoch stands for 'last'."
     return text, rows
 
 
@@ -331,26 +270,66 @@ def save_figures(out: Path, groups: Sequence[Group]) -> list[Path]:
     return written
 
 
+def _left_out(selection: Selection, partial: bool) -> list[str]:
+    """The report's lines on folders left out, and on runs counted once."""
+    lines = []
+    if selection.foreign:
+        lines.append(f"Left out: {len(selection.foreign)} folder(s), {FOREIGN} ({names(selection.foreign)}).")
+    if selection.unfinished:
+        lines.append(f"Left out: {len(selection.unfinished)} unfinished run(s) ({names(selection.unfinished)}); "
+                     f"--partial includes them.")
+    if selection.empty:
+        lines.append(f"Left out: {len(selection.empty)} run(s) with no finished epoch ({names(selection.empty)}).")
+    for members, why in selection.merged:
+        lines.append(f"Warning: counted once: {', '.join(str(r.path) for r in members)} — {why}; the first is "
+                     f"the one counted.")
+    return lines
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse an ``--out`` that the report did not make: a file, or a folder holding files but no
+    ``.ltsam-report`` marker (the report never overwrites a file it did not write)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the report")
+    if out.is_dir() and not _is_report_folder(out) and any(out.iterdir()):
+        raise UserError(f"--out {out} holds files that ltsam report did not write (no {REPORT_MARKER} marker); "
+                        f"choose another --out (a new or empty folder), or move its files away")
+
+
+def _is_report_folder(out: Path) -> bool:
+    try:
+        return (out / REPORT_MARKER).read_text().startswith("ltsam-report-v")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None, partial: bool = False,
                  figures: bool = True) -> tuple[str, Path]:
-    """Read the runs, write report.md, report.csv and the figures into ``out``; return (text, out)."""
+    """Read the runs, write report.md, report.csv and the figures into ``out`` (marked as a report folder);
+    return (text, out)."""
     from ltsam.io import write_text
 
-    folders = find_runs(paths)
-    results = [read_run(p, partial) for p in folders]
-    skipped = [p for p, r in zip(folders, results) if r is None]
-    runs = [r for r in results if r is not None]
-    if not runs:
-        raise UserError(f"none of the {len(folders)} run folder(s) has finished (no final.json); wait for them, "
-                        f"or pass --partial to report their last finished epoch")
-    groups = group_runs(runs)
-    text, rows = table(groups)
-    if skipped:
-        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        text += (f"\nLeft out: {len(skipped)} run(s) with no finished epoch ({names})." if partial else
-                 f"\nLeft out: {len(skipped)} unfinished run(s) ({names}); --partial includes them.")
     out = Path(out) if out else Path(paths[0]) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    check_report_folder(out)  # before any work
+    folders = find_runs(paths)
+    selection = select_runs(folders, partial)
+    if not selection.runs:
+        if len(selection.foreign) == len(folders):
+            raise UserError(f"none of the {len(folders)} folder(s) with a config.json is an ltsam run folder (no "
+                            f"{RUN_MARKER} marker); pass folders that ltsam train or ltsam finetune wrote")
+        raise UserError(f"none of the {len(folders)} run folder(s) has finished (final.json with all its epochs); "
+                        f"wait for them, or pass --partial to report their last finished epoch")
+    groups = group_runs(selection.runs)
+    text, rows = table(groups)
+    notes = _left_out(selection, partial)
+    if notes:
+        text += "\n" + "\n".join(notes)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror}); choose a writable location") from None
+    if not _is_report_folder(out):
+        write_text(out / REPORT_MARKER, f"{REPORT_FORMAT}\n")
     write_text(out / "report.md", text + "\n")
     write_csv(out / "report.csv", rows)
     if figures:
@@ -362,9 +341,10 @@ def add_report_command(sub) -> None:
     p = sub.add_parser("report", help="mean ± std over seeds of run or sweep folders (Markdown, CSV, figures)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders, sweep folders or folders of runs")
-    p.add_argument("--out", help="where report.md, report.csv and the figures go (default: FIRST_PATH/report)")
+    p.add_argument("--out", help="where report.md, report.csv and the figures go (default: FIRST_PATH/report); "
+                                 f"a folder of an earlier report ({REPORT_MARKER}) or a new or empty one")
     p.add_argument("--partial", action="store_true",
-                   help="include unfinished runs (their last finished epoch stands for 'last')")
+                   help="include unfinished runs, marked (their last finished epoch stands for 'last')")
     p.add_argument("--no-figures", action="store_true", help="only the table and the CSV")
     p.set_defaults(func=cmd_report)
 

@@ -2,9 +2,10 @@
 
 The folder holds ``config.json`` (the stage, its options and the parent: checkpoint path and SHA-256),
 ``metrics.jsonl``, ``last.pt``/``best.pt`` (ltsam checkpoints of the parent's architecture with the
-stage's classifier folded in, plus the head's own state for ``--resume``), ``final.json`` and the
-figures. The parent's data set, batch sources, evaluation and checkpoint format are the trainer's;
-one process or several under ``torchrun`` (rank 0 writes the folder).
+stage's classifier folded in, plus the head's own state for ``--resume``), ``final.json`` (with the
+parent's training configuration, ``parent_config``) and the figures. The parent's data set, batch
+sources, evaluation and checkpoint format are the trainer's; one process or several under ``torchrun``
+(rank 0 writes the folder).
 """
 
 from __future__ import annotations
@@ -289,6 +290,7 @@ class StageRunner:
         metrics = self.run_dir / "metrics.jsonl"
         summary = {
             "stage": self.stage.name, "stage_options": self.settings.options, "parent": self.parent.info,
+            "parent_config": self.parent.ckpt["config"],  # what `ltsam report` groups the stage's seeds by
             "epochs_done": sum(1 for ln in metrics.read_text().splitlines() if ln.strip())
             if self.stage.trains and metrics.exists() else 0,
             "epochs": self.stage.epochs if self.stage.trains else 0,
