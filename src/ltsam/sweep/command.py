@@ -4,6 +4,7 @@ write it as a plain sbatch array script."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import time
 
@@ -72,7 +73,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          timeout_min=args.timeout_min, partition=args.partition,
                          array_parallelism=args.array_parallelism, cpus_per_run=args.cpus_per_run,
                          mem_gb=args.mem_gb, slurm_args=_slurm_args(args.slurm_arg), resubmit=args.resubmit)
-    sweep = load_sweep(args.grid, args.out)  # every entry checked here: nothing has started yet
+    # every entry checked here: nothing has started yet (a dry run imports no plugin: it runs no code of the grid's)
+    sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run)
     check_folders(sweep)
     configs = len({r.config for r in sweep.runs})
     seeds = len({r.seed for r in sweep.runs})
@@ -80,7 +82,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{len(sweep.runs) // (configs * seeds)} grid point(s) x {seeds} seed(s)) in {sweep.out}", flush=True)
     if args.dry_run:
         for run in sweep.runs:
-            print(f"  {run.name}  [{run.config_hash}]  ltsam train {' '.join(run.argv)}")
+            what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
+            print(f"  {run.name}  [{what}]  {shlex.join(['ltsam', 'train', *run.argv])}")
         return 0
     if args.emit_sbatch:
         manifest = Manifest(sweep)

@@ -44,7 +44,7 @@ def check_folders(sweep: Sweep) -> None:
     changed, e.g. its base epochs): one line naming the run, the settings that differ and the fix."""
     for run in sweep.runs:
         path = run_dir(sweep, run) / "config.json"
-        if not path.is_file():
+        if not run.checked or not path.is_file():
             continue
         try:
             saved = json.loads(path.read_text())
