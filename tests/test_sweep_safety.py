@@ -4,7 +4,9 @@ jobs that must not import the working folder's files, and runs that must die wit
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,94 @@ def test_an_unsafe_sweep_name_is_refused_in_one_line(tmp_path: Path, capsys, nam
     assert code == 2
     _one_error(err, "sweep name", "set `name:`")
     assert not script.exists() and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- A: the sbatch script quotes what it writes
+STUB_PYTHON = """#!/bin/bash
+# A stand-in for python: the run-finished check says "not finished"; anything else records its argv.
+if [[ $3 == */runs/* && $# == 3 ]]; then exit 1; fi
+printf '%s\\0' "$@" > "$RECORD"
+"""
+
+
+@pytest.mark.parametrize("value", ["x y", "a\nb", "$(touch /tmp/X)", "with\"quote"])
+def test_partition_and_slurm_arg_keys_must_be_plain_names(tmp_path: Path, capsys, value: str) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits}\nconfigs: {a: {}}\n")
+    script = tmp_path / "job.sh"
+    for flags in (["--partition", value], ["--slurm-arg", f"{value}=1"]):
+        code, _, err = _sweep([str(grid), "--out", str(tmp_path / "sw"), "--emit-sbatch", str(script), *flags],
+                              capsys)
+        assert code == 2
+        _one_error(err, "--partition" if flags[0] == "--partition" else "--slurm-arg")
+        assert not script.exists() and not (tmp_path / "sw").exists()
+
+
+def test_a_slurm_arg_value_with_a_line_break_is_refused(tmp_path: Path, capsys) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits}\nconfigs: {a: {}}\n")
+    code, _, err = _sweep([str(grid), "--out", str(tmp_path / "sw"), "--emit-sbatch", str(tmp_path / "j.sh"),
+                           "--slurm-arg", "comment=a\ntouch /tmp/X"], capsys)
+    assert code == 2
+    _one_error(err, "--slurm-arg comment", "line break")
+
+
+def _sbatch_args(line: str) -> list[str]:
+    """An #SBATCH line's arguments as sbatch reads them: whitespace splits, '...' or "..." group, a backslash
+    escapes the next character, an unquoted # ends the line."""
+    args, word, quote, escape, started = [], "", "", False, False
+    for c in line[len("#SBATCH"):]:
+        if escape:
+            word, escape = word + c, False
+        elif c == "\\":
+            escape = started = True
+        elif quote:
+            if c == quote:
+                quote = ""
+            else:
+                word += c
+        elif c in "\"'":
+            quote, started = c, True
+        elif c == "#":
+            break
+        elif c.isspace():
+            if started or word:
+                args.append(word)
+            word, started = "", False
+        else:
+            word += c
+    assert not quote, line
+    return args + ([word] if started or word else [])
+
+
+def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp_path: Path, capsys) -> None:
+    from ltsam.launcher import ltsam_command
+    from ltsam.sweep.launch import start_args
+
+    marker = tmp_path / "INJECTED"
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: safe\nbase: {dataset: digits, epochs: 1}\nconfigs:\n"
+                    f"  a: {{data-root: \"x$(touch {marker})`touch {marker}`; touch {marker}\"}}\n")
+    out = tmp_path / "a sweep folder with 'quotes' #1"
+    script = tmp_path / "job.sh"
+    code, _, err = _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(script),
+                           "--slurm-arg", "comment=two words \"quoted\" # not a comment"], capsys)
+    assert code == 0, err
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    directives = {a.partition("=")[0]: a.partition("=")[2] for ln in text.splitlines()
+                  if ln.startswith("#SBATCH ") for a in _sbatch_args(ln)}
+    assert directives["--output"] == f"{out.resolve()}/logs/%A_%a.out"  # the whole path, spaces and all
+    assert directives["--comment"] == 'two words "quoted" # not a comment'
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    record = tmp_path / "argv"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, SLURM_ARRAY_TASK_ID="0", LTSAM_PYTHON=str(stub), RECORD=str(record)))
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    run = load_sweep(grid, out).runs[0]
+    folder = str(out.resolve() / "runs" / run.name)
+    expected = ltsam_command(start_args(folder, run.argv), str(stub))
+    assert record.read_bytes().split(b"\0")[:-1] == [a.encode() for a in expected[1:]]  # the stub's own argv

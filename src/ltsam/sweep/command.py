@@ -64,7 +64,7 @@ def _slurm_args(items: list[str]) -> dict[str, str]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ltsam.sweep.launch import LaunchOptions, gpus_per_run, lock, run_local, still_queued, submit_slurm
-    from ltsam.sweep.sbatch import write_sbatch
+    from ltsam.sweep.sbatch import check_slurm_options, write_sbatch
     from ltsam.sweep.state import DONE, INTERRUPTED, Manifest, check_folders
 
     if args.mem_gb is not None and not args.mem_gb > 0:
@@ -73,6 +73,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          timeout_min=args.timeout_min, partition=args.partition,
                          array_parallelism=args.array_parallelism, cpus_per_run=args.cpus_per_run,
                          mem_gb=args.mem_gb, slurm_args=_slurm_args(args.slurm_arg), resubmit=args.resubmit)
+    check_slurm_options(opts)  # a partition or --slurm-arg that no #SBATCH line can hold safely: one line
     # every entry checked here: nothing has started yet (a dry run imports no plugin: it runs no code of the grid's)
     sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run)
     check_folders(sweep)

@@ -59,7 +59,7 @@ class RunSpec:
     @property
     def plugins(self) -> list[str]:
         """The ``--plugin`` modules the run names."""
-        return _values_of(self.argv, "--plugin")
+        return flag_values(self.argv, "--plugin")
 
     @property
     def group(self) -> str:
@@ -292,7 +292,7 @@ class TrainFlags:
         from ltsam.recipes import get_recipe
         from ltsam.train_cli import _train_overrides
 
-        load_plugins(_values_of(argv, "--plugin"))
+        load_plugins(flag_values(argv, "--plugin"))
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -318,7 +318,8 @@ def _check_data_root(cfg: Any) -> None:
         raise UserError(f"--data-root {cfg.data_root} does not exist ({cfg.dataset} reads its images there)")
 
 
-def _values_of(argv: Iterable[str], flag: str) -> list[str]:
+def flag_values(argv: Iterable[str], flag: str) -> list[str]:
+    """The values a flag takes on a command line (``--plugin A --plugin B`` -> ``[A, B]``)."""
     argv = list(argv)
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 

@@ -22,8 +22,10 @@ from typing import Any
 import submitit
 
 from ltsam.errors import UserError
-from ltsam.sweep.grid import RunSpec, Sweep
-from ltsam.sweep.state import DONE, Manifest, folder_state, run_dir
+from ltsam.launcher import ltsam_command, torchrun_command
+from ltsam.runs import run_finished
+from ltsam.sweep.grid import RunSpec, Sweep, flag_values
+from ltsam.sweep.state import Manifest, folder_state, run_dir
 
 # SLURM job states in which a job still owns its run folder (a re-run of the sweep leaves it alone).
 QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -31,13 +33,21 @@ QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 MAX_REQUEUES = 30  # time limits a run may hit, each followed by a requeue that resumes it
 
 
-def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
-    """``ltsam`` arguments for a run: resume from ``last.pt`` if the folder holds one, else start fresh
-    (replacing a folder whose run never finished an epoch)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "last.pt").is_file():
-        return ["train", "--resume", str(run_dir), "--no-progress"]
+def start_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments that start a run afresh (replacing a folder whose run never finished an epoch)."""
     return ["train", *argv, "--out", str(run_dir), "--overwrite", "--no-progress"]
+
+
+def resume_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments that resume a run from its ``last.pt``, with the run's own ``--plugin`` modules (a
+    resumed run imports only the plugins its command line names, never those its config.json records)."""
+    plugins = [arg for module in flag_values(argv, "--plugin") for arg in ("--plugin", module)]
+    return ["train", "--resume", str(run_dir), *plugins, "--no-progress"]
+
+
+def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments for a run: resume it if the folder holds a ``last.pt``, else start it."""
+    return resume_args(run_dir, argv) if (Path(run_dir) / "last.pt").is_file() else start_args(run_dir, argv)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -53,13 +63,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._proc: subprocess.Popen | None = None
 
     def __call__(self, run_dir: str, argv: list[str], gpus: int = 1) -> str:
-        if folder_state(Path(run_dir)) == DONE:
+        if run_finished(Path(run_dir)):
             return "done already"
         args = train_args(run_dir, argv)
-        cmd = [sys.executable, "-m", "ltsam", *args]
-        if gpus > 1:  # one process per GPU: torchrun on this node
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                   "-m", "ltsam", *args]
+        # as the installed `ltsam` starts: the working folder's files (a tqdm.py) are never imported
+        cmd = torchrun_command(args, gpus) if gpus > 1 else ltsam_command(args)  # torchrun: one process per GPU
         self._proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         try:
             code = self._proc.wait()
