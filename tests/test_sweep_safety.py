@@ -4,9 +4,12 @@ jobs that must not import the working folder's files, and runs that must die wit
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,171 @@ def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp
     folder = str(out.resolve() / "runs" / run.name)
     expected = ltsam_command(start_args(folder, run.argv), str(stub))
     assert record.read_bytes().split(b"\0")[:-1] == [a.encode() for a in expected[1:]]  # the stub's own argv
+
+
+# ---------------------------------------------------------------- the resume command names the run's plugins
+def test_a_resumed_run_is_given_its_own_plugin_flags(tmp_path: Path) -> None:
+    from ltsam.sweep.launch import train_args
+
+    argv = ["--dataset", "digits", "--plugin", "my.plugin", "--epochs", "2", "--plugin", "other"]
+    assert train_args(tmp_path, argv)[:2] == ["train", "--dataset"]  # no last.pt: a fresh start, all flags
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert train_args(tmp_path, argv) == ["train", "--resume", str(tmp_path), "--plugin", "my.plugin",
+                                          "--plugin", "other", "--no-progress"]
+
+
+# ---------------------------------------------------------------- C: the sweep folder
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("extra", [[], ["--emit-sbatch", "job.sh"], ["--dry-run"]])
+def test_a_foreign_folder_is_refused_and_left_byte_for_byte(tmp_path: Path, capsys, monkeypatch,
+                                                            extra: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1}\nconfigs: {a: {}}\n")
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"theirs": true}\n')
+    (foreign / ".lock").write_text("12345\n")
+    (foreign / "notes.txt").write_text("keep me")
+    before = _snapshot(foreign)
+    code, _, err = _sweep([str(grid), "--out", str(foreign), *extra], capsys)
+    assert code == 2
+    _one_error(err, str(foreign), "not an ltsam sweep folder")
+    assert _snapshot(foreign) == before
+    assert not (tmp_path / "job.sh").exists()
+
+
+@pytest.mark.parametrize("out", [".", "..", "~"])
+def test_the_working_folder_one_above_it_and_home_are_refused(tmp_path: Path, capsys, monkeypatch,
+                                                              out: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    grid = work / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1}\nconfigs: {a: {}}\n")
+    before = _snapshot(tmp_path)
+    code, _, err = _sweep([str(grid), "--out", str(Path(out).expanduser()), "--emit-sbatch", "job.sh"], capsys)
+    assert code == 2
+    _one_error(err, "a sweep needs a folder of its own")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_sweep_folder_is_marked_and_a_running_sweep_refuses_a_second(tmp_path: Path, capsys) -> None:
+    from ltsam.runs import RunLock
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1}\nconfigs: {a: {}}\n")
+    out = tmp_path / "sw"
+    assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
+    assert (out / ".ltsam-sweep").read_text().startswith("ltsam-sweep-v1")
+    held = RunLock(out)  # a running `ltsam sweep` holds the sweep folder's lock
+    try:
+        code, _, err = _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j2.sh")], capsys)
+    finally:
+        held.release()
+    assert code == 2
+    _one_error(err, "another `ltsam sweep`", f"pid {os.getpid()}")
+    assert not (tmp_path / "j2.sh").exists()
+
+
+# ---------------------------------------------------------------- D: a stopped run is not a finished one
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", OMP_NUM_THREADS="1")
+
+
+def _rows(run: Path) -> list[str]:
+    return (run / "metrics.jsonl").read_text().splitlines()
+
+
+def test_a_stopped_after_run_is_resumed_by_the_sweep_and_finishes(tmp_path: Path, capsys) -> None:
+    from ltsam.runs import run_finished
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 3, batch-size: 64}\nconfigs: {a: {}}\n")
+    out = tmp_path / "sw"
+    assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
+    run = load_sweep(grid, out).runs[0]
+    folder = out / "runs" / run.name
+    assert main(["train", *run.argv, "--out", str(folder), "--stop-after", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    final = json.loads((folder / "final.json").read_text())
+    assert (final["epochs_done"], final["epochs"]) == (1, 3) and not run_finished(folder)
+    first = _rows(folder)
+    code, printed, err = _sweep([str(grid), "--out", str(out), "--executor", "debug"], capsys)
+    assert code == 0, err
+    assert "0 done (skipped), 1 interrupted (resumed from last.pt)" in printed
+    assert run_finished(folder) and json.loads((folder / "final.json").read_text())["epochs_done"] == 3
+    assert _rows(folder)[:1] == first  # resumed from its first epoch, not started again
+
+
+# ---------------------------------------------------------------- G: a failed run says why
+def test_a_failed_run_prints_the_trainings_error_line_then_the_log(tmp_path: Path, capsys) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1, batch-size: 64}\nconfigs: {a: {}}\n")
+    out = tmp_path / "sw"
+    assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
+    folder = out / "runs" / "a_seed0"
+    folder.mkdir(parents=True)
+    (folder / "mine.txt").write_text("not ltsam's")  # `ltsam train --out` refuses the folder: exit 2
+    code, printed, _ = _sweep([str(grid), "--out", str(out)], capsys)
+    assert code == 3
+    line = next(ln for ln in printed.splitlines() if "FAILED a_seed0" in ln)
+    assert re.search(rf"FAILED a_seed0: ltsam: error: {re.escape(str(folder))} is not empty and is not an ltsam "
+                     r"run folder .*; log \S+\.err$", line), line
+    assert (folder / "mine.txt").read_text() == "not ltsam's"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"]["a_seed0"]["error"].startswith("ltsam: error: ")
+
+
+# ---------------------------------------------------------------- B: no file of the working folder is imported
+def _marker_module(folder: Path, name: str, marker: Path) -> None:
+    (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write('imported\\n')\n"
+                                       f"raise ImportError('the working folder\\'s {name}.py')\n")
+
+
+def test_sweep_jobs_do_not_import_the_working_folders_files(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "IMPORTED"
+    _marker_module(work, "tqdm", marker)
+    (work / "g.yaml").write_text("base: {dataset: digits, epochs: 1, batch-size: 64}\nconfigs: {a: {}}\n")
+    ltsam = Path(sys.executable).parent / "ltsam"
+    done = subprocess.run([str(ltsam), "sweep", "g.yaml", "--out", "sw", "--executor", "local"], cwd=work,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not marker.exists()
+    from ltsam.runs import run_finished
+
+    assert run_finished(work / "sw" / "runs" / "a_seed0")
+
+
+def test_python_dash_m_ltsam_does_not_import_the_working_folders_files(tmp_path: Path) -> None:
+    marker = tmp_path / "IMPORTED"
+    _marker_module(tmp_path, "tqdm", marker)
+    done = subprocess.run([sys.executable, "-m", "ltsam", "train", "--dataset", "digits", "--epochs", "1",
+                           "--batch-size", "64", "--out", "run"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not marker.exists()
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["epochs_done"] == 1
+
+
+def test_the_launcher_commands_drop_the_working_folder(tmp_path: Path) -> None:
+    from ltsam.launcher import ltsam_command, without_working_folder
+
+    marker = tmp_path / "IMPORTED"
+    _marker_module(tmp_path, "yaml", marker)
+    (tmp_path / "g.yaml").write_text("base: {dataset: digits}\nconfigs: {a: {}}\n")
+    done = subprocess.run(ltsam_command(["sweep", "g.yaml", "--dry-run"]), cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not marker.exists()  # the grid was read with the real yaml
+    assert without_working_folder([str(tmp_path), "/lib"], str(tmp_path), False) == ["/lib"]
+    assert without_working_folder(["", "/lib"], str(tmp_path), False) == ["/lib"]
+    assert without_working_folder(["/lib", str(tmp_path)], str(tmp_path), False) == ["/lib", str(tmp_path)]
+    assert without_working_folder([str(tmp_path), "/lib"], str(tmp_path), True) == [str(tmp_path), "/lib"]

@@ -9,6 +9,7 @@ snippet's own imports matter), then runs ltsam's (or torchrun's) ``main``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,10 @@ from collections.abc import Sequence
 _STRIP = "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
 LTSAM_SNIPPET = _STRIP + "from ltsam.cli import main; sys.exit(main(sys.argv[1:]))"
 TORCHRUN_SNIPPET = _STRIP + "from torch.distributed.run import main; sys.exit(main())"
+# submitit's job process (``python -u -m submitit.core._submit FOLDER``, which unpickles the job and so imports
+# ltsam): submitit appends ``-u -m submitit.core._submit FOLDER`` to the command, of which only FOLDER is kept.
+SUBMITIT_SNIPPET = _STRIP + ("sys.argv[1:] = sys.argv[-1:]; from submitit.core.submission import submitit_main; "
+                             "submitit_main()")
 # Exit 0 when the run folder sys.argv[1] holds a finished run (all its epochs), else 1.
 FINISHED_SNIPPET = _STRIP + ("from pathlib import Path; from ltsam.runs import run_finished; "
                              "sys.exit(0 if run_finished(Path(sys.argv[1])) else 1)")
@@ -32,6 +37,11 @@ def torchrun_command(args: Sequence[str], gpus: int, python: str | None = None) 
     python = python or sys.executable
     return [python, "-c", TORCHRUN_SNIPPET, "--standalone", f"--nproc_per_node={gpus}", "--no-python",
             *ltsam_command(args, python)]
+
+
+def submitit_python(python: str | None = None) -> str:
+    """The ``python`` of submitit's LocalExecutor (a shell-quoted command) that runs its jobs safely."""
+    return shlex.join([python or sys.executable, "-u", "-c", SUBMITIT_SNIPPET])
 
 
 def finished_command(run_dir: str, python: str | None = None) -> list[str]:

@@ -7,11 +7,16 @@ import argparse
 import shlex
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from ltsam.argtypes import non_negative_int, positive_int
 from ltsam.errors import UserError
 from ltsam.sweep.grid import __doc__ as GRID_DOC
 from ltsam.sweep.grid import load_sweep
+
+if TYPE_CHECKING:
+    from ltsam.sweep.grid import Sweep
+    from ltsam.sweep.launch import LaunchOptions
 
 
 def add_sweep_command(sub) -> None:
@@ -63,9 +68,10 @@ def _slurm_args(items: list[str]) -> dict[str, str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ltsam.sweep.launch import LaunchOptions, gpus_per_run, lock, run_local, still_queued, submit_slurm
-    from ltsam.sweep.sbatch import check_slurm_options, write_sbatch
-    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest, check_folders
+    from ltsam.sweep.folder import check_sweep_dir, open_sweep_dir
+    from ltsam.sweep.launch import LaunchOptions
+    from ltsam.sweep.sbatch import check_slurm_options
+    from ltsam.sweep.state import check_folders
 
     if args.mem_gb is not None and not args.mem_gb > 0:
         raise UserError(f"--mem-gb must be positive, got {args.mem_gb}")
@@ -76,6 +82,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_slurm_options(opts)  # a partition or --slurm-arg that no #SBATCH line can hold safely: one line
     # every entry checked here: nothing has started yet (a dry run imports no plugin: it runs no code of the grid's)
     sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run)
+    check_sweep_dir(sweep.out)  # the working folder, or someone else's: refused, untouched
     check_folders(sweep)
     configs = len({r.config for r in sweep.runs})
     seeds = len({r.seed for r in sweep.runs})
@@ -86,6 +93,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
             print(f"  {run.name}  [{what}]  {shlex.join(['ltsam', 'train', *run.argv])}")
         return 0
+    held = open_sweep_dir(sweep.out)  # marked ours, and locked until this command ends
+    try:
+        return _sweep(sweep, args, opts)
+    finally:
+        held.release()
+
+
+def _sweep(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions) -> int:
+    """Write the sbatch script, or run (or submit) what is not done, with the sweep folder locked."""
+    from ltsam.sweep.launch import gpus_per_run, run_local, still_queued, submit_slurm
+    from ltsam.sweep.sbatch import write_sbatch
+    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest
+
     if args.emit_sbatch:
         manifest = Manifest(sweep)
         manifest.refresh()
@@ -94,7 +114,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"wrote {path}: one SLURM array task per run; submit it with `sbatch {path}`; "
               f"`ltsam report {sweep.out}` summarises the runs", flush=True)
         return 0
-    held = lock(sweep)  # noqa: F841 - held until the process ends
     manifest = Manifest(sweep)
     states = manifest.refresh()
     manifest.save()
