@@ -4,12 +4,16 @@ jobs that must not import the working folder's files, and runs that must die wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -344,3 +348,81 @@ def test_the_launcher_commands_drop_the_working_folder(tmp_path: Path) -> None:
     assert without_working_folder(["", "/lib"], str(tmp_path), False) == ["/lib"]
     assert without_working_folder(["/lib", str(tmp_path)], str(tmp_path), False) == ["/lib", str(tmp_path)]
     assert without_working_folder([str(tmp_path), "/lib"], str(tmp_path), True) == [str(tmp_path), "/lib"]
+
+
+# ---------------------------------------------------------------- E: jobs die with their driver
+def _wait_for(test, timeout: float, every: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if test():
+            return True
+        time.sleep(every)
+    return bool(test())
+
+
+def test_killing_the_driver_stops_its_training_and_a_rerun_resumes_it(tmp_path: Path) -> None:
+    from ltsam.runs import lock_holder, run_finished
+
+    (tmp_path / "g.yaml").write_text("base: {dataset: digits, epochs: 20, batch-size: 64, threads: 1}\n"
+                                     "configs: {a: {}}\n")
+    ltsam = str(Path(sys.executable).parent / "ltsam")
+    folder = tmp_path / "sw" / "runs" / "a_seed0"
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([ltsam, "sweep", "g.yaml", "--out", "sw"], cwd=tmp_path, env=_env(), stdout=log,
+                              stderr=subprocess.STDOUT)
+    trainer = None
+    try:
+        assert _wait_for(lambda: lock_holder(folder) and (folder / "last.pt").is_file(), 120), \
+            (tmp_path / "driver.log").read_text()
+        trainer = lock_holder(folder)
+        assert trainer and trainer != driver.pid
+        driver.kill()  # SIGKILL: no handler of the driver's runs
+        driver.wait()
+        assert _wait_for(lambda: lock_holder(folder) is None, 20), f"pid {trainer} still trains {folder}"
+        trainer = None
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if trainer:  # the training this test started, left behind by a failure
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(trainer, signal.SIGKILL)
+        log.close()
+    assert not run_finished(folder)
+    before = _rows(folder)
+    assert 1 <= len(before) < 20
+    rerun = subprocess.run([ltsam, "sweep", "g.yaml", "--out", "sw"], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "1 interrupted (resumed from last.pt)" in rerun.stdout and "resuming a_seed0" in rerun.stdout
+    assert run_finished(folder)
+    assert _rows(folder)[:len(before)] == before and len(_rows(folder)) == 20  # resumed, not started again
+
+
+def test_a_run_folder_still_trained_by_another_process_is_waited_for(tmp_path: Path, capsys) -> None:
+    from ltsam.runs import RunLock, run_finished
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1, batch-size: 64, threads: 1}\nconfigs: {a: {}}\nseeds: 2\n")
+    out = tmp_path / "sw"
+    assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
+    folder = out / "runs" / "a_seed0"
+    folder.mkdir(parents=True)
+    held = RunLock(folder)  # as an orphaned training of an earlier sweep holds it
+    seen = {}
+
+    def release() -> None:
+        time.sleep(4)
+        seen["other started"] = (out / "runs" / "a_seed1").exists()
+        held.release()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        code, printed, err = _sweep([str(grid), "--out", str(out), "--parallel", "1"], capsys)
+    finally:
+        thread.join()
+    assert code == 0, printed + err
+    waits = [ln for ln in printed.splitlines() if "waiting for" in ln]
+    assert len(waits) == 1 and f"waiting for a_seed0, still trained by pid {os.getpid()}" in waits[0]
+    assert seen["other started"] is False  # the busy folder takes the one slot of --parallel 1
+    assert run_finished(folder) and run_finished(out / "runs" / "a_seed1")
