@@ -426,3 +426,16 @@ def test_a_run_folder_still_trained_by_another_process_is_waited_for(tmp_path: P
     assert len(waits) == 1 and f"waiting for a_seed0, still trained by pid {os.getpid()}" in waits[0]
     assert seen["other started"] is False  # the busy folder takes the one slot of --parallel 1
     assert run_finished(folder) and run_finished(out / "runs" / "a_seed1")
+
+
+def test_the_torchrun_command_starts_workers_that_import_nothing_from_the_working_folder(tmp_path: Path) -> None:
+    from ltsam.launcher import torchrun_command
+
+    marker = tmp_path / "IMPORTED"
+    _marker_module(tmp_path, "tqdm", marker)
+    cmd = torchrun_command(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--out", "run"], 2)
+    assert "--no-python" in cmd and "-m" not in cmd
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not marker.exists()
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["epochs_done"] == 1
