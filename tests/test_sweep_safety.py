@@ -48,10 +48,17 @@ def test_a_grid_of_a_trillion_seeds_is_refused_in_one_line(tmp_path: Path, capsy
     _one_error(err, "4,000,000,000,000 runs", "at most 10,000")
 
 
-def test_a_grid_of_exactly_the_cap_expands(tmp_path: Path) -> None:
+def test_a_grid_at_the_cap_expands_and_one_run_more_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from ltsam.errors import UserError
+    from ltsam.sweep import grid as grid_module
+
+    monkeypatch.setattr(grid_module, "MAX_RUNS", 6)
     grid = tmp_path / "g.yaml"
-    grid.write_text("base: {dataset: digits}\nconfigs: {a: {}}\nseeds: 10000\n")
-    assert len(load_sweep(grid).runs) == 10_000
+    grid.write_text("base: {dataset: digits}\nconfigs: {a: {}, b: {}}\nseeds: 3\n")
+    assert len(load_sweep(grid).runs) == 6
+    grid.write_text("base: {dataset: digits}\nconfigs: {a: {}, b: {}}\nseeds: [0, 1, 2, 5]\n")
+    with pytest.raises(UserError, match="asks for 8 runs"):
+        load_sweep(grid)
 
 
 # ---------------------------------------------------------------- H: a dry run runs no code of the grid's

@@ -21,6 +21,7 @@ values give way to any flag the grid sets (as ``ltsam train --recipe`` does). A 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import io
@@ -203,8 +204,7 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
                 name = _run_name(label, point, seed)
                 argv = flags.argv(settings, f"{where}: run {name}")
                 runs.append(RunSpec(name, label, point, seed, argv))
-    names = [r.name for r in runs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in collections.Counter(r.name for r in runs).items() if k > 1)
     if dupes:
         raise UserError(f"{where}: run name(s) {', '.join(dupes[:3])} come out twice; make config names and grid "
                         f"values distinct")
