@@ -446,3 +446,18 @@ def test_the_torchrun_command_starts_workers_that_import_nothing_from_the_workin
     assert done.returncode == 0, done.stderr[-2000:]
     assert not marker.exists()
     assert json.loads((tmp_path / "run" / "final.json").read_text())["epochs_done"] == 1
+
+
+def test_the_sbatch_scripts_resume_line_names_the_runs_plugins(tmp_path: Path, capsys, monkeypatch) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "harmless_plugin.py").write_text("")
+    monkeypatch.syspath_prepend(str(plugins))
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, epochs: 1}\nconfigs: {a: {plugin: harmless_plugin}}\n")
+    script = tmp_path / "job.sh"
+    assert _sweep([str(grid), "--out", str(tmp_path / "sw"), "--emit-sbatch", str(script)], capsys)[0] == 0
+    resume = next(ln for ln in script.read_text().splitlines() if ln.strip().startswith("resume=("))
+    folder = str((tmp_path / "sw" / "runs" / "a_seed0").resolve())
+    assert shlex.split(resume.split("resume=(", 1)[1].rstrip(")")) == [
+        "train", "--resume", folder, "--plugin", "harmless_plugin", "--no-progress"]
