@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -269,11 +270,12 @@ def test_emit_sbatch_writes_one_array_line_per_run(swept, tmp_path: Path) -> Non
                  "--gpus-per-run", "1", "--array-parallelism", "2", "--timeout-min", "90",
                  "--slurm-arg", "account=proj"]) == 0
     text = script.read_text()
-    lines = [ln for ln in text.splitlines() if re.match(r"\s+\d+\) run ", ln)]
+    lines = [ln for ln in text.splitlines() if re.match(r"\s+\d+\) fresh=\(", ln)]
     assert len(lines) == 3
     for k, name in enumerate(["sam_seed0", "sam_seed1", "sam_seed2"]):
-        assert lines[k].strip().startswith(f"{k}) run {(out / 'runs' / name).resolve()} --dataset digits")
-        assert lines[k].endswith(f"--seed {k} ;;")
+        fresh = shlex.split(lines[k].split("fresh=(", 1)[1].rstrip(")"))
+        assert fresh[:3] == ["train", "--dataset", "digits"] and fresh[-6:-4] == ["--seed", str(k)]
+        assert fresh[-4:] == ["--out", str((out / "runs" / name).resolve()), "--overwrite", "--no-progress"]
     for directive in ("--array=0-2%2", "--partition=gpu", "--gpus-per-node=1", "--time=90", "--requeue",
                       "--account=proj"):
         assert f"#SBATCH {directive}" in text

@@ -99,14 +99,14 @@ def remove_orphans(run_dir: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _refuse_dangerous(path: Path) -> None:
-    """A run needs a folder of its own: never the working folder, one above it, home or the root."""
+def refuse_dangerous(path: Path, what: str = "a run", example: str = "runs/NAME") -> None:
+    """A run (or a sweep) needs a folder of its own: never the working folder, one above it, home or the root."""
     real, cwd = Path(os.path.realpath(path)), Path(os.path.realpath(Path.cwd()))
     home = Path(os.path.realpath(Path.home()))
     if real == cwd or real in cwd.parents or real == home or real == Path(real.anchor):
-        what = ("the working folder" if real == cwd else "the root folder" if real == Path(real.anchor)
+        where = ("the working folder" if real == cwd else "the root folder" if real == Path(real.anchor)
                 else "your home folder" if real == home else "a folder above the working folder")
-        raise UserError(f"--out {path} is {what}; a run needs a folder of its own, e.g. --out runs/NAME")
+        raise UserError(f"--out {path} is {where}; {what} needs a folder of its own, e.g. --out {example}")
 
 
 def refuse_overlap(out: Path, keep: Path, what: str) -> None:
@@ -131,7 +131,8 @@ class RunLock:
     The file holds the holder's pid, so that the refused process can name it.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, in_use: str | None = None):
+        """``in_use``: the refusal's message, with ``{who}`` for the holder (default: a run folder's)."""
         import fcntl  # POSIX (Linux, macOS); imported here so that eval and hessian need it not
 
         self.run_dir = run_dir
@@ -143,8 +144,8 @@ class RunLock:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
             os.close(self.fd)
             who = f"pid {holder}" if holder.isdigit() else "another process"
-            raise UserError(f"run folder {run_dir} is in use by another ltsam run ({who}); wait for it to "
-                            f"finish or stop it, or choose another --out") from None
+            raise UserError((in_use or f"run folder {run_dir} is in use by another ltsam run ({{who}}); wait for "
+                                       f"it to finish or stop it, or choose another --out").format(who=who)) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -152,6 +153,28 @@ class RunLock:
         if self.fd >= 0:
             os.close(self.fd)  # closing the only descriptor releases the flock
             self.fd = -1
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process that holds ``run_dir``'s lock (0 when its file names none), or ``None`` when no
+    process holds it. The lock file is opened as it is, never created or truncated; the probe's own lock is
+    released at once."""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock file: nobody has ever trained here, or it is not ours to open
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(holder) if holder.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 _held: list[RunLock] = []
@@ -216,7 +239,7 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
     ltsam's files; those files are then removed, nothing else. Refused before anything is touched:
     the working folder, a folder above it, home, the root.
     """
-    _refuse_dangerous(path)
+    refuse_dangerous(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; choose a folder name")
     if path.is_symlink() and overwrite:

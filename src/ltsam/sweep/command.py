@@ -4,13 +4,19 @@ write it as a plain sbatch array script."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from ltsam.argtypes import non_negative_int, positive_int
 from ltsam.errors import UserError
 from ltsam.sweep.grid import __doc__ as GRID_DOC
 from ltsam.sweep.grid import load_sweep
+
+if TYPE_CHECKING:
+    from ltsam.sweep.grid import Sweep
+    from ltsam.sweep.launch import LaunchOptions
 
 
 def add_sweep_command(sub) -> None:
@@ -62,9 +68,10 @@ def _slurm_args(items: list[str]) -> dict[str, str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ltsam.sweep.launch import LaunchOptions, gpus_per_run, lock, run_local, still_queued, submit_slurm
-    from ltsam.sweep.sbatch import write_sbatch
-    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest, check_folders
+    from ltsam.sweep.folder import check_sweep_dir, open_sweep_dir
+    from ltsam.sweep.launch import LaunchOptions
+    from ltsam.sweep.sbatch import check_slurm_options
+    from ltsam.sweep.state import check_folders
 
     if args.mem_gb is not None and not args.mem_gb > 0:
         raise UserError(f"--mem-gb must be positive, got {args.mem_gb}")
@@ -72,7 +79,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          timeout_min=args.timeout_min, partition=args.partition,
                          array_parallelism=args.array_parallelism, cpus_per_run=args.cpus_per_run,
                          mem_gb=args.mem_gb, slurm_args=_slurm_args(args.slurm_arg), resubmit=args.resubmit)
-    sweep = load_sweep(args.grid, args.out)  # every entry checked here: nothing has started yet
+    check_slurm_options(opts)  # a partition or --slurm-arg that no #SBATCH line can hold safely: one line
+    # every entry checked here: nothing has started yet (a dry run imports no plugin: it runs no code of the grid's)
+    sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run)
+    check_sweep_dir(sweep.out)  # the working folder, or someone else's: refused, untouched
     check_folders(sweep)
     configs = len({r.config for r in sweep.runs})
     seeds = len({r.seed for r in sweep.runs})
@@ -80,8 +90,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{len(sweep.runs) // (configs * seeds)} grid point(s) x {seeds} seed(s)) in {sweep.out}", flush=True)
     if args.dry_run:
         for run in sweep.runs:
-            print(f"  {run.name}  [{run.config_hash}]  ltsam train {' '.join(run.argv)}")
+            what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
+            print(f"  {run.name}  [{what}]  {shlex.join(['ltsam', 'train', *run.argv])}")
         return 0
+    held = open_sweep_dir(sweep.out)  # marked ours, and locked until this command ends
+    try:
+        return _sweep(sweep, args, opts)
+    finally:
+        held.release()
+
+
+def _sweep(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions) -> int:
+    """Write the sbatch script, or run (or submit) what is not done, with the sweep folder locked."""
+    from ltsam.sweep.launch import gpus_per_run, run_local, still_queued, submit_slurm
+    from ltsam.sweep.sbatch import write_sbatch
+    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest
+
     if args.emit_sbatch:
         manifest = Manifest(sweep)
         manifest.refresh()
@@ -90,7 +114,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"wrote {path}: one SLURM array task per run; submit it with `sbatch {path}`; "
               f"`ltsam report {sweep.out}` summarises the runs", flush=True)
         return 0
-    held = lock(sweep)  # noqa: F841 - held until the process ends
     manifest = Manifest(sweep)
     states = manifest.refresh()
     manifest.save()

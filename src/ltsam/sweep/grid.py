@@ -21,11 +21,13 @@ values give way to any flag the grid sets (as ``ltsam train --recipe`` does). A 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import io
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +41,8 @@ RESERVED = {"out", "overwrite", "resume", "stop_after", "no_progress"}
 # Configuration keys that do not change what a run computes (where and how fast it runs, and where
 # it writes); left out of the configuration hash and of the report's grouping.
 VOLATILE = ("out", "compile", "device", "workers", "threads", "eval_batch_size", "wandb")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a sweep's name: a folder name, a job name, a shell word
+MAX_RUNS = 10_000  # the most runs a grid may expand to (counted before any list is built)
 
 
 @dataclass
@@ -51,6 +55,12 @@ class RunSpec:
     seed: int
     argv: list[str]
     resolved: dict[str, Any] = field(default_factory=dict)
+    checked: bool = True  # False: a dry run left it unchecked (it names plugins, whose code a dry run never runs)
+
+    @property
+    def plugins(self) -> list[str]:
+        """The ``--plugin`` modules the run names."""
+        return flag_values(self.argv, "--plugin")
 
     @property
     def group(self) -> str:
@@ -76,8 +86,9 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
-    """Read, expand and validate a grid file; nothing is started. A bad entry is a UserError naming it."""
+def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: bool = True) -> Sweep:
+    """Read, expand and validate a grid file; nothing is started. A bad entry is a UserError naming it.
+    ``run_plugins=False`` (a dry run) imports no plugin: a run that names one is left unchecked."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file {path} does not exist; write a YAML grid (see `ltsam sweep --help`)")
@@ -95,8 +106,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; use name, out, base, configs, "
                         f"recipes, grid, seeds")
     name = str(doc.get("name") or path.stem)
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{path}: sweep name {name!r} may hold only letters, digits and . _ + - (starting with a "
+                        f"letter or digit, no '..'); set `name:` in the grid to such a name")
     folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
-    runs = expand(doc, str(path))
+    runs = expand(doc, str(path), run_plugins)
     return Sweep(name, folder, runs, path)
 
 
@@ -135,13 +149,19 @@ def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]
     return configs
 
 
-def _seeds(doc: dict[str, Any], where: str) -> list[int]:
+def _seed_count(doc: dict[str, Any], where: str) -> int:
+    """How many seeds the grid asks for, without building the list (``seeds: 10**12`` is a count)."""
     seeds = doc.get("seeds", [0])
     if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
         raise UserError(f"{where}: seeds must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int) and seeds < 1:
+        raise UserError(f"{where}: seeds must be at least 1, got {seeds}")
+    return seeds if isinstance(seeds, int) else len(seeds)
+
+
+def _seeds(doc: dict[str, Any], where: str) -> list[int]:
+    seeds = doc.get("seeds", [0])
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise UserError(f"{where}: seeds must be at least 1, got {seeds}")
         return list(range(seeds))
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise UserError(f"{where}: seeds must be non-negative integers, got {seeds!r}")
@@ -150,8 +170,9 @@ def _seeds(doc: dict[str, Any], where: str) -> list[int]:
     return list(seeds)
 
 
-def expand(doc: dict[str, Any], where: str = "grid") -> list[RunSpec]:
-    """Every run of a grid document, each validated as ``ltsam train`` validates its flags."""
+def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -> list[RunSpec]:
+    """Every run of a grid document, each validated as ``ltsam train`` validates its flags (a run naming
+    plugins only when ``run_plugins``: checking it imports them)."""
     flags = TrainFlags()
     base = doc.get("base") or {}
     if not isinstance(base, dict):
@@ -166,22 +187,31 @@ def expand(doc: dict[str, Any], where: str = "grid") -> list[RunSpec]:
             raise UserError(f"{where}: grid.{key} has no values")
         axes.append((flags.key(key, f"{where}: grid.{key}"), values))
     base = {flags.key(k, f"{where}: base.{k}"): v for k, v in base.items()}
+    configs = _configs(doc, where)
+    points, n_seeds = math.prod(len(v) for _, v in axes), _seed_count(doc, where)
+    if len(configs) * points * n_seeds > MAX_RUNS:
+        raise UserError(f"{where}: the grid asks for {len(configs) * points * n_seeds:,} runs ({len(configs)} "
+                        f"config(s) x {points:,} grid point(s) x {n_seeds:,} seed(s)); a sweep runs at most "
+                        f"{MAX_RUNS:,}: use fewer seeds or grid values")
+    seeds = _seeds(doc, where)
     runs: list[RunSpec] = []
-    for label, values in _configs(doc, where):
+    for label, values in configs:
         own = {flags.key(k, f"{where}: config {label}: {k}"): v for k, v in values.items()}
         for combo in itertools.product(*(v for _, v in axes)):
             point = dict(zip((k for k, _ in axes), combo))
-            for seed in _seeds(doc, where):
+            for seed in seeds:
                 settings = {**base, **own, **point, "seed": seed}
                 name = _run_name(label, point, seed)
                 argv = flags.argv(settings, f"{where}: run {name}")
                 runs.append(RunSpec(name, label, point, seed, argv))
-    names = [r.name for r in runs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in collections.Counter(r.name for r in runs).items() if k > 1)
     if dupes:
         raise UserError(f"{where}: run name(s) {', '.join(dupes[:3])} come out twice; make config names and grid "
                         f"values distinct")
     for run in runs:
+        if not run_plugins and run.plugins:
+            run.checked = False
+            continue
         run.resolved = flags.resolve(run.argv, f"{where}: run {run.name}")
     return runs
 
@@ -262,7 +292,7 @@ class TrainFlags:
         from ltsam.recipes import get_recipe
         from ltsam.train_cli import _train_overrides
 
-        load_plugins(_values_of(argv, "--plugin"))
+        load_plugins(flag_values(argv, "--plugin"))
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -288,7 +318,8 @@ def _check_data_root(cfg: Any) -> None:
         raise UserError(f"--data-root {cfg.data_root} does not exist ({cfg.dataset} reads its images there)")
 
 
-def _values_of(argv: Iterable[str], flag: str) -> list[str]:
+def flag_values(argv: Iterable[str], flag: str) -> list[str]:
+    """The values a flag takes on a command line (``--plugin A --plugin B`` -> ``[A, B]``)."""
     argv = list(argv)
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 

@@ -22,8 +22,10 @@ from typing import Any
 import submitit
 
 from ltsam.errors import UserError
-from ltsam.sweep.grid import RunSpec, Sweep
-from ltsam.sweep.state import DONE, Manifest, folder_state, run_dir
+from ltsam.launcher import ltsam_command, submitit_python, torchrun_command
+from ltsam.runs import lock_holder, run_finished
+from ltsam.sweep.grid import RunSpec, Sweep, flag_values
+from ltsam.sweep.state import Manifest, folder_state, run_dir
 
 # SLURM job states in which a job still owns its run folder (a re-run of the sweep leaves it alone).
 QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -31,13 +33,21 @@ QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 MAX_REQUEUES = 30  # time limits a run may hit, each followed by a requeue that resumes it
 
 
-def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
-    """``ltsam`` arguments for a run: resume from ``last.pt`` if the folder holds one, else start fresh
-    (replacing a folder whose run never finished an epoch)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "last.pt").is_file():
-        return ["train", "--resume", str(run_dir), "--no-progress"]
+def start_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments that start a run afresh (replacing a folder whose run never finished an epoch)."""
     return ["train", *argv, "--out", str(run_dir), "--overwrite", "--no-progress"]
+
+
+def resume_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments that resume a run from its ``last.pt``, with the run's own ``--plugin`` modules (a
+    resumed run imports only the plugins its command line names, never those its config.json records)."""
+    plugins = [arg for module in flag_values(argv, "--plugin") for arg in ("--plugin", module)]
+    return ["train", "--resume", str(run_dir), *plugins, "--no-progress"]
+
+
+def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments for a run: resume it if the folder holds a ``last.pt``, else start it."""
+    return resume_args(run_dir, argv) if (Path(run_dir) / "last.pt").is_file() else start_args(run_dir, argv)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -49,18 +59,24 @@ class TrainJob(submitit.helpers.Checkpointable):
     and requeues the job.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, driver: int | None = None) -> None:
+        """``driver``: the pid of the ``ltsam sweep`` that started the job (local executor); the job and its
+        training end when it ends, however it ends (SIGKILL included)."""
+        self.driver = driver
         self._proc: subprocess.Popen | None = None
+        self._orphaned = False
 
     def __call__(self, run_dir: str, argv: list[str], gpus: int = 1) -> str:
-        if folder_state(Path(run_dir)) == DONE:
+        if self.driver is not None and not _watch_driver(self.driver, self._driver_ended):
+            raise RuntimeError(f"the `ltsam sweep` that started this job (pid {self.driver}) has ended")
+        if run_finished(Path(run_dir)):
             return "done already"
         args = train_args(run_dir, argv)
-        cmd = [sys.executable, "-m", "ltsam", *args]
-        if gpus > 1:  # one process per GPU: torchrun on this node
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                   "-m", "ltsam", *args]
+        # as the installed `ltsam` starts: the working folder's files (a tqdm.py) are never imported
+        cmd = torchrun_command(args, gpus) if gpus > 1 else ltsam_command(args)  # torchrun: one process per GPU
         self._proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        if self._orphaned:  # the driver ended while the training started
+            self._driver_ended()
         try:
             code = self._proc.wait()
         finally:
@@ -68,6 +84,13 @@ class TrainJob(submitit.helpers.Checkpointable):
         if code != 0:
             raise RuntimeError(f"`ltsam {' '.join(args)}` exited with status {code}")
         return "done"
+
+    def _driver_ended(self) -> None:
+        """From the watcher thread: the driver is gone, so stop the training (SIGTERM: it stops cleanly, its
+        last.pt kept, and a rerun of the sweep resumes it)."""
+        self._orphaned = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
 
     def _stop(self) -> None:
         proc = self._proc
@@ -92,10 +115,10 @@ class TrainJob(submitit.helpers.Checkpointable):
                 self._proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        return submitit.helpers.DelayedSubmission(TrainJob(), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.driver), *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_proc": None}
+        return {"driver": self.driver, "_proc": None, "_orphaned": False}
 
 
 def _die_with_parent() -> None:
@@ -105,6 +128,39 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (from /proc), ``None`` when it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
+
+
+def _watch_driver(driver: int, on_end: Callable[[], None], every_s: float = 0.5) -> bool:
+    """In the job process, whose parent is submitit's job controller, itself a child of the driver: ask Linux
+    for SIGKILL when the controller dies (submitit's job only logs SIGTERM), and call ``on_end`` from a thread
+    once the controller's parent is no longer the driver (the driver ended: the controller was re-parented).
+    ``False`` when the driver has already ended. Elsewhere than Linux nothing is watched."""
+    if not sys.platform.startswith("linux"):
+        return True
+    import ctypes
+    import threading
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    controller = os.getppid()
+    if _parent_of(controller) != driver:  # checked after the prctl: a parent that died before it is seen here
+        return False
+
+    def watch() -> None:
+        while _parent_of(controller) == driver:
+            time.sleep(every_s)
+        on_end()
+
+    threading.Thread(target=watch, name="ltsam-driver-watch", daemon=True).start()
+    return True
 
 
 @dataclass
@@ -145,7 +201,8 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     if opts.executor == "debug":
         executor: submitit.Executor = submitit.DebugExecutor(folder=logs)
     else:
-        executor = submitit.LocalExecutor(folder=logs, max_num_timeout=MAX_REQUEUES)
+        # its jobs start as the installed `ltsam` does: no file of the working folder is imported
+        executor = submitit.LocalExecutor(folder=logs, max_num_timeout=MAX_REQUEUES, python=submitit_python())
         executor.update_parameters(timeout_min=opts.timeout_min or 3 * 24 * 60, gpus_per_node=gpus)
     n_gpus = _device_count() if gpus else 0
     if gpus > n_gpus and opts.executor == "local":
@@ -153,19 +210,29 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     parallel = 1 if opts.executor == "debug" else opts.parallel
     queue, active, failed = list(todo), {}, []
     free = list(range(parallel))
+    waiting: dict[str, int] = {}  # runs still trained by a process of an earlier sweep -> its pid (said once)
     t0 = time.time()
     try:
         while queue or active:
-            while queue and free:
-                run, slot = queue.pop(0), free.pop(0)
+            busy = _still_trained(sweep, queue, waiting, say, t0)  # each holds a slot: --parallel counts it
+            for run in [r for r in queue if r.name not in busy and r.name in waiting]:
+                pid = waiting.pop(run.name)
+                if run_finished(run_dir(sweep, run)):  # that process finished it
+                    queue.remove(run)
+                    manifest.mark(run.name, folder_state(run_dir(sweep, run)))
+                    say(f"[+{time.time() - t0:.0f}s] done {run.name} (by pid {pid or '?'})")
+            startable = [r for r in queue if r.name not in busy]
+            while startable and len(free) > len(busy):
+                run, slot = startable.pop(0), free.pop(0)
+                queue.remove(run)
                 if opts.executor == "local" and gpus:
                     executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
-                active[_start(sweep, manifest, executor, run, gpus, say, t0)] = (run, slot)
+                active[_start(sweep, manifest, executor, run, gpus, say, t0, opts.executor == "local")] = (run, slot)
             for job in [j for j in active if j.done()]:
                 run, slot = active.pop(job)
                 free.append(slot)
                 _finished(sweep, manifest, run, job, failed, say, t0)
-            if active:
+            if active or queue:
                 time.sleep(opts.poll_s)
     except BaseException:
         for job in active:
@@ -174,11 +241,28 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     return failed
 
 
+def _still_trained(sweep: Sweep, queue: list[RunSpec], waiting: dict[str, int], say: Callable[[str], None],
+                   t0: float) -> dict[str, int]:
+    """The queued runs whose folder another process still trains into (a job of an earlier ``ltsam sweep``
+    killed before it could stop it), by name -> pid; each is said once, and left to that process."""
+    busy = {}
+    for run in queue:
+        pid = lock_holder(run_dir(sweep, run))
+        if pid is None:
+            continue
+        busy[run.name] = pid
+        if run.name not in waiting:
+            waiting[run.name] = pid
+            say(f"[+{time.time() - t0:.0f}s] waiting for {run.name}, still trained by pid {pid or '?'}")
+    return busy
+
+
 def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: int, say: Callable[[str], None],
-           t0: float) -> Any:
+           t0: float, watched: bool = False) -> Any:
+    """Submit the run's job; ``watched``: the job (a process of its own) ends when this process ends."""
     folder = run_dir(sweep, run)
     how = "resuming" if (folder / "last.pt").is_file() else "starting"
-    job = executor.submit(TrainJob(), str(folder), run.argv, gpus)
+    job = executor.submit(TrainJob(os.getpid() if watched else None), str(folder), run.argv, gpus)
     manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
     say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
     return job
@@ -188,10 +272,11 @@ def _finished(sweep: Sweep, manifest: Manifest, run: RunSpec, job: Any, failed: 
               say: Callable[[str], None], t0: float) -> None:
     try:
         job.result()
-    except Exception as exc:  # the job's own error, with its log
+    except Exception as exc:  # the job's own error (its cause: the training's `ltsam: error:` line), with its log
         failed.append(run.name)
-        manifest.mark(run.name, "failed", error=_last_line(str(exc)))
-        say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {_last_line(str(exc))}; log {job.paths.stderr}")
+        cause = _error_line(job.paths.stderr) or _last_line(str(exc))
+        manifest.mark(run.name, "failed", error=cause)
+        say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {cause}; log {job.paths.stderr}")
         return
     final = run_dir(sweep, run) / "final.json"
     state = folder_state(run_dir(sweep, run))
@@ -260,26 +345,16 @@ def _device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _error_line(log: Path) -> str | None:
+    """The last ``ltsam: error: ...`` line of a job's log (the training's own one-line cause), if any."""
+    try:
+        with open(log, errors="replace") as handle:
+            lines = [ln.strip() for ln in handle if ln.startswith("ltsam: error:")]
+    except OSError:
+        return None
+    return lines[-1][:300] if lines else None
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no message"
-
-
-def lock(sweep: Sweep):
-    """Hold ``SWEEP/.lock`` for this process's life: a second ``ltsam sweep`` of the same folder (which would
-    train the same run folders twice) stops with a clear line. The OS drops the lock if the process dies."""
-    import fcntl
-
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    handle = open(sweep.out / ".lock", "a+")  # noqa: SIM115 - held open on purpose
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UserError(f"another `ltsam sweep` is running the sweep in {sweep.out}; wait for it, or stop it "
-                        f"first") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle

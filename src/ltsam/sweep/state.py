@@ -1,6 +1,7 @@
 """Where a sweep stands: each run's state, read from its run folder, and the sweep folder's manifest.
 
-The run folder is the truth: ``final.json`` = done, ``last.pt`` without it = interrupted (resumable),
+The run folder is the truth: a ``final.json`` recording all epochs = done (:func:`ltsam.runs.run_finished`; a
+``--stop-after`` run's final.json is not), else ``last.pt`` = interrupted (resumable),
 neither = not started (or stopped in its first epoch: started again). The manifest
 (``SWEEP/manifest.json``) records, per run, its configuration hash, its flags, the last known state and
 the job that ran it, so a person (or ``ltsam report``) can read the sweep without the grid file.
@@ -15,6 +16,7 @@ from typing import Any
 
 from ltsam.errors import UserError
 from ltsam.io import read_json, write_json
+from ltsam.runs import run_finished
 from ltsam.sweep.grid import VOLATILE, RunSpec, Sweep, config_hash
 
 MANIFEST = "manifest.json"
@@ -27,7 +29,7 @@ def run_dir(sweep: Sweep, run: RunSpec) -> Path:
 
 def folder_state(path: Path) -> str:
     """done, interrupted or pending, from what the run folder holds."""
-    if (path / "final.json").is_file():
+    if run_finished(path):
         return DONE
     if (path / "last.pt").is_file():
         return INTERRUPTED
@@ -44,7 +46,7 @@ def check_folders(sweep: Sweep) -> None:
     changed, e.g. its base epochs): one line naming the run, the settings that differ and the fix."""
     for run in sweep.runs:
         path = run_dir(sweep, run) / "config.json"
-        if not path.is_file():
+        if not run.checked or not path.is_file():
             continue
         try:
             saved = json.loads(path.read_text())
