@@ -125,9 +125,9 @@ def test_variant_recipes_resolve_and_are_listed(capsys) -> None:
     for name in names:
         cfg = resolve({}, get_recipe(name))
         assert cfg.uses_sam and cfg.optimizer == RECIPES[name]["optimizer"]
-    cfg = resolve({}, get_recipe("focal-sam-cifar100-lt"))  # the official CIFAR-100 script's values
-    assert (cfg.loss, cfg.vs_gamma, cfg.vs_tau, cfg.rho, cfg.focal_sam_gamma, cfg.focal_sam_lambda, cfg.wd,
-            cfg.batch_size) == ("vs", 0.0, 0.75, 0.3, 3.2, 0.8, 1e-3, 64)
+    cfg = resolve({}, get_recipe("focal-sam-cifar100-lt"))  # the official CIFAR-100 script's values (LA at tau 1:
+    assert (cfg.loss, cfg.la_tau, cfg.rho, cfg.focal_sam_gamma, cfg.focal_sam_lambda, cfg.wd,  # what its code uses)
+            cfg.batch_size) == ("la", 1.0, 0.3, 3.2, 0.8, 1e-3, 64)
     cfg = resolve({}, get_recipe("sse-sam-cifar100-lt"))
     assert (cfg.rho, cfg.sse_head_rho, cfg.sse_gamma, cfg.sse_eta, cfg.lr, cfg.wd) == (0.1, 0.05, 0.7, 100.0, 0.01,
                                                                                       1e-3)

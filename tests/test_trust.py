@@ -103,18 +103,26 @@ def _python_m_ltsam(args: list[str], cwd: Path, extra_path: str = "") -> subproc
                           text=True, timeout=300)
 
 
-def test_a_plugin_named_in_a_run_folder_is_never_imported(parent: Path, tmp_path: Path) -> None:
+def test_a_plugin_named_in_a_run_folder_is_never_imported(parent: Path, tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
     bad = _record_plugin(parent, "evil_mod", tmp_path)
     marker = tmp_path / "MARKER"
-    # `cd RUN && python -m ltsam eval .`: the folder is importable under -m, and the module named there.
-    commands = [["eval", "."], ["hessian", ".", "--classes", "0", "--power-iters", "2", "--trace-iters", "2",
-                                "--slq-steps", "2", "--no-progress"],
+    # `cd RUN && python -m ltsam eval .`: under -m the folder was importable, and the module named there.
+    done = _python_m_ltsam(["eval", "."], cwd=bad)
+    assert done.returncode == 2, done.stderr
+    _assert_one_line(done.stderr, "evil_mod", "--plugin evil_mod")
+    assert not marker.exists()
+    # Every command that loads a run, with the module importable (on sys.path) all along: still not imported.
+    monkeypatch.chdir(bad)
+    monkeypatch.syspath_prepend(str(bad))
+    commands = [["hessian", ".", "--classes", "0", "--power-iters", "2", "--trace-iters", "2", "--slq-steps", "2",
+                 "--no-progress"],
                 ["finetune", ".", "--stage", "tau-norm", "--out", str(tmp_path / "stage"), "--no-progress"],
                 ["train", "--resume", ".", "--no-progress"]]
     for args in commands:
-        done = _python_m_ltsam(args, cwd=bad)
-        assert done.returncode == 2, (args, done.stderr)
-        _assert_one_line(done.stderr, "evil_mod", "--plugin evil_mod")
+        code, err = _run(args, capsys)
+        assert code == 2, (args, err)
+        _assert_one_line(err, "evil_mod", "--plugin evil_mod")
         assert not marker.exists(), args
     assert not (tmp_path / "stage").exists()
     # Named on the command line, the user's choice: then it is imported, and the command works.
