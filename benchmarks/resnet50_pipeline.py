@@ -47,10 +47,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed training steps for SGD and for SAM")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    from step_timing import supervised_update
+
     from ltsam.data import build_lt_data
     from ltsam.losses import LDAMLoss
     from ltsam.models import build_model
-    from ltsam.steps import build_optimizer
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,10 +67,10 @@ def main() -> None:
               f"RandomResizedCrop + flip + ColorJitter, 224x224)")
         batch = next(iter(source))
         result = {}
-        for name, use_sam in (("sgd", False), ("sam", True)):
+        for name in ("sgd", "sam"):
             model = build_model("resnet50", 1000, use_norm=True).to(device).train()
             criterion = LDAMLoss([1280 // (c + 1) + 5 for c in range(1000)]).to(device)
-            _, step = build_optimizer(model, use_sam, 0.1, 0.9, 2e-4, rho=0.5)
+            step = supervised_update(model, name, 0.1, 0.9, 2e-4, rho=0.5)
             step(model, batch[0], batch[1], criterion)  # warm-up
             times = []
             for _ in range(args.steps):

@@ -17,11 +17,10 @@ import time
 from types import SimpleNamespace
 
 import torch
-from step_timing import COUNTS, interleaved, step_parser
+from step_timing import COUNTS, interleaved, step_parser, supervised_update
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
-from ltsam.steps import build_optimizer
 
 # name -> (registered step, its options)
 RUNS = {
@@ -70,8 +69,8 @@ def main() -> None:
         step_name, options = RUNS[name]
         torch.manual_seed(0)
         model = build_model("resnet32", 10, use_norm=True).to(device).train()
-        _, step = build_optimizer(model, step_name != "sgd", lr=0.1, momentum=0.9, wd=2e-4, rho=0.5,
-                                  name=step_name, config=SimpleNamespace(**options), cls_num_list=COUNTS)
+        step = supervised_update(model, step_name, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5,
+                                 config=SimpleNamespace(**options), cls_num_list=COUNTS)
         step.step.set_progress(0, 1, args.steps * (args.rounds + 1))
         runs[name] = (model, step)
     times = interleaved(runs, x, y, criterion, args.rounds,

@@ -1,5 +1,6 @@
-"""What the per-step benchmarks (train_step.py, sam_variants.py) share: their command line and the
-CIFAR-10-LT class counts. Imported by those scripts as a sibling module (``python benchmarks/NAME.py``)."""
+"""What the per-step benchmarks (train_step.py, sam_variants.py, train_epoch.py, resnet50_pipeline.py) share: their
+command line, the CIFAR-10-LT class counts and the supervised update they time. Imported by those scripts as a
+sibling module (``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
+
+from ltsam.objectives import supervised_objective
+from ltsam.optim import Step, build_step
 
 T = TypeVar("T")
 COUNTS = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.01: 5000 ... 50
@@ -35,3 +40,23 @@ def interleaved(runs: dict[str, tuple[Any, Any]], x: torch.Tensor, y: torch.Tens
         for name, (model, step) in runs.items():
             times[name].append(timer(step, model))
     return times
+
+
+class SupervisedUpdate:
+    """``(model, x, y, criterion) -> (detached loss, detached logits)``: the registered step on the supervised
+    objective, exactly as ``ERMMethod`` calls it in training."""
+
+    def __init__(self, step: Step):
+        self.step = step
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        objective = supervised_objective(x, y, criterion, self.step.autocast, self.step.needs_per_sample)
+        out = self.step(model, objective).last
+        return out.report.detach(), out.logits.detach()
+
+
+def supervised_update(model: nn.Module, name: str, lr: float, momentum: float, wd: float, rho: float,
+                      **kwargs: Any) -> SupervisedUpdate:
+    """The step ``name`` (``sgd``, ``sam``, ``imbsam`` ...) over ``model``'s parameters, as a supervised update."""
+    return SupervisedUpdate(build_step(name, model.parameters(), lr, momentum, wd, rho, **kwargs))

@@ -13,7 +13,7 @@ with the exp long-tail counts), generated here, so no files are needed.
     per-parameter Python loops, ``old_p = p.data.clone()`` every step, ``p.add_(e_w)``, then
     ``p.data = old_p`` and the base SGD step.
 (b) ltsam: ``InMemoryBatchSource`` (the uint8 set on the device, batched crop/flip/normalise),
-    ``build_optimizer``'s step (lean SAM) and ``torch.compile`` through ``compile_with_fallback``
+    the registered step on the supervised objective (lean SAM) and ``torch.compile`` through ``compile_with_fallback``
     wherever the trainer's auto setting would compile a 200-epoch run (always on CUDA; on a CPU
     from 3000 steps on).
 
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from step_timing import supervised_update  # a sibling script module (python benchmarks/NAME.py)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -53,7 +54,6 @@ from ltsam.data.sources import InMemoryBatchSource, eval_batches
 from ltsam.evaluate import evaluate
 from ltsam.losses import LDAMLoss, build_loss
 from ltsam.models import build_model
-from ltsam.steps import build_optimizer
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -178,7 +178,7 @@ class LtsamPipeline:
     def __init__(self, model: nn.Module, net: nn.Module, sam: bool, rho: float, batches: Iterator,
                  device: torch.device):
         self.model, self.net, self.batches, self.device = model, net, batches, device
-        _, self.step_fn = build_optimizer(model, sam, LR, MOMENTUM, WD, rho)
+        self.step_fn = supervised_update(model, "sam" if sam else "sgd", LR, MOMENTUM, WD, rho)
         self.criterion = build_loss("ldam", COUNTS).to(device)
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)

@@ -13,11 +13,10 @@ import statistics
 import time
 
 import torch
-from step_timing import COUNTS, interleaved, step_parser
+from step_timing import COUNTS, interleaved, step_parser, supervised_update
 
 from ltsam.losses import LDAMLoss
 from ltsam.models import build_model
-from ltsam.steps import build_optimizer
 
 
 def time_steps(step, model, x, y, criterion, n: int, device: torch.device) -> float:
@@ -42,9 +41,9 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     runs = {}
-    for name, use_sam in (("sgd", False), ("sam", True)):
+    for name in ("sgd", "sam"):
         model = build_model("resnet32", 10, use_norm=True).to(device).train()
-        runs[name] = (model, build_optimizer(model, use_sam, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5)[1])
+        runs[name] = (model, supervised_update(model, name, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5))
     times = interleaved(runs, x, y, criterion, args.rounds,
                         lambda step, model: time_steps(step, model, x, y, criterion, args.steps, device))
     med = {name: statistics.median(t) for name, t in times.items()}

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ltsam.data.sources import InMemoryBatchSource
-from ltsam.steps import build_optimizer
+from ltsam.objectives import supervised_objective
+from ltsam.optim import build_step
 
 
 def tiny_model() -> nn.Module:
@@ -31,12 +32,12 @@ def train(batch_size: int, rank: int, world: int, steps: int = 3) -> nn.Module:
     images, targets = tiny_data()
     source = InMemoryBatchSource(images, targets, batch_size, torch.zeros(3), torch.ones(3), pad=0, flip=False,
                                  seed=0, rank=rank, world=world)
-    _, step = build_optimizer(model, True, lr=0.1, momentum=0.9, wd=5e-4, rho=0.5)
+    step = build_step("sam", model.parameters(), lr=0.1, momentum=0.9, wd=5e-4, rho=0.5)
     criterion = nn.CrossEntropyLoss()
     for i, (x, y) in enumerate(source):
         if i == steps:
             break
-        step(net, x.double(), y, criterion)
+        step(net, supervised_objective(x.double(), y, criterion))
     return model
 
 

@@ -76,13 +76,14 @@ def test_balanced_softmax_is_ce_on_logits_shifted_by_log_counts(weighted: bool) 
 
 
 def test_the_losses_are_registered_with_their_option_and_aliases() -> None:
-    from ltsam.cli import _train_overrides, build_parser
+    from ltsam.cli import build_parser
     from ltsam.config import resolve
+    from ltsam.train_flags import train_overrides
 
     assert [o.name for o in LOSSES.entry("la").options] == ["la_tau"]
     assert LOSSES.entry("logit_adjusted").name == "la" and LOSSES.entry("bsce").name == "balanced_softmax"
     args = build_parser().parse_args(["train", "--loss", "la", "--la-tau", "0.5", "--dataset", "digits"])
-    cfg = resolve(_train_overrides(args))
+    cfg = resolve(train_overrides(args))
     assert (cfg.loss, cfg.la_tau, cfg.use_norm) == ("la", 0.5, False)
     z, y = _batch(3)
     got = float(build_loss(cfg.loss, CIFAR10_IF100, None, config=cfg)(z, y))

@@ -29,7 +29,8 @@ from ltsam.data.augment import draw_crop_flip
 from ltsam.data.sources import InMemoryBatchSource, epoch_generator
 from ltsam.losses import build_loss
 from ltsam.models import NormedLinear
-from ltsam.steps import build_optimizer
+from ltsam.objectives import supervised_objective
+from ltsam.optim import build_step
 from tests.tolerances import rtol
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -186,9 +187,10 @@ def _textbook_train(model: nn.Module, batches, loss_name: str, sam: bool) -> lis
 def _ltsam_train(model: nn.Module, batches, loss_name: str, sam: bool, scaler=None,
                  net: nn.Module | None = None) -> list[float]:
     criterion = build_loss(loss_name, COUNTS)
-    _, step = build_optimizer(model, sam, LR, MOMENTUM, WD, RHO, scaler=scaler)
+    step = build_step("sam" if sam else "sgd", model.parameters(), LR, MOMENTUM, WD, RHO, scaler=scaler)
     net = model if net is None else net
-    return [float(step(net, x, y, criterion)[0]) for x, y in batches]
+    return [float(step(net, supervised_objective(x, y, criterion, step.autocast)).last.report.detach())
+            for x, y in batches]
 
 
 def _assert_same_model(a: nn.Module, b: nn.Module | dict, rtol: float, atol: float) -> None:

@@ -90,7 +90,7 @@ def test_hessian_on_a_list_file_run_decodes_only_the_chosen_images(tmp_path: Pat
 
     from ltsam.data import build_lt_data
     from ltsam.data.streaming import test_transform
-    from ltsam.hessian_cli import hessian_inputs
+    from ltsam.hessian.inputs import hessian_inputs
     from tests.test_listfile import make_list_dataset
 
     root = make_list_dataset(tmp_path / "imnet")
@@ -121,3 +121,23 @@ def test_hessian_on_a_list_file_run_decodes_only_the_chosen_images(tmp_path: Pat
     summary = json.loads((tmp_path / "h_all" / "summary.json").read_text())
     assert summary["order"] == ["0", "1", "2", "3", "all"]
     assert summary["entries"]["all"]["count"] == 27
+
+
+def test_the_hessian_loss_is_weighted_as_the_train_rule_weights_its_last_phase() -> None:
+    """Every registered rule is a --train-rule choice; DRW's last phase and reweight give the effective-number
+    weights (1 - beta) / (1 - beta^n_c), rescaled to sum to C, worked out here; none and resample none."""
+    import torch
+
+    from ltsam.hessian.inputs import hessian_loss
+    from ltsam.rules import TRAIN_RULES
+
+    counts = [100, 10, 1]
+    beta = 0.9999
+    raw = [(1 - beta) / (1 - beta ** n) for n in counts]
+    want = torch.tensor([w / sum(raw) * 3 for w in raw], dtype=torch.float32)
+    for rule in TRAIN_RULES.names():
+        weight = hessian_loss("ce", rule, counts).weight
+        if rule in ("drw", "reweight"):
+            torch.testing.assert_close(weight, want, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+        elif rule in ("none", "resample"):
+            assert weight is None, rule

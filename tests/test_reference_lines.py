@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ltsam.cli import _train_overrides, build_parser, main
+from ltsam.cli import build_parser, main
 from ltsam.config import resolve
 from ltsam.recipes import get_recipe
+from ltsam.train_flags import train_overrides
 from tests.test_listfile import make_list_dataset
 
 COMMON = "--gpu 0 --imb_type exp --imb_factor 0.01 --log_results"
@@ -51,7 +52,7 @@ def _argv(line: str) -> list[str]:
 
 @pytest.mark.parametrize("recipe, line", LINES, ids=[r for r, _ in LINES])
 def test_line_parses_to_its_recipe(recipe: str, line: str, capsys) -> None:
-    cfg = resolve(_train_overrides(build_parser().parse_args(_argv(line))))
+    cfg = resolve(train_overrides(build_parser().parse_args(_argv(line))))
     want = resolve({}, get_recipe(recipe))
     assert {k: getattr(cfg, k) for k in COMPARED} == {k: getattr(want, k) for k in COMPARED}
     assert cfg.data_root in ("inat_18", "ImageNet")

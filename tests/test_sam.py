@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltsam.sam import SAM
+from ltsam.optim.sam import SAM
 from tests.tolerances import rtol
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-3

@@ -37,12 +37,12 @@ def test_help_lists_the_variants_and_their_options() -> None:
 
 
 def test_the_trigger_is_a_switch() -> None:
-    from ltsam.cli import _train_overrides
+    from ltsam.train_flags import train_overrides
 
     parse = build_parser().parse_args
-    assert _train_overrides(parse(["train", "--sam-adaptive-trigger"]))["sam_adaptive_trigger"] is True
-    assert _train_overrides(parse(["train", "--sam-adaptive-trigger", "false"]))["sam_adaptive_trigger"] is False
-    assert _train_overrides(parse(["train"]))["sam_adaptive_trigger"] is None  # not given: the default
+    assert train_overrides(parse(["train", "--sam-adaptive-trigger"]))["sam_adaptive_trigger"] is True
+    assert train_overrides(parse(["train", "--sam-adaptive-trigger", "false"]))["sam_adaptive_trigger"] is False
+    assert train_overrides(parse(["train"]))["sam_adaptive_trigger"] is None  # not given: the default
 
 
 def test_extremes_equal_the_builtin_steps(tmp_path: Path) -> None:

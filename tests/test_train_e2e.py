@@ -99,14 +99,15 @@ def test_recipes_cover_every_cifar_line_of_run_sh(capsys) -> None:
 
 def test_reference_flag_spellings_are_accepted(tmp_path: Path) -> None:
     """A run.sh line with `python cifar_train_sam.py` replaced by `ltsam train` parses the same."""
-    from ltsam.cli import _train_overrides, build_parser
+    from ltsam.cli import build_parser
     from ltsam.config import resolve
+    from ltsam.train_flags import train_overrides
 
     args = build_parser().parse_args(
         ["train", "--loss_type", "LDAM", "--train_rule", "DRW", "--imb_type", "exp", "--imb_factor",
          "0.01", "--rho", "0.8", "--rho_schedule", "none", "--dataset", "cifar10", "--seed", "0",
          "--gpu", "0", "--log_results", "-a", "resnet32", "-b", "128", "--wd", "2e-4"])
-    cfg = resolve(_train_overrides(args))
+    cfg = resolve(train_overrides(args))
     assert (cfg.loss, cfg.train_rule, cfg.imb_type, cfg.imb_factor, cfg.rho) == ("ldam", "drw", "exp", 0.01, 0.8)
     assert (cfg.dataset, cfg.arch, cfg.batch_size, cfg.wd, cfg.optimizer) == ("cifar10", "resnet32", 128, 2e-4, "sam")
     assert cfg.epochs == 200 and cfg.lr == 0.1

@@ -12,7 +12,7 @@ def __getattr__(name: str) -> Any:
     """``ltsam.SAM``, imported on first use: importing the package imports no third-party module (torch),
     so that ``python -m ltsam`` can make ``sys.path`` safe before any is imported (see ``__main__``)."""
     if name == "SAM":
-        from ltsam.sam import SAM
+        from ltsam.optim.sam import SAM
 
         return SAM
     raise AttributeError(f"module 'ltsam' has no attribute {name!r}")

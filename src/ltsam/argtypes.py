@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,3 +46,29 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def lower(value: str) -> str:
+    """A case-insensitive choice (``--loss LDAM`` is ``ldam``)."""
+    return value.lower()
+
+
+def flag_bool(text: str) -> bool:
+    """A switch's value: true/false, yes/no, on/off, 1/0."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def flag_name(key: str) -> str:
+    """The ``--flag`` of a configuration key (``imb_factor`` -> ``--imb-factor``)."""
+    return "--" + key.replace("_", "-")
+
+
+def show(value: Any) -> str:
+    """A setting's value as a user would type it (a list space-separated, floats in %g)."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -23,10 +23,10 @@ from torch import nn
 from ltsam.errors import UserError
 from ltsam.losses import LOSSES, has_per_sample
 from ltsam.models import MODELS, build_model
+from ltsam.objectives import supervised_objective
 from ltsam.optim import STEPS, Step, build_step
 from ltsam.registry import Registry
 from ltsam.rules import build_rule
-from ltsam.steps import supervised_objective
 
 
 @dataclass

@@ -190,7 +190,6 @@ for _ds, _rho, _g, _lam, _wd in (("cifar10", 0.2, 3.0, 0.5, 2e-4), ("cifar100", 
 PAPER_TOP1.update({"imbsam-cifar100-lt": 51.1, "sse-sam-cifar100-lt": 49.3})
 REPRODUCED_TOP1["imbsam-cifar100-lt"] = (42.5, "independent rerun of the official code, ltsam issue 12; "
                                                "SSE-SAM's table gives 47.9")
-OPTIMIZER_LABELS = {"imbsam": "ImbSAM", "focal_sam": "Focal-SAM", "sse_sam": "SSE-SAM", "cc_sam": "CC-SAM"}
 
 
 def get_recipe(name: str) -> dict[str, Any]:
@@ -201,13 +200,15 @@ def get_recipe(name: str) -> dict[str, Any]:
 
 
 def describe(name: str) -> str:
+    from ltsam.optim.steps import step_label
+
     r = RECIPES[name]
     if r["optimizer"] == "sgd":
         opt = "SGD"
     elif r.get("rho_schedule") == "step":
         opt = "SAM step " + "/".join(f"{v:g}" for v in r["rho_steps"])
     else:
-        opt = f"{OPTIMIZER_LABELS.get(r['optimizer'], 'SAM')} rho {r['rho']:g}"
+        opt = f"{step_label(r['optimizer'])} rho {r['rho']:g}"
     paper = _figures(name)
     margin = f", margin {r['margin']}" if "margin" in r else ""
     if "la_tau" in r:

@@ -19,12 +19,11 @@ parent's configuration; its seed is the parent's, so stages on parents of seeds 
 Standard deviations are sample standard deviations, s = sqrt(sum_i (x_i - mean)^2 / (n - 1)), over the n runs
 of a group; where only k of them have a value (a diverged run's null), the cell says "(k of n)". The report
 folder gets a .ltsam-report marker: --out must be new, empty or an earlier report's folder, so nothing else is
-overwritten. One run's own table and figures are :mod:`ltsam.report`'s.
+overwritten. One run's own table and figures are :mod:`ltsam.console`'s and :mod:`ltsam.figures`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltsam.console import fmt
 from ltsam.errors import UserError
-from ltsam.report import fmt
 from ltsam.runs import RUN_MARKER
 from ltsam.summary_runs import (
     FOREIGN,
@@ -335,23 +334,3 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, par
     if figures:
         save_figures(out, groups)
     return text, out
-
-
-def add_report_command(sub) -> None:
-    p = sub.add_parser("report", help="mean ± std over seeds of run or sweep folders (Markdown, CSV, figures)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders, sweep folders or folders of runs")
-    p.add_argument("--out", help="where report.md, report.csv and the figures go (default: FIRST_PATH/report); "
-                                 f"a folder of an earlier report ({REPORT_MARKER}) or a new or empty one")
-    p.add_argument("--partial", action="store_true",
-                   help="include unfinished runs, marked (their last finished epoch stands for 'last')")
-    p.add_argument("--no-figures", action="store_true", help="only the table and the CSV")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    text, out = build_report(args.paths, args.out, args.partial, not args.no_figures)
-    print(text)
-    print(f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}"
-          + ("" if args.no_figures else f", {out / 'per_class_vs_size.png'}, {out / 'shot_curves.png'}"))
-    return 0

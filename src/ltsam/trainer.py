@@ -265,7 +265,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""
-        from ltsam.report import save_figures
+        from ltsam.figures import save_figures
 
         test, conf = self.evaluate(None)
         best = self.best_record or {}

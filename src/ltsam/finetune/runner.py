@@ -27,10 +27,10 @@ from ltsam.evaluate import evaluate, evaluate_offsets, shot_split_groups
 from ltsam.finetune.heads import classifier_path, get_module, set_module, swapped
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
 from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
+from ltsam.objectives import supervised_objective
 from ltsam.optim import build_step
 from ltsam.runs import checkpoint_path, config_from_dict, model_from_meta
 from ltsam.schedules import cosine_lr
-from ltsam.steps import supervised_objective
 
 
 def file_sha256(path: str | Path) -> str:
@@ -283,7 +283,7 @@ class StageRunner:
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the stage's model, write final.json and the figures (rank 0); return the summary."""
-        from ltsam.report import save_figures
+        from ltsam.figures import save_figures
 
         test, conf = self.evaluate(None)
         best = self.best_record or {}
@@ -355,7 +355,7 @@ class StageRunner:
         summary = self.finish({"tau": tau, "tau_selected_on": chosen_on,
                                "sweep": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in sweep]})
         if self.ctx.is_main and self.progress:
-            from ltsam.report import print_sweep
+            from ltsam.console import print_sweep
 
             for split in ("val", "test"):
                 rows = [r for r in sweep if r["split"] == split]

@@ -16,6 +16,7 @@ from ltsam.optim.imbalance import (  # noqa: E402  (registers imbsam, focal_sam,
     ImbSAMStep,
     SSESAMStep,
 )
+from ltsam.optim.sam import SAM
 from ltsam.optim.steps import (
     STEPS,
     SAMStep,
@@ -26,5 +27,5 @@ from ltsam.optim.steps import (
     build_step,
 )
 
-__all__ = ["STEPS", "CCSAMStep", "ClassWeightedSAMStep", "FocalSAMStep", "ImbSAMStep", "SAMStep", "SGDStep",
+__all__ = ["SAM", "STEPS", "CCSAMStep", "ClassWeightedSAMStep", "FocalSAMStep", "ImbSAMStep", "SAMStep", "SGDStep",
            "SSESAMStep", "Step", "StepLosses", "StepResult", "build_step"]

@@ -51,9 +51,9 @@ from torch import nn
 from ltsam.errors import UserError
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.optim.frequency import check_options as check_frequency
+from ltsam.optim.sam import SAM
 from ltsam.optim.steps import STEPS, Objective, SAMStep, StepLosses, StepResult
 from ltsam.registry import Option
-from ltsam.sam import SAM
 
 
 def class_share(out: StepLosses, values: torch.Tensor) -> torch.Tensor:
@@ -232,7 +232,7 @@ IMBSAM_OPTIONS = (
 
 
 @STEPS.register("imbsam", help="ImbSAM (Zhou et al., ICCV 2023): SAM on the tail classes only",
-                options=IMBSAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
+                options=IMBSAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency, label="ImbSAM")
 class ImbSAMStep(ClassWeightedSAMStep):
     """c_k = ``imbsam_tail_weight`` for n_k < ``imbsam_eta``, else 0: g = grad L_head(w) + 2 grad L_tail(w + e)."""
 
@@ -268,7 +268,8 @@ FOCAL_SAM_OPTIONS = (
 
 
 @STEPS.register("focal_sam", help="Focal-SAM (Li et al., ICML 2025): class-prior-weighted sharpness",
-                options=FOCAL_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
+                options=FOCAL_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency,
+                label="Focal-SAM")
 class FocalSAMStep(ClassWeightedSAMStep):
     """c_k = lambda (1 - pi_k)^gamma, pi_k = n_k / sum n; rest r_k = 1 - c_k (negative when c_k > 1)."""
 
@@ -297,7 +298,7 @@ SSE_SAM_OPTIONS = (
 
 
 @STEPS.register("sse_sam", help="SSE-SAM (Lyu et al., AAAI 2025): head and tail ascents, the head's stops",
-                options=SSE_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
+                options=SSE_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency, label="SSE-SAM")
 class SSESAMStep(ClassWeightedSAMStep):
     """g = grad L_H(w + e_H) + grad L_T(w + e_T) + grad X(w); rho_H = 0 from epoch gamma * epochs on."""
 
@@ -401,7 +402,7 @@ def class_radius_factors(cls_num_list: Sequence[int]) -> torch.Tensor:
 
 
 @STEPS.register("cc_sam", help="CC-SAM (Zhou et al., CVPR 2023): one ascent per class, radius ~ (n_k - 1)^(-1/4)",
-                options=CC_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency)
+                options=CC_SAM_OPTIONS + FREQUENCY_OPTIONS, resolve=check_frequency, label="CC-SAM")
 class CCSAMStep(ClassWeightedSAMStep):
     """g = sum_k grad L_k(w + e_k) + grad X(w), e_k = rho_k grad L_k / ||grad L_k|| over the classes in the batch."""
 

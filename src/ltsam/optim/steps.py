@@ -17,8 +17,8 @@ from torch import nn
 from ltsam.optim.frequency import DECIDE, PLAIN, SAMFrequency, grad_sq_norm
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.optim.frequency import check_options as check_frequency
+from ltsam.optim.sam import SAM
 from ltsam.registry import Registry, option_kwargs
-from ltsam.sam import SAM
 
 
 class StepLosses(NamedTuple):
@@ -118,7 +118,7 @@ def _with_counts(cls: type[Step], cls_num_list: Sequence[int] | None, options: d
 STEPS: Registry[type[Step]] = Registry("optimizer step", "optimizer")
 
 
-@STEPS.register("sgd", help="SGD with momentum")
+@STEPS.register("sgd", help="SGD with momentum", label="SGD")
 class SGDStep(Step):
     """One forward/backward of the descent loss and one optimizer step."""
 
@@ -135,7 +135,7 @@ class SGDStep(Step):
 
 
 @STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency)
+                resolve=check_frequency, label="SAM")
 class SAMStep(Step):
     """Ascent pass, ``first_step``, descent pass at the perturbed weights, restore and base step.
 
@@ -257,7 +257,7 @@ class SAMStep(Step):
 
 
 @STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency)
+                resolve=check_frequency, label="ASAM")
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 
@@ -267,6 +267,12 @@ class ASAMStep(SAMStep):
                scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
                seed: int = 0, **options: Any) -> Step:
         return super().create(params, lr, momentum, wd, rho, True, autocast, scaler, cls_num_list, seed, **options)
+
+
+def step_label(name: str) -> str:
+    """How people write the step's name (``SAM``, ``ImbSAM``): its registration's ``label``, else its name."""
+    entry = STEPS.entry(name)
+    return str(entry.meta.get("label", entry.name))
 
 
 def build_step(name: str, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,

@@ -233,7 +233,7 @@ class TrainFlags:
     command does (so a grid entry that ``ltsam train`` would refuse is refused before any run starts)."""
 
     def __init__(self) -> None:
-        from ltsam.train_cli import train_parser
+        from ltsam.train_flags import train_parser
 
         self.parser: argparse.ArgumentParser = train_parser()
         self.actions: dict[str, argparse.Action] = {}
@@ -290,7 +290,7 @@ class TrainFlags:
         from ltsam.config import resolve
         from ltsam.extensions import load_plugins
         from ltsam.recipes import get_recipe
-        from ltsam.train_cli import _train_overrides
+        from ltsam.train_flags import train_overrides
 
         load_plugins(flag_values(argv, "--plugin"))
         err = io.StringIO()
@@ -302,7 +302,7 @@ class TrainFlags:
             raise UserError(f"{where}: {message.split('error: ', 1)[-1]}") from None
         try:
             recipe = get_recipe(args.recipe) if args.recipe else None
-            cfg = resolve(_train_overrides(args), recipe)
+            cfg = resolve(train_overrides(args), recipe)
             _check_data_root(cfg)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None

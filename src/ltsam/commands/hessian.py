@@ -1,4 +1,4 @@
-"""``ltsam hessian`` and ``ltsam hessian-compare``: the per-class loss-landscape analysis from the CLI."""
+"""``ltsam hessian`` and ``ltsam hessian-compare``: the per-class loss-landscape analysis from the command line."""
 
 from __future__ import annotations
 
@@ -6,77 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ltsam.argtypes import non_negative_float, non_negative_int, positive_int
+from ltsam.console import console
 from ltsam.errors import UserError
+from ltsam.hessian.inputs import LIST_FILE_PER_CLASS, hessian_dir, hessian_inputs, hessian_loss, parse_classes
 from ltsam.losses import LOSSES
-from ltsam.report import console
+from ltsam.rules import TRAIN_RULES
 from ltsam.runs import CHECKPOINTS
-
-
-def _classes(text: str, num_classes: int) -> list[int]:
-    if text == "all":
-        return list(range(num_classes))
-    try:
-        chosen = sorted({int(c) for c in text.split(",") if c.strip()})
-    except ValueError:
-        raise UserError(f"--classes takes 'all' or a comma-separated list of class indices, got {text!r}") from None
-    bad = [c for c in chosen if not 0 <= c < num_classes]
-    if bad or not chosen:
-        raise UserError(f"--classes {text}: indices must lie in 0..{num_classes - 1}")
-    return chosen
-
-
-# List-file sets are decoded into memory for the analysis; without --max-per-class this many per class.
-LIST_FILE_PER_CLASS = 20
-
-
-def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: int | None,
-                   classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised inputs and targets of one split; ``augment`` applies one seeded draw of the
-    training augmentation; ``max_per_class`` keeps the first N images of each class.
-
-    List-file sets (ImageNet-LT, iNaturalist) decode only the images analysed: the first
-    ``max_per_class`` (default ``LIST_FILE_PER_CLASS``) of each of ``classes`` (default all).
-    """
-    from ltsam.data.augment import crop_flip, draw_crop_flip, normalize
-
-    if not hasattr(data, "train"):
-        per_class = LIST_FILE_PER_CLASS if max_per_class is None else max_per_class
-        labels = data.labels(split)
-        chosen = range(data.num_classes) if classes is None else classes
-        keep = torch.cat([torch.where(labels == c)[0][:per_class] for c in chosen])
-        return data.decode(split, keep.tolist(), augment, seed)
-    images, targets = (data.train.images, data.train.targets) if split == "train" else (data.test.images,
-                                                                                        data.test.targets)
-    if max_per_class is not None:
-        keep = torch.cat([torch.where(targets == c)[0][:max_per_class] for c in range(data.num_classes)])
-        images, targets = images[keep], targets[keep]
-    if augment:
-        g = torch.Generator().manual_seed(seed)
-        rows, cols, flips = draw_crop_flip(len(targets), data.pad, data.flip, g)
-        images = crop_flip(images, rows, cols, flips, data.pad)
-    return normalize(images, data.mean, data.std), targets
-
-
-def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Any = None) -> torch.nn.Module:
-    """The loss whose Hessian is taken: CE (default) or any registered loss, with the run's options
-    (``config``), unweighted or with DRW's weights.
-
-    With single-class batches the weighted-mean normalisation cancels the weights exactly (the
-    reference's DRW variant gives the same Hessian); they matter for the whole-data spectrum.
-    """
-    from ltsam.losses import build_loss, effective_number_weights
-
-    weights = effective_number_weights(cls_num_list) if rule == "drw" else None
-    return build_loss(name, cls_num_list, weights, config=config)
-
-
-def hessian_dir(run_dir: Path, split: str, which: str) -> Path:
-    """Where ``ltsam hessian`` writes by default: ``RUN/hessian/<split>`` for the last checkpoint (the
-    default), ``RUN/hessian/<split>_<which>`` for another, so that two checkpoints never share a folder."""
-    return run_dir / "hessian" / (split if which == "last" else f"{split}_{which}")
+from ltsam.train_flags import add_plugin_flag
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
@@ -95,7 +32,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data_root = args.data_root
     data = load_data(cfg)
-    classes = _classes(args.classes, data.num_classes)
+    classes = parse_classes(args.classes, data.num_classes)
     every_class = args.classes == "all"
     streaming = not hasattr(data, "train")
     inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
@@ -174,15 +111,17 @@ def cmd_hessian_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_hessian_commands(sub) -> None:
+def add_parser(sub: Any) -> None:
+    """``ltsam hessian`` and ``ltsam hessian-compare``."""
     p = sub.add_parser("hessian", help="per-class Hessian spectrum of a trained model")
     p.add_argument("target", help="run folder or checkpoint file")
     p.add_argument("--which", choices=CHECKPOINTS, default="last", help="the run's checkpoint (default last)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--loss", type=str.lower, choices=LOSSES.names(), default="ce",
                    help="loss whose Hessian is taken, with the run's options (default CE, as the reference)")
-    p.add_argument("--train-rule", type=str.lower, choices=["none", "drw"], default="none",
-                   help="drw: effective-number class weights in that loss")
+    p.add_argument("--train-rule", type=str.lower, choices=TRAIN_RULES.names(), default="none",
+                   help="weight that loss as the train rule weights its last phase (drw: effective-number class "
+                        "weights; default none: unweighted)")
     p.add_argument("--classes", default="all", help="all, or a comma-separated list of class indices")
     p.add_argument("--max-per-class", type=positive_int,
                    help=f"use at most N images of each class (list-file sets: default {LIST_FILE_PER_CLASS})")
@@ -203,6 +142,7 @@ def add_hessian_commands(sub) -> None:
                                  "--which best or best_val)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_hessian)
+    add_plugin_flag(p)
     p = sub.add_parser("hessian-compare", help="two runs' per-class spectra side by side")
     p.add_argument("run_a")
     p.add_argument("run_b")

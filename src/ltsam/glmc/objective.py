@@ -1,4 +1,4 @@
-"""One GLMC optimisation step, plain SGD or SAM (SPEC §8.3 steps 2-10).
+"""GLMC's objective for one optimisation step, with plain SGD or SAM (SPEC §8.3 steps 2-10).
 
 The step gets two already augmented and normalised batches: batch A = (A1, A2, y_A) from the
 instance-balanced loader and batch B = (B1, B2, y_B) from the weighted loader (truncated to |A|), and:
@@ -39,7 +39,7 @@ from torch import nn
 
 from ltsam.glmc.mixing import Box, cutmix, cutmix_box, mix_targets, mixup, sample_lambda
 from ltsam.optim import SAMStep, SGDStep, Step, StepLosses
-from ltsam.sam import SAM
+from ltsam.optim.sam import SAM
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -112,15 +112,16 @@ def mixing_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator for lam and the CutMix box that depends only on (seed, epoch).
 
     Seeded differently from ``ltsam.data.sources.epoch_generator(seed, epoch)`` (the data stream), so
-    re-seeding the step at every epoch start (``GLMCStep.reseed``) makes a resumed run exact.
+    re-seeding the step at every epoch start (``GLMCObjective.reseed``) makes a resumed run exact.
     """
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) % (2**63)) ^ 0x5DEECE66D)
 
 
-class GLMCStep:
-    """One GLMC step: ``step(model, batch_a, batch_b, alpha) -> dict``.
+class GLMCObjective:
+    """GLMC's mixed batches and their objective, handed to an ``ltsam.optim`` step (which owns the update):
+    ``objective(model, batch_a, batch_b, alpha) -> dict``.
 
-    ``optimizer`` is a ``torch.optim`` optimizer (``use_sam=False``) or an ``ltsam.sam.SAM``
+    ``optimizer`` is a ``torch.optim`` optimizer (``use_sam=False``) or an ``ltsam.optim.SAM``
     (``use_sam=True``). ``label_w`` are the (C,) label weights of ``fc_cb``'s targets. ``generator``
     (CPU) drives lam and the CutMix box; ``beta`` is the Beta(beta, beta) parameter of lam (1.0 = the
     reference). ``autocast`` (a context factory) adds mixed precision; the losses run in float32.
@@ -139,7 +140,7 @@ class GLMCStep:
                  autocast: Callable = contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None,
                  step: Step | None = None):
         if use_sam and not isinstance(optimizer, SAM):
-            raise TypeError("use_sam=True needs an ltsam.sam.SAM optimizer")
+            raise TypeError("use_sam=True needs an ltsam.optim.SAM optimizer")
         if not use_sam and isinstance(optimizer, SAM):
             raise TypeError("a SAM optimizer needs use_sam=True")
         if label_w.shape != (num_classes,):

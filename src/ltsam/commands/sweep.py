@@ -7,7 +7,7 @@ import argparse
 import shlex
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ltsam.argtypes import non_negative_int, positive_int
 from ltsam.errors import UserError
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ltsam.sweep.launch import LaunchOptions
 
 
-def add_sweep_command(sub) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run a grid of configurations x seeds (submitit: local, or SLURM arrays)",
                        description="Run every configuration x seed of a YAML grid, each into its own run folder "
                                    "under SWEEP/runs/. Every entry is checked before any run starts; re-running "

@@ -1,0 +1,165 @@
+"""``ltsam train``: train a model into a run folder, or ``--resume`` one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ltsam.argtypes import flag_name, show
+from ltsam.errors import UserError
+from ltsam.train_flags import add_plugin_flag, add_train_flags, train_overrides
+
+
+def add_parser(sub: Any) -> None:
+    """``ltsam train``'s parser: its flags come from the registries (``ltsam.train_flags``)."""
+    p = sub.add_parser("train", help="train a model (defaults: LDAM + DRW + SAM on bundled digits)",
+                       allow_abbrev=False)
+    add_train_flags(p)
+    add_plugin_flag(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``ltsam train``, holding the run folder's lock throughout: Ctrl-C, SIGTERM and a full disk stop
+    it with one line saying how to continue."""
+    from ltsam.faults import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, is_disk_full, sigterm_as_interrupt
+    from ltsam.runs import held_run_dir, release_run_locks
+
+    try:
+        with sigterm_as_interrupt():
+            return _train(args)
+    except KeyboardInterrupt as exc:
+        run = held_run_dir()
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        then = (f"`ltsam train --resume {run}` continues from its last finished epoch" if run else
+                "`ltsam train --resume RUN_DIR` continues a training run")
+        print(f"ltsam: {how}; {then}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        run, where = held_run_dir(), exc.filename or held_run_dir()
+        then = f"`ltsam train --resume {run or 'RUN_DIR'}` continues"
+        if is_disk_full(exc):
+            raise UserError(f"no space left on the disk{f' writing {where}' if where else ''}; the last checkpoint "
+                            f"is intact — free some space, then {then}") from None
+        raise UserError(f"cannot write {where or 'the run folder'} ({exc.strerror}); the last checkpoint is intact "
+                        f"— fix the cause (permissions, a read-only or immutable folder), then {then}") from None
+    finally:
+        release_run_locks()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ltsam.config import config_warnings, implied_defaults, resolve, run_name
+    from ltsam.console import print_results
+    from ltsam.recipes import get_recipe
+    from ltsam.runs import open_for_resume, prepare_run_dir, read_run_config, repair_best
+    from ltsam.trainer import Trainer
+
+    overrides = train_overrides(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        has_checkpoint = open_for_resume(run_dir, owner=int(os.environ.get("RANK", "0")) == 0)
+        cfg = read_run_config(run_dir)
+        saved_epochs = cfg.epochs
+        changed = {k: v for k, v in overrides.items()
+                   if v is not None and k not in ("device", "workers", "epochs") and getattr(cfg, k) != v}
+        if changed:
+            raise UserError(f"--resume continues the saved configuration; these flags differ from it: "
+                            f"{', '.join('--' + k.replace('_', '-') for k in changed)}")
+        for key in ("device", "workers", "epochs"):
+            if overrides.get(key) is not None:
+                setattr(cfg, key, overrides[key])
+        from ltsam.config import resolve_derived, validate
+        from ltsam.io import write_json
+
+        validate(cfg)
+        resolve_derived(cfg)
+        trainer = Trainer(cfg, run_dir, resume=has_checkpoint, progress=not args.no_progress)
+        note = _resume_note(args, run_dir, trainer.start_epoch, saved_epochs, cfg)
+        if trainer.ctx.is_main:
+            repair_best(run_dir, trainer.start_epoch, (trainer.best_record or {}).get("epoch"))
+            repair_best(run_dir, trainer.start_epoch, trainer.best_val_epoch, "best_val.pt")
+            print(note, flush=True)
+            write_json(run_dir / "config.json", cfg.to_dict())
+    else:
+        recipe = get_recipe(args.recipe) if args.recipe else None
+        cfg = resolve(overrides, recipe)
+        implied = implied_defaults(overrides, recipe)
+        if implied and int(os.environ.get("RANK", "0")) == 0:
+            print(f"ltsam: {cfg.dataset}{'' if cfg.method == 'erm' else ' / ' + cfg.method} defaults in effect: "
+                  + ", ".join(f"{flag_name(k)} {show(v)}" for k, v in implied.items()), flush=True)
+        name = run_name(cfg) + (f"_{args.exp_str}" if args.exp_str else "")
+        run_dir = Path(args.out) if args.out else Path("runs") / name
+        cfg.out = str(run_dir)
+        # Validate data and model before touching the run folder, so a bad flag changes nothing.
+        from ltsam.data.registry import load_data
+        from ltsam.io import write_json
+
+        data = load_data(cfg)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
+            prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
+            write_json(run_dir / "config.json", cfg.to_dict())
+        trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+        if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
+            write_json(run_dir / "config.json", cfg.to_dict())
+    if trainer.ctx.is_main:
+        for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
+            print(f"ltsam: warning: {note}", flush=True)
+        for note in trainer.method.step.warnings():  # e.g. ImbSAM with an empty tail set
+            print(f"ltsam: warning: {note}", flush=True)
+    if not trainer.ctx.is_main:
+        trainer.fit(stop_after=args.stop_after)
+        return 0
+    print(f"ltsam: training {cfg.arch} on {cfg.dataset} ({trainer.data.train_size} images, "
+          f"{trainer.data.num_classes} classes: {trainer.data.cls_num_list[0]}..{trainer.data.cls_num_list[-1]}) "
+          f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
+          f"{_optimizer_label(cfg)} on "
+          f"{trainer.device}; run folder {run_dir}", flush=True)
+    if getattr(trainer.data, "val_note", ""):
+        print(f"ltsam: {trainer.data.val_note}", flush=True)
+    summary = trainer.fit(stop_after=args.stop_after)
+    print_results(summary["final"], summary["classes"], summary["cls_num_list"],
+                  title=f"{run_dir.name}: final epoch ({summary['epochs_done']}/{cfg.epochs})")
+    best = summary["best"]
+    if best["top1"] is not None and best["epoch"] + 1 != summary["epochs_done"]:  # the table shows the last epoch
+        print(f"best test epoch {best['epoch'] + 1}: top-1 {best['top1']:.2f} (selected on the test set: the paper's "
+              f"protocol, for comparison only)")
+    if summary.get("best_val"):
+        bv = summary["best_val"]
+        print(f"best validation epoch {bv['epoch'] + 1} (val top-1 {bv['val_top1']:.2f}): test top-1 {bv['top1']:.2f}")
+    print(f"results in {run_dir}/final.json")
+    return 0
+
+
+def _optimizer_label(cfg: Any) -> str:
+    """SAM, ASAM or the registered step's name (imbsam, ...); SGD when nothing perturbs."""
+    if not cfg.uses_sam:
+        return "SGD"
+    from ltsam.optim.steps import step_label
+
+    return step_label(cfg.optimizer)
+
+
+def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epochs: int, cfg: Any) -> str:
+    """One line saying what ``--resume`` does, including with ``--epochs`` or ``--out``."""
+    epochs = cfg.epochs
+    if epochs < done:
+        raise UserError(f"--epochs {epochs}: {run_dir} has already finished {done} epochs; pass --epochs {done} "
+                        f"or more (or leave --epochs out to finish its {saved_epochs})")
+    note = (f"ltsam: {run_dir} stopped before its first checkpoint; starting it again from its config.json"
+            if not done else f"ltsam: {run_dir} has finished its {epochs} epochs; recomputing its final results"
+            if done == epochs else f"ltsam: resuming {run_dir} after epoch {done} of {epochs}")
+    if epochs != saved_epochs:
+        note += f"; --epochs {epochs} replaces the saved {saved_epochs} (the LR schedule follows the new length"
+        note += f"; DRW keeps its saved switch epoch {cfg.drw_epoch})" if cfg.train_rule == "drw" else ")"
+    if args.out and os.path.realpath(args.out) != os.path.realpath(run_dir):
+        note += f"; --out {args.out} is ignored: a resumed run stays in its own folder"
+    if args.overwrite:
+        note += "; --overwrite is ignored: --resume keeps the run"
+    return note
