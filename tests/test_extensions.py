@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltsam.cli import build_parser, main
-from ltsam.data.registry import DATASETS, DataRequest, in_memory_lt
+from ltsam.data.builtin import in_memory_lt
+from ltsam.data.catalog import DATASETS, DataRequest
 from ltsam.losses import LOSSES, effective_number_weights
 from ltsam.optim import STEPS, SAMStep, SGDStep, StepResult
 from ltsam.registry import Option

@@ -54,7 +54,7 @@ def _eval_recomputes(run: Path, final: dict, tmp_path: Path) -> None:
 # --- post-hoc logit adjustment through the CLI ----------------------------------------------------
 
 def test_eval_logit_adjust_on_a_trained_run(parent: Path, tmp_path: Path, capsys) -> None:
-    from ltsam.data.registry import load_data
+    from ltsam.data.loading import load_data
     from ltsam.runs import load_trained
 
     one = tmp_path / "one.json"

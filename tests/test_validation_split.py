@@ -190,7 +190,7 @@ def test_best_val_of_a_run_without_a_split_is_one_line(tmp_path: Path, capsys) -
 def test_glmc_with_a_validation_split_under_torchrun(tmp_path: Path) -> None:
     """Two gloo processes: each evaluates its shard of the validation images; the summed counts are the
     run's val top-1, which equals the two shards evaluated here with the saved model."""
-    from ltsam.data.registry import load_data
+    from ltsam.data.loading import load_data
     from ltsam.evaluate import evaluate
     from ltsam.runs import load_trained
     from tests.test_distributed import _torchrun

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltsam.data.registry import DATASETS
+from ltsam.data.catalog import DATASETS
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options

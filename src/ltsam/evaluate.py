@@ -96,6 +96,6 @@ def shot_split_groups(cfg: Any, num_classes: int) -> dict[str, list[int]] | None
     reference's index ranges (``--shot-split index``)."""
     if getattr(cfg, "shot_split", "counts") != "index":
         return None
-    from ltsam.data.registry import DATASETS
+    from ltsam.data.catalog import DATASETS
 
     return index_groups(num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import ltsam.glmc.method  # noqa: F401  (registers --method glmc and --lr-schedule glmc)
 import ltsam.glmc.schedule  # noqa: F401
-from ltsam.data.registry import DATASETS
+from ltsam.data.catalog import DATASETS
 from ltsam.errors import UserError
 from ltsam.losses import LOSSES
 from ltsam.methods import METHODS

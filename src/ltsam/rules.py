@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ltsam.data.registry import native_epochs
+from ltsam.data.catalog import native_epochs
 from ltsam.losses import effective_number_weights
 from ltsam.registry import Option, Registry, option_kwargs
 from ltsam.schedules import scale_epoch

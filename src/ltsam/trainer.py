@@ -23,7 +23,8 @@ from ltsam.acceleration import (
     should_compile,
 )
 from ltsam.config import TrainConfig, resolve_derived
-from ltsam.data.registry import DATASETS, load_data, native_epochs
+from ltsam.data.catalog import DATASETS, native_epochs
+from ltsam.data.loading import load_data
 from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate

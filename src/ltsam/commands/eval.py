@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ltsam.console import print_results, print_sweep
-    from ltsam.data.registry import load_data
+    from ltsam.data.loading import load_data
     from ltsam.evaluate import evaluate_offsets, shot_split_groups
     from ltsam.io import check_writable_file, write_json
     from ltsam.runs import load_trained

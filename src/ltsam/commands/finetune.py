@@ -69,7 +69,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from ltsam.config import _check_number
     from ltsam.console import print_results
-    from ltsam.data.registry import load_data
+    from ltsam.data.loading import load_data
     from ltsam.finetune import STAGES, build_stage
     from ltsam.finetune.runner import StageRunner, StageSettings, load_parent
     from ltsam.finetune.stages import stage_options

@@ -17,7 +17,7 @@ from ltsam.train_flags import add_plugin_flag
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from ltsam.data.registry import load_data
+    from ltsam.data.loading import load_data
     from ltsam.distributed import resolve_device
     from ltsam.hessian.analysis import analyze_classes
     from ltsam.runs import load_trained
@@ -34,7 +34,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     data = load_data(cfg)
     classes = parse_classes(args.classes, data.num_classes)
     every_class = args.classes == "all"
-    streaming = not hasattr(data, "train")
+    streaming = data.streaming
     inputs, targets = hessian_inputs(data, args.split, args.augment, args.seed, args.max_per_class,
                                      None if every_class else classes)
     loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg).to(device)

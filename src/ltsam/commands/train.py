@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / name
         cfg.out = str(run_dir)
         # Validate data and model before touching the run folder, so a bad flag changes nothing.
-        from ltsam.data.registry import load_data
+        from ltsam.data.loading import load_data
         from ltsam.io import write_json
 
         data = load_data(cfg)

@@ -71,3 +71,29 @@ def lt_indices_glmc(targets: Sequence[int] | np.ndarray, counts: Sequence[int], 
         idx = np.where(targets == c)[0]
         kept.append(idx[rng.choice(len(idx), min(int(n_c), len(idx)), replace=False)])
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def select(targets, counts, rand_number: int, generator: str, seed: int):
+    """Indices kept by the LT profile: the reference's procedure, or GLMC's (``--lt-generator glmc``)."""
+    if generator == "glmc":
+        return lt_indices_glmc(targets, counts, seed)
+    return lt_indices(targets, counts, rand_number)
+
+
+def profile_indices(targets, num_classes: int, imb_type: str, imb_factor: float, rand_number: int,
+                    generator: str = "standard", seed: int = 0):
+    """Indices the LT profile keeps: n_max = largest class, counts capped at what a class has.
+
+    For a balanced source (CIFAR) n_max = len / C exactly as the reference computes it; ``none``
+    keeps every image (a user's data that is already long-tailed stays as it is).
+    """
+    import numpy as np
+
+    targets = np.asarray(targets, dtype=np.int64)
+    available = np.bincount(targets, minlength=num_classes).tolist()
+    if imb_type == "none":
+        counts = available
+    else:
+        counts = lt_counts(max(available), num_classes, imb_type, imb_factor)
+        counts = [min(c, a) for c, a in zip(counts, available)]
+    return select(targets, counts, rand_number, generator, seed)

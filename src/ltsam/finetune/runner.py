@@ -116,7 +116,7 @@ class StageRunner:
 
     def __init__(self, settings: StageSettings, parent: Parent, run_dir: Path, data=None, resume: bool = False,
                  progress: bool = True):
-        from ltsam.data.registry import load_data
+        from ltsam.data.loading import load_data
         from ltsam.trainer import seed_everything
 
         self.settings, self.parent, self.run_dir = settings, parent, Path(run_dir)
@@ -388,7 +388,7 @@ class StageRunner:
         return rows
 
     def _val_batches(self, val_list: str):
-        from ltsam.data.registry import attach_val_list
+        from ltsam.data.builtin import attach_val_list
 
         data = self.data
         if not hasattr(data, "image_size") or not hasattr(data, "train_paths"):

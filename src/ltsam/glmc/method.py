@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltsam.data.registry import DATASETS
+from ltsam.data.catalog import DATASETS
 from ltsam.errors import UserError
 from ltsam.glmc.heads import GLMC_ARCHS, build_glmc_model
 from ltsam.glmc.objective import GLMCObjective, mixing_generator

@@ -134,7 +134,7 @@ def glmc_source(data: Any, batch_size: int, seed: int, device: torch.device | st
                 world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
     """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
     augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation (SPEC §8.1)."""
-    if hasattr(data, "train"):  # InMemoryLTData
+    if not data.streaming:  # InMemoryLTData
         return GLMCBatchSource(data.train.images, data.train.targets, batch_size, data.mean, data.std, data.pad,
                                data.flip, seed, device, resample_q, data.cls_num_list, channels_last=channels_last,
                                rank=rank, world=world)

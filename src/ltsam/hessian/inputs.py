@@ -41,7 +41,7 @@ def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: in
     """
     from ltsam.data.augment import crop_flip, draw_crop_flip, normalize
 
-    if not hasattr(data, "train"):
+    if data.streaming:
         per_class = LIST_FILE_PER_CLASS if max_per_class is None else max_per_class
         labels = data.labels(split)
         chosen = range(data.num_classes) if classes is None else classes

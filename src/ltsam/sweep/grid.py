@@ -311,7 +311,7 @@ class TrainFlags:
 
 def _check_data_root(cfg: Any) -> None:
     """A data set that reads files needs its --data-root (CIFAR may download into it instead)."""
-    from ltsam.data.registry import DATASETS
+    from ltsam.data.catalog import DATASETS
 
     needs = DATASETS.entry(cfg.dataset).meta.get("needs_root", False)
     if needs and not cfg.download and not Path(cfg.data_root).exists():
