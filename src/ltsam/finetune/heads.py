@@ -1,7 +1,8 @@
 """The classifier of a trained model, and the heads the second stages put in its place.
 
-A model's classifier is found by attribute path: ``linear`` (ltsam's CIFAR ResNets and small CNN),
-``net.fc`` (the torchvision ResNets) or ``fc_cb`` (GLMC's re-balanced head, the one inference uses).
+A model's classifier is the first of its ``classifier_paths`` (``ltsam.models.classifier``): ``linear`` (ltsam's
+CIFAR ResNets and small CNN), ``net.fc`` (the torchvision ResNets) or ``fc_cb`` (GLMC's re-balanced head, the one
+inference uses).
 Every head here folds back into a plain ``nn.Linear``, so a stage's output is the parent's
 architecture with new classifier weights (``ltsam eval`` and ``ltsam hessian`` read it as any run).
 """
@@ -15,9 +16,8 @@ import torch
 from torch import nn
 
 from ltsam.errors import UserError
+from ltsam.models.classifier import classifier_paths
 from ltsam.models.normed_linear import NormedLinear
-
-CLASSIFIER_PATHS = ("linear", "net.fc", "fc_cb")
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -34,16 +34,16 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def classifier_path(model: nn.Module) -> str:
-    """The attribute path of the model's classifier (a Linear or cosine head)."""
-    for path in CLASSIFIER_PATHS:
-        try:
-            module = get_module(model, path)
-        except AttributeError:
-            continue
-        if isinstance(module, (nn.Linear, NormedLinear)):
-            return path
-    raise UserError(f"cannot find the classifier of this {type(model).__name__} (looked for "
-                    f"{', '.join(CLASSIFIER_PATHS)}); second stages need a linear classifier head")
+    """The attribute path of the model's prediction head (a Linear or cosine head)."""
+    path = classifier_paths(model)[0]
+    try:
+        module = get_module(model, path)
+    except AttributeError:
+        module = None
+    if not isinstance(module, (nn.Linear, NormedLinear)):
+        raise UserError(f"this {type(model).__name__} has no linear classifier at .{path} (its classifier_paths); "
+                        f"second stages need a linear classifier head")
+    return path
 
 
 def head_shape(head: nn.Module) -> tuple[int, int]:

@@ -38,6 +38,8 @@ class GLMCNet(nn.Module):
     it is replaced by ``nn.Identity`` so the model holds no dead parameters (this modifies the backbone).
     """
 
+    classifier_paths = ("fc_cb", "fc")  # the re-balanced head predicts; fc is trained beside it
+
     def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int | None = None,
                  drop_backbone_head: bool = True):
         super().__init__()

@@ -40,6 +40,8 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """conv3x3(16) -> 3 stages (16/32/64 channels, strides 1/2/2) -> global pool -> classifier."""
 
+    classifier_paths = ("linear",)  # ltsam.models.classifier
+
     def __init__(self, num_blocks: list[int], num_classes: int = 10, use_norm: bool = False,
                  in_channels: int = 3):
         super().__init__()

@@ -11,6 +11,8 @@ from ltsam.models.normed_linear import NormedLinear
 class SmallCNN(nn.Module):
     """conv(32)-BN-ReLU, conv(64, stride 2)-BN-ReLU, conv(64)-BN-ReLU, global pool, classifier."""
 
+    classifier_paths = ("linear",)  # ltsam.models.classifier
+
     def __init__(self, num_classes: int, use_norm: bool = False, in_channels: int = 1, width: int = 32):
         super().__init__()
         w = width

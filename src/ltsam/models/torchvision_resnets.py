@@ -35,6 +35,8 @@ BUILDERS: dict[str, Callable[..., tvr.ResNet]] = {
 class TorchvisionResNet(nn.Module):
     """A torchvision ResNet with ``features(x)`` / ``feature_dim`` like the CIFAR models."""
 
+    classifier_paths = ("net.fc",)  # ltsam.models.classifier
+
     def __init__(self, name: str, num_classes: int, use_norm: bool = False, in_channels: int = 3):
         super().__init__()
         net = BUILDERS[name](weights=None) if name in tvr.__dict__ else BUILDERS[name]()

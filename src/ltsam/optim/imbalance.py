@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ltsam.errors import UserError
+from ltsam.models.classifier import classifier_paths, unwrapped
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.optim.frequency import check_options as check_frequency
 from ltsam.optim.sam import SAM
@@ -372,26 +372,18 @@ CC_SAM_OPTIONS = (
            "classifier only (the official code's scope, not its other changes)", choices=("all", "classifier")),
 )
 
-_CLASSIFIER_NAMES = ("fc", "fc_cb", "linear", "net.fc")
-
-
 def classifier_parameters(model: nn.Module) -> list[torch.Tensor]:
-    """The classifier's parameters: ``model.classifier_parameters()`` if the model has it, else those of its
-    ``fc`` / ``fc_cb`` (GLMC's heads) / ``linear`` / ``net.fc`` submodules (compiled and DDP models unwrapped)."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
+    """The classifier's parameters: ``model.classifier_parameters()`` if the model has it, else those of the
+    modules its ``classifier_paths`` name, in the model's own order (compiled and DDP models unwrapped)."""
+    model = unwrapped(model)
     if hasattr(model, "classifier_parameters"):
         return list(model.classifier_parameters())
-    found: list[torch.Tensor] = []
-    for name in _CLASSIFIER_NAMES:
-        module: Any = model
-        for part in name.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, nn.Module):
-            found.extend(p for p in module.parameters() if p.requires_grad)
+    paths = set(classifier_paths(model))
+    found = [p for name, module in model.named_modules() if name in paths
+             for p in module.parameters() if p.requires_grad]
     if not found:
-        raise UserError("--cc-sam-scope classifier: this model has no classifier ltsam can find (.fc, .linear, or a "
-                        "classifier_parameters() method); use --cc-sam-scope all")
+        raise UserError(f"--cc-sam-scope classifier: this model has no classifier at {', '.join(sorted(paths))} (its "
+                        f"classifier_paths); use --cc-sam-scope all")
     return found
 
 
