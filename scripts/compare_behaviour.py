@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 TIMING = {"seconds", "elapsed", "train_seconds"}
-PATHS = {"path", "run"}  # a stage's parent checkpoint and folder: under BEFORE or AFTER
+PATHS = {"path", "run", "out", "data_root", "sha256"}  # under BEFORE or AFTER (the parent's SHA-256 with them)
 CHECKPOINTS = ("last.pt", "best.pt", "best_val.pt")
 
 
@@ -39,7 +39,7 @@ def tensors_equal(a: Any, b: Any, where: str, out: list[str]) -> None:
     elif isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             out.append(f"{where}: keys differ ({sorted(map(str, set(a) ^ set(b)))})")
-        for k in a.keys() & b.keys():
+        for k in a.keys() & b.keys() - TIMING - PATHS:
             tensors_equal(a[k], b[k], f"{where}.{k}", out)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
@@ -72,7 +72,7 @@ def compare_run(a: Path, b: Path, out: list[str]) -> None:
             ca, cb = (torch.load(p, map_location="cpu", weights_only=False) for p in (pa, pb))
             if set(ca) != set(cb):
                 out.append(f"{pb}: payload keys differ ({sorted(set(ca) ^ set(cb))})")
-            for key in sorted(ca.keys() & cb.keys()):
+            for key in sorted(ca.keys() & cb.keys() - TIMING - PATHS):
                 tensors_equal(ca[key], cb[key], f"{pb}:{key}", out)
 
 
