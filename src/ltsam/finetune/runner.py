@@ -19,15 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltsam.acceleration import autocast_context, grad_scaler
 from ltsam.config import TrainConfig, validate
-from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate, evaluate_offsets, shot_split_groups
 from ltsam.finetune.heads import classifier_path, get_module, set_module, swapped
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
-from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
+from ltsam.io import load_checkpoint, write_json
 from ltsam.optim import build_step
+from ltsam.run.checkpoints import load_last, load_states, restore_scaler, save_run_checkpoints, scaler_state
+from ltsam.run.files import CONFIG_NAME, LAST, SWEEP_NAME
+from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
+from ltsam.run.records import EpochTally, MetricsLog, Progress, best_summary, data_summary, machine_summary
+from ltsam.run.runtime import data_parallel, precision, start_runtime
 from ltsam.runs import checkpoint_path, config_from_dict, model_from_meta
 from ltsam.schedules import cosine_lr
 from ltsam.steps import supervised_objective
@@ -105,19 +108,18 @@ def load_parent(target: str | Path, which: str = "last", expect_sha256: str | No
                         f"start the stage again (--overwrite) instead of resuming it")
     cfg = config_from_dict(ckpt["config"])
     validate(cfg)
-    run = path.parent if (path.parent / "config.json").is_file() else None
+    run = path.parent if (path.parent / CONFIG_NAME).is_file() else None
     info = {"path": str(path), "run": None if run is None else str(run), "which": which, "sha256": sha,
             "epoch": int(ckpt["epoch"])}
     return Parent(ckpt, cfg, info)
 
 
-class StageRunner:
+class StageRunner(ProgressAttributes):
     """One stage on one parent into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``."""
 
     def __init__(self, settings: StageSettings, parent: Parent, run_dir: Path, data=None, resume: bool = False,
                  progress: bool = True):
         from ltsam.data.registry import load_data
-        from ltsam.trainer import seed_everything
 
         self.settings, self.parent, self.run_dir = settings, parent, Path(run_dir)
         cfg = self.cfg = parent.cfg
@@ -125,12 +127,8 @@ class StageRunner:
             cfg.data_root = settings.data_root
         if settings.workers is not None:
             cfg.workers = settings.workers
-        self.ctx, self.device = init_distributed(resolve_device(settings.device))
+        self.ctx, self.device = start_runtime(settings.device, cfg, settings.seed)
         self.progress = progress and self.ctx.is_main
-        threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
-        if threads is not None and self.device.type == "cpu":  # as the trainer: tiny models run faster on one
-            torch.set_num_threads(threads)
-        seed_everything(settings.seed)
         self.data = data if data is not None else load_data(cfg)
         saved = parent.ckpt.get("cls_num_list")
         if saved is not None and list(saved) != list(self.data.cls_num_list):
@@ -146,11 +144,9 @@ class StageRunner:
         torch.manual_seed(settings.seed)  # cRT's new classifier: the same on every rank and every resume
         params = self.stage.install(self.model, self.path)
         self.meta = self.stage.output_meta(meta)
-        amp = cfg.amp if (self.device.type == "cuda" or cfg.amp == "bf16") else None
-        self.autocast = autocast_context(amp, self.device)
-        self.scaler = grad_scaler(amp, self.device) if self.stage.trains else None
+        self.autocast, self.scaler = precision(cfg.amp, self.device, scaled=self.stage.trains)
         self.groups = shot_split_groups(cfg, self.data.num_classes)
-        self.start_epoch, self.best_top1, self.best_record, self.elapsed = 0, -1.0, None, 0.0
+        self.state = Progress()
         self.step = None
         if self.stage.trains:
             weights = balanced_weights(self.data.cls_num_list) if self.stage.balanced else None
@@ -159,14 +155,9 @@ class StageRunner:
             self.step = build_step("sgd", params, self.stage.lr, self.stage.momentum, self.stage.wd,
                                    autocast=self.autocast, scaler=self.scaler)
             self.criterion = self.stage.criterion(self.data.cls_num_list).to(self.device)
-            self.net: nn.Module = self.model
-            if self.ctx.enabled:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                self.net = DDP(self.model, device_ids=ids)
+            self.net: nn.Module = data_parallel(self.model, self.ctx, self.device)
         if resume and self.stage.trains:  # tau-norm has nothing to resume: it runs again
-            self._restore(load_checkpoint(self.run_dir / "last.pt"))
+            self._restore(load_last(self.run_dir))
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -191,8 +182,8 @@ class StageRunner:
         return {"epoch": epoch, "model": model_state,
                 "optimizer": self.step.optimizer.state_dict() if self.step is not None else {},
                 "model_meta": self.meta, "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
-                "classes": self.data.classes, "best_top1": self.best_top1, "best_record": self.best_record,
-                "elapsed": self.elapsed, "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "classes": self.data.classes, **self.state.checkpoint_fields(with_val=False),
+                "scaler": scaler_state(self.scaler),
                 "stage": {"name": self.stage.name, "options": self.settings.options, "parent": self.parent.info},
                 "stage_head": self.head.state_dict()}
 
@@ -200,114 +191,60 @@ class StageRunner:
         saved = ckpt.get("stage") or {}
         if saved.get("name") != self.stage.name or (saved.get("parent") or {}).get("sha256") != \
                 self.parent.info["sha256"]:
-            raise UserError(f"cannot resume: {self.run_dir / 'last.pt'} is not this stage on this parent; start "
+            raise UserError(f"cannot resume: {self.run_dir / LAST} is not this stage on this parent; start "
                             f"the stage again with --overwrite")
-        try:
-            self.head.load_state_dict(ckpt["stage_head"])
-            if self.step is not None:
-                self.step.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot resume: the state in last.pt does not fit this stage "
-                            f"({str(exc).strip().splitlines()[0][:160]})") from None
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.best_top1 = float(ckpt["best_top1"])
-        self.best_record = ckpt.get("best_record")
-        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        load_states(ckpt, [(self.head, "stage_head")] + ([(self.step.optimizer, "optimizer")] if self.step else []),
+                    "cannot resume: the state in last.pt does not fit this stage ({reason})")
+        restore_scaler(self.scaler, ckpt)
+        self.state = Progress.from_checkpoint(ckpt)
 
     # ------------------------------------------------------------------ training stages
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.eval()  # frozen batch-norm statistics; the head has no train-mode behaviour
         self.source.set_epoch(epoch)
-        sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, correct, seen, non-finite
+        tally = EpochTally(self.device)
         for x, y in self.source:
             out = self.step(self.net, supervised_objective(x, y, self.criterion, self.autocast)).last
             self.stage.after_step(self.head)
-            loss = out.report.detach()
-            sums[0] += loss.double() * len(y)
-            sums[1] += (out.logits.detach().argmax(1) == y).sum()
-            sums[2] += len(y)
-            sums[3] += ~torch.isfinite(loss)
-        sums = all_reduce_sum(sums, self.ctx).cpu()
+            tally.add(out.report.detach(), out.logits.detach(), y)
+        bad_steps = tally.reduce(self.ctx).bad_steps
         head_ok = all(bool(torch.isfinite(t).all()) for t in self.head.state_dict().values() if t.is_floating_point())
-        if not head_ok or (int(sums[3]) > 0 and self.scaler is None):
+        if not head_ok or (bad_steps > 0 and self.scaler is None):
             raise TrainingDiverged(f"the stage diverged in epoch {epoch + 1} (non-finite loss or classifier); "
                                    f"start it again with a smaller --lr (now {self.stage.lr:g})")
-        seen = max(float(sums[2]), 1.0)
-        return {"train_loss": float(sums[0]) / seen, "train_acc": 100.0 * float(sums[1]) / seen}
+        return tally.stats()
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], None]:
+        """The loop's hook: one epoch of the stage on the cosine schedule, then the test results."""
+        lr = cosine_lr(epoch, self.stage.lr, self.stage.epochs)
+        for group in self.step.optimizer.param_groups:
+            group["lr"] = lr
+        stats = self.train_epoch(epoch)
+        return {"lr": lr, **stats}, self.evaluate(self.criterion)[0], None
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         if not self.stage.trains:
             return self.fit_without_training()
-        from ltsam.trainer import _truncate_metrics
-
-        main, stage = self.ctx.is_main, self.stage
-        metrics = self.run_dir / "metrics.jsonl"
-        if main:
-            _truncate_metrics(metrics, self.start_epoch)
-        done = 0
-        for epoch in range(self.start_epoch, stage.epochs):
-            t0 = time.perf_counter()
-            lr = cosine_lr(epoch, stage.lr, stage.epochs)
-            for group in self.step.optimizer.param_groups:
-                group["lr"] = lr
-            stats = self.train_epoch(epoch)
-            test, _ = self.evaluate(self.criterion)
-            seconds = time.perf_counter() - t0
-            self.elapsed += seconds
-            record = {"epoch": epoch, "lr": lr, **stats, "test_loss": test["loss"], "test_top1": test["top1"],
-                      "test_top5": test["top5"], "many_acc": test["shot_acc"]["many"],
-                      "medium_acc": test["shot_acc"]["medium"], "few_acc": test["shot_acc"]["few"],
-                      "per_class_acc": test["per_class_acc"], "seconds": seconds}
-            is_best = test["top1"] > self.best_top1
-            if is_best:
-                self.best_top1, self.best_record = test["top1"], record
-            if main:
-                with open(metrics, "a") as f:
-                    f.write(to_json(record) + "\n")
-                payload = self.payload(epoch + 1)
-                save_checkpoint(self.run_dir / "last.pt", payload)
-                if is_best:
-                    save_checkpoint(self.run_dir / "best.pt", payload)
-                if self.progress:
-                    print(f"{stage.name} epoch {epoch + 1:>3}/{stage.epochs}  lr {lr:.4g}  train loss "
-                          f"{stats['train_loss']:.4f} acc {stats['train_acc']:.2f}  test top-1 {test['top1']:.2f}  "
-                          f"many {_f(test['shot_acc']['many'])} med {_f(test['shot_acc']['medium'])} "
-                          f"few {_f(test['shot_acc']['few'])}  {seconds:.1f}s", flush=True)
-            barrier(self.ctx)
-            done += 1
-            if stop_after is not None and done >= stop_after and epoch + 1 < stage.epochs:
-                break
+        member = Member(self.run_dir, self.stage.epochs, self.state, self, label=f"{self.stage.name} ",
+                        echo=self.progress)
+        run_epochs(member, self.ctx, stop_after)
         return self.finish()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the stage's model, write final.json and the figures (rank 0); return the summary."""
-        from ltsam.report import save_figures
-
         test, conf = self.evaluate(None)
-        best = self.best_record or {}
-        metrics = self.run_dir / "metrics.jsonl"
         summary = {
             "stage": self.stage.name, "stage_options": self.settings.options, "parent": self.parent.info,
             "parent_config": self.parent.ckpt["config"],  # what `ltsam report` groups the stage's seeds by
-            "epochs_done": sum(1 for ln in metrics.read_text().splitlines() if ln.strip())
-            if self.stage.trains and metrics.exists() else 0,
+            "epochs_done": MetricsLog(self.run_dir).epochs_done() if self.stage.trains else 0,
             "epochs": self.stage.epochs if self.stage.trains else 0,
             "final": test,
-            "best": {"epoch": best.get("epoch"), "top1": best.get("test_top1"), "top5": best.get("test_top5"),
-                     "shot_acc": {k: best.get(f"{k}_acc") for k in ("many", "medium", "few")},
-                     "per_class_acc": best.get("per_class_acc")},
-            "classes": self.data.classes, "cls_num_list": self.data.cls_num_list,
-            "train_images": self.data.train_size, "test_images": self.data.test_size,
-            "train_seconds": self.elapsed, "device": str(self.device), "world_size": self.ctx.world,
+            "best": best_summary(self.best_record),
+            **data_summary(self.data),
+            **machine_summary(self.elapsed, self.device, self.ctx),
             **(extra or {}),
         }
-        if self.ctx.is_main:
-            write_json(self.run_dir / "final.json", summary)
-            save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
-        barrier(self.ctx)
-        return summary
+        return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)
 
     # ------------------------------------------------------------------ tau-normalisation
     def fit_without_training(self) -> dict[str, Any]:
@@ -337,21 +274,17 @@ class StageRunner:
         else:
             tau = 1.0
         set_module(self.model, self.path, stage.head_for(tau))
-        self.elapsed = time.perf_counter() - t0
+        self.state.elapsed = time.perf_counter() - t0
         if self.ctx.is_main:
-            write_json(self.run_dir / "sweep.json", sweep)
-            from ltsam.io import write_text
-
-            write_text(self.run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in sweep))
+            write_json(self.run_dir / SWEEP_NAME, sweep)
+            MetricsLog(self.run_dir).write(sweep)
         test = next(r for r in sweep if r["split"] == "test" and r["tau"] == tau)
-        self.best_top1 = test["top1"]
-        self.best_record = {"epoch": 0, "test_top1": test["top1"], "test_top5": test["top5"],
-                            "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
-                            "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"]}
+        self.state.best_top1 = test["top1"]
+        self.state.best_record = {"epoch": 0, "test_top1": test["top1"], "test_top5": test["top5"],
+                                  "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
+                                  "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"]}
         if self.ctx.is_main:
-            payload = self.payload(0)
-            save_checkpoint(self.run_dir / "last.pt", payload)
-            save_checkpoint(self.run_dir / "best.pt", payload)
+            save_run_checkpoints(self.run_dir, self.payload(0), best=True)
         summary = self.finish({"tau": tau, "tau_selected_on": chosen_on,
                                "sweep": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in sweep]})
         if self.ctx.is_main and self.progress:
@@ -399,6 +332,3 @@ class StageRunner:
         return data.val_batches(self.stage.batch_size, self.device, False, self.cfg.workers, self.ctx.rank,
                                 self.ctx.world)
 
-
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
