@@ -10,108 +10,31 @@ sources, evaluation and checkpoint format are the trainer's; one process or seve
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ltsam.config import TrainConfig, validate
 from ltsam.errors import TrainingDiverged, UserError
-from ltsam.evaluate import evaluate, evaluate_offsets, shot_split_groups
-from ltsam.finetune.heads import classifier_path, get_module, set_module, swapped
+from ltsam.evaluate import evaluate, shot_split_groups
+from ltsam.finetune.heads import classifier_path, get_module, swapped
+from ltsam.finetune.parent import (  # noqa: F401  (StageSettings, load_parent, file_sha256: imported from here)
+    Parent,
+    StageSettings,
+    file_sha256,
+    load_parent,
+)
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
-from ltsam.io import load_checkpoint, write_json
 from ltsam.optim import build_step
-from ltsam.run.checkpoints import load_last, load_states, restore_scaler, save_run_checkpoints, scaler_state
-from ltsam.run.files import CONFIG_NAME, LAST, SWEEP_NAME
+from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
+from ltsam.run.files import LAST
 from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import EpochTally, MetricsLog, Progress, best_summary, data_summary, machine_summary
 from ltsam.run.runtime import data_parallel, precision, start_runtime
-from ltsam.runs import checkpoint_path, config_from_dict, model_from_meta
+from ltsam.runs import model_from_meta
 from ltsam.schedules import cosine_lr
 from ltsam.steps import supervised_objective
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class StageSettings:
-    """What ``config.json`` of a stage run records: the stage, its options, the parent and the run settings."""
-
-    stage: str
-    options: dict[str, Any]
-    parent: dict[str, Any]  # path (the checkpoint), run (its folder or null), which, sha256, epoch
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    data_root: str | None = None
-    recipe: str | None = None
-    plugins: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Any) -> StageSettings:
-        if not isinstance(values, dict) or "stage" not in values or "parent" not in values:
-            raise UserError("this config.json is not a stage run's (no 'stage' and 'parent'); resume a training "
-                            "run with `ltsam train --resume RUN`")
-        known = {f for f in cls.__dataclass_fields__}
-        settings = cls(**{k: v for k, v in values.items() if k in known})
-        settings._check()
-        return settings
-
-    def _check(self) -> None:
-        """A damaged or hand-edited config.json: one line naming the bad entry, before anything uses it."""
-        parent = self.parent if isinstance(self.parent, dict) else {}
-        bad = [name for name, ok in (
-            ("stage", isinstance(self.stage, str)), ("options", isinstance(self.options, dict)),
-            ("parent", all(isinstance(parent.get(k), str) for k in ("path", "which", "sha256"))),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-            ("device", isinstance(self.device, str)),
-            ("workers", self.workers is None or isinstance(self.workers, int) and not isinstance(self.workers, bool)),
-            ("data_root", self.data_root is None or isinstance(self.data_root, str)),
-            ("recipe", self.recipe is None or isinstance(self.recipe, str)),
-            ("plugins", isinstance(self.plugins, list) and all(isinstance(m, str) for m in self.plugins))) if not ok]
-        if bad:
-            raise UserError(f"the stage run's config.json has invalid {', '.join(bad)}; it is damaged — restore it, "
-                            f"or start the stage again with --overwrite")
-
-
-@dataclass
-class Parent:
-    """A finished run's checkpoint, its configuration and where it came from."""
-
-    ckpt: dict[str, Any]
-    cfg: TrainConfig
-    info: dict[str, Any]
-
-
-def load_parent(target: str | Path, which: str = "last", expect_sha256: str | None = None) -> Parent:
-    """The parent run (a run folder's ``last.pt``/``best.pt``, or a checkpoint file) and its configuration;
-    ``expect_sha256`` (on resume) refuses a checkpoint that changed since the stage started."""
-    path = checkpoint_path(target, which).resolve()
-    ckpt = load_checkpoint(path)
-    sha = file_sha256(path)
-    if expect_sha256 is not None and sha != expect_sha256:
-        raise UserError(f"the parent checkpoint {path} changed since this stage started (SHA-256 differs); "
-                        f"start the stage again (--overwrite) instead of resuming it")
-    cfg = config_from_dict(ckpt["config"])
-    validate(cfg)
-    run = path.parent if (path.parent / CONFIG_NAME).is_file() else None
-    info = {"path": str(path), "run": None if run is None else str(run), "which": which, "sha256": sha,
-            "epoch": int(ckpt["epoch"])}
-    return Parent(ckpt, cfg, info)
 
 
 class StageRunner(ProgressAttributes):
@@ -246,89 +169,8 @@ class StageRunner(ProgressAttributes):
         }
         return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)
 
-    # ------------------------------------------------------------------ tau-normalisation
     def fit_without_training(self) -> dict[str, Any]:
-        """tau-norm: one pass for the classifier's inputs, every tau of the grid scored on them, the chosen
-        tau folded into the saved model."""
-        from ltsam.finetune.stages import TauNormalisation
+        """tau-norm: no epochs; see :func:`ltsam.finetune.tau_norm.fit_tau_norm`."""
+        from ltsam.finetune.tau_norm import fit_tau_norm
 
-        stage = self.stage
-        assert isinstance(stage, TauNormalisation)
-        t0 = time.perf_counter()
-        sweep: list[dict[str, Any]] = []
-        chosen_on = "given" if stage.tau is not None else "default"
-        val = None
-        if stage.val_list:
-            val = self._sweep("val", self._features(self._val_batches(stage.val_list)))
-        elif getattr(self.data, "val_size", 0):  # the parent's held-out split (--val-per-class / --val-fraction)
-            val = self._sweep("val", self._features(self.data.val_batches(
-                self.cfg.eval_batch_size, self.device, False, self.cfg.workers, self.ctx.rank, self.ctx.world)))
-        if val is not None:
-            sweep += val
-        sweep += self._sweep("test", self._features(self.test_batches()))
-        if stage.tau is not None:
-            tau = stage.tau
-        elif val is not None:
-            tau = max(val, key=lambda r: (r["top1"], -r["tau"]))["tau"]
-            chosen_on = "val"
-        else:
-            tau = 1.0
-        set_module(self.model, self.path, stage.head_for(tau))
-        self.state.elapsed = time.perf_counter() - t0
-        if self.ctx.is_main:
-            write_json(self.run_dir / SWEEP_NAME, sweep)
-            MetricsLog(self.run_dir).write(sweep)
-        test = next(r for r in sweep if r["split"] == "test" and r["tau"] == tau)
-        self.state.best_top1 = test["top1"]
-        self.state.best_record = {"epoch": 0, "test_top1": test["top1"], "test_top5": test["top5"],
-                                  "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
-                                  "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"]}
-        if self.ctx.is_main:
-            save_run_checkpoints(self.run_dir, self.payload(0), best=True)
-        summary = self.finish({"tau": tau, "tau_selected_on": chosen_on,
-                               "sweep": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in sweep]})
-        if self.ctx.is_main and self.progress:
-            from ltsam.report import print_sweep
-
-            for split in ("val", "test"):
-                rows = [r for r in sweep if r["split"] == split]
-                if rows:
-                    print_sweep(rows, f"tau-normalisation on the {split} split (kept: tau {tau:g}, {chosen_on})")
-        return summary
-
-    @torch.no_grad()
-    def _features(self, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(classifier input, labels) of every batch, captured at the classifier by a forward pre-hook."""
-        captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float()))
-        out = []
-        try:
-            for x, y in batches:
-                with self.autocast():
-                    self.model(x)
-                out.append((captured.pop(), y))
-        finally:
-            hook.remove()
-        return out
-
-    def _sweep(self, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
-        rows = []
-        for tau in self.stage.grid:  # type: ignore[attr-defined]
-            head = self.stage.head_for(tau)  # type: ignore[attr-defined]
-            (result, _), = evaluate_offsets(head, features, self.data.cls_num_list, [None], None, self.ctx,
-                                            self.groups, confusion=False)
-            rows.append({"tau": tau, "split": split, **result})
-        return rows
-
-    def _val_batches(self, val_list: str):
-        from ltsam.data.registry import attach_val_list
-
-        data = self.data
-        if not hasattr(data, "image_size") or not hasattr(data, "train_paths"):
-            raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); on this data set "
-                            "train the parent with --val-per-class N (tau is then chosen on its held-out split) or "
-                            "leave --val-list out (tau then defaults to 1, and the test sweep is reported)")
-        attach_val_list(data, Path(val_list), Path(self.cfg.data_root))
-        return data.val_batches(self.stage.batch_size, self.device, False, self.cfg.workers, self.ctx.rank,
-                                self.ctx.world)
-
+        return fit_tau_norm(self)
