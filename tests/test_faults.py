@@ -206,7 +206,7 @@ def test_a_folder_made_unwritable_mid_run(tmp_path: Path, reference: Path, capsy
 
 
 def test_disk_full_while_appending_metrics(tmp_path: Path, reference: Path, capsys, monkeypatch) -> None:
-    import ltsam.trainer
+    import ltsam.run.records
 
     out = tmp_path / "run"
     appends: list[int] = []
@@ -235,7 +235,7 @@ def test_disk_full_while_appending_metrics(tmp_path: Path, reference: Path, caps
                 return HalfWriter(path, mode)
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ltsam.trainer, "open", fake_open, raising=False)
+    monkeypatch.setattr(ltsam.run.records, "open", fake_open, raising=False)
     code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
     assert code == 2
     _assert_one_line(err, "no space left on the disk", f"--resume {out}")

@@ -9,13 +9,27 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+def _type_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:`` (imports for annotations only, never executed)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+    return skip
+
+
 def _imports() -> dict[str, set[str]]:
-    """Module -> the ltsam modules it imports (lazy imports inside functions included)."""
+    """Module -> the ltsam modules it imports (lazy imports inside functions included, annotation-only ones
+    under ``if TYPE_CHECKING:`` not)."""
     modules = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p
                for p in SRC.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skip = _type_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("ltsam"):
                 subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
                 graph[name] |= subs or ({node.module} & modules.keys())

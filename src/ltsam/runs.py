@@ -18,18 +18,20 @@ from ltsam.errors import UserError
 from ltsam.extensions import require_plugins
 from ltsam.io import copy_atomic, load_checkpoint, read_json, write_text
 from ltsam.methods import METHODS
+from ltsam.run.files import (  # noqa: F401  (re-exported: callers import these from here)
+    BEST,
+    CHECKPOINTS,
+    CONFIG_NAME,
+    FINAL_NAME,
+    LAST,
+    LOCK_NAME,
+    OWN_FILES,
+    OWN_FOLDERS,
+    RUN_MARKER,
+    checkpoint_file,
+)
 
-RUN_MARKER = ".ltsam-run"  # written first into every run folder: what makes a folder ltsam's to replace
 RUN_FORMAT = "ltsam-run-v1"
-CONFIG_NAME = "config.json"
-LOCK_NAME = ".ltsam-lock"  # flock'ed by the process that trains into the folder; holds its pid
-# Everything ltsam writes into a run folder; --overwrite removes these and nothing else.
-# A run folder's checkpoints (``--which``): the final epoch's, the best test top-1's (the paper's protocol) and,
-# with a validation split, the best validation top-1's (model selection on held-out images).
-CHECKPOINTS = ("best", "last", "best_val")
-OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "final.json", "per_class_accuracy.png",
-                       "confusion_matrix.png", "sweep.json", *(f"{name}.pt" for name in CHECKPOINTS)})
-OWN_FOLDERS = frozenset({"tensorboard", "wandb", "hessian"})
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # io._atomic's (and mkstemp's) names
 
 
@@ -61,7 +63,7 @@ def run_finished(path: Path) -> bool:
     """Whether the run in ``path`` trained all its epochs: its ``final.json`` exists, reads, and records
     ``epochs_done >= epochs`` (a ``--stop-after`` run writes a final.json too, and is not finished)."""
     try:
-        final = json.loads((path / "final.json").read_text())
+        final = json.loads((path / FINAL_NAME).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     if not isinstance(final, dict):
@@ -206,7 +208,7 @@ def _replaceable(path: Path, overwrite: bool) -> list[Path]:
         raise UserError(f"{path} is not empty and is not an ltsam run folder (no {RUN_MARKER} marker); "
                         f"refusing to touch it — choose another --out")
     if not overwrite:
-        if not (path / "last.pt").is_file() and (path / CONFIG_NAME).is_file():
+        if not (path / LAST).is_file() and (path / CONFIG_NAME).is_file():
             raise UserError(f"run folder {path} holds a run stopped before its first checkpoint; "
                             f"`ltsam train --resume {path}` starts it again from its config.json, "
                             f"or pass --overwrite to replace it")
@@ -268,7 +270,7 @@ def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
         raise UserError(f"--resume {run_dir}: no such folder; pass the folder of an ltsam run")
     if (run_dir / CONFIG_NAME).is_file():
         _refuse_stage_run(run_dir, read_json(run_dir / CONFIG_NAME))
-    has_checkpoint = (run_dir / "last.pt").is_file()
+    has_checkpoint = (run_dir / LAST).is_file()
     if not has_checkpoint and not (is_run_dir(run_dir) and (run_dir / CONFIG_NAME).is_file()):
         raise UserError(f"--resume {run_dir}: no last.pt there; pass the folder of an ltsam run")
     if not owner:
@@ -283,24 +285,24 @@ def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
     return False
 
 
-def repair_best(run_dir: Path, epochs_done: int, best_epoch: int | None, name: str = "best.pt") -> None:
+def repair_best(run_dir: Path, epochs_done: int, best_epoch: int | None, name: str = BEST) -> None:
     """Make ``name`` (``best.pt``, ``best_val.pt``) the checkpoint ``last.pt`` records as best. It is written
     just after ``last.pt`` in the same epoch, so a kill or a full disk between the two leaves it stale exactly
     when the last finished epoch was the best; then ``last.pt`` holds the same payload, and is copied over it."""
     if best_epoch is not None and best_epoch == epochs_done - 1:
-        copy_atomic(run_dir / "last.pt", run_dir / name)
+        copy_atomic(run_dir / LAST, run_dir / name)
 
 
 def checkpoint_path(target: str | Path, which: str = "best") -> Path:
     """A run folder (its ``best.pt``, ``last.pt`` or ``best_val.pt``) or a checkpoint file."""
     target = Path(target)
     if target.is_dir():
-        path = target / f"{which}.pt"
+        path = target / checkpoint_file(which)
         if not path.is_file():
             if which == "best_val" and _is_stage_folder(target):
                 raise UserError(f"{target} is a second-stage run (ltsam finetune), which keeps best.pt and last.pt "
                                 f"only; use --which best or last")
-            if which == "best_val" and (target / "last.pt").is_file():
+            if which == "best_val" and (target / LAST).is_file():
                 raise UserError(f"{target} has no best_val.pt: the run had no validation split (train with "
                                 f"--val-per-class N); use --which best or last")
             raise UserError(f"{target} has no {which}.pt; is it an ltsam run folder?")

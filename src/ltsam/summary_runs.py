@@ -20,6 +20,7 @@ from typing import Any
 
 from ltsam.errors import UserError
 from ltsam.metrics import best_record
+from ltsam.run.files import CONFIG_NAME, FINAL_NAME, LAST, METRICS_NAME
 from ltsam.runs import RUN_MARKER, is_run_dir, is_stage_config, run_finished, run_id
 from ltsam.sweep.grid import VOLATILE
 
@@ -105,7 +106,7 @@ def _result_problem(result: Any, name: str, need_epoch: bool = False) -> str | N
 
 def read_final(path: Path) -> dict[str, Any] | None:
     """``path/final.json`` checked for what the report reads; None when there is none."""
-    file = path / "final.json"
+    file = path / FINAL_NAME
     if not file.is_file():
         return None
     final = _read_object(file)
@@ -127,7 +128,7 @@ def read_final(path: Path) -> dict[str, Any] | None:
 
 def read_config(path: Path) -> dict[str, Any]:
     """``path/config.json``: a training run's settings, or a stage run's (stage, options, parent)."""
-    file = path / "config.json"
+    file = path / CONFIG_NAME
     config = _read_object(file)
     if not _is_int(config.get("seed", 0)):
         raise _damaged(file, "'seed' is not an integer")
@@ -144,7 +145,7 @@ NUMERIC_ROW_KEYS = ("test_top1", "val_top1", *(f"{k}_acc" for k in SHOTS))
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of ``path/metrics.jsonl`` (none without one). A last line without its newline is being
     written and is skipped; any other line that is not a JSON object of numbers is damage."""
-    file = path / "metrics.jsonl"
+    file = path / METRICS_NAME
     if not file.is_file():
         return []
     try:
@@ -194,10 +195,10 @@ def _parent_config(path: Path, final: dict[str, Any] | None) -> dict[str, Any]:
     recorded = (final or {}).get("parent_config")
     if isinstance(recorded, dict):
         return recorded
-    if not (path / "last.pt").is_file():
+    if not (path / LAST).is_file():
         raise UserError(f"{path} is a stage run that records no parent configuration (no parent_config in its "
                         f"final.json, no last.pt); restore its last.pt, or leave the folder out")
-    return load_checkpoint(path / "last.pt")["config"]
+    return load_checkpoint(path / LAST)["config"]
 
 
 def _settings(path: Path, config: dict[str, Any], final: dict[str, Any] | None
@@ -210,7 +211,7 @@ def _settings(path: Path, config: dict[str, Any], final: dict[str, Any] | None
     parent = _parent_config(path, final)
     seed = parent.get("seed", 0)
     if not _is_int(seed):
-        raise _damaged(path / "final.json", "the parent configuration's 'seed' is not an integer")
+        raise _damaged(path / FINAL_NAME, "the parent configuration's 'seed' is not an integer")
     settings = {"stage": config["stage"], "stage_options": config.get("options", {}),
                 "stage_recipe": config.get("recipe"), "parent_which": config["parent"].get("which"),
                 **{f"parent.{k}": v for k, v in parent.items() if k not in GROUP_IGNORES}}
@@ -248,7 +249,7 @@ def _cls_num_list(path: Path) -> list[int]:
     from ltsam.io import load_checkpoint
 
     try:
-        return list(load_checkpoint(path / "last.pt").get("cls_num_list") or [])
+        return list(load_checkpoint(path / LAST).get("cls_num_list") or [])
     except UserError:
         return []
 
@@ -260,10 +261,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p} does not exist; pass run folders or sweep folders")
-        if (p / "config.json").is_file():
+        if (p / CONFIG_NAME).is_file():
             found.append(p)
             continue
-        under = sorted(c.parent for c in p.rglob("config.json") if "report" not in c.relative_to(p).parts[:-1])
+        under = sorted(c.parent for c in p.rglob(CONFIG_NAME) if "report" not in c.relative_to(p).parts[:-1])
         if not under:
             raise UserError(f"{p} holds no run folders (no config.json under it); pass run or sweep folders")
         found += under

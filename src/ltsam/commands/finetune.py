@@ -10,6 +10,7 @@ from typing import Any
 
 from ltsam.argtypes import flag_bool, lower, show
 from ltsam.errors import UserError
+from ltsam.run.files import CONFIG_NAME, LAST
 from ltsam.runs import CHECKPOINTS
 from ltsam.train_flags import add_plugin_flag
 
@@ -83,9 +84,9 @@ def _finetune(args: argparse.Namespace) -> int:
     data = None
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
+        if not (run_dir / CONFIG_NAME).is_file():
             raise UserError(f"--resume {run_dir}: no config.json there; pass the folder of an ltsam finetune run")
-        settings = StageSettings.from_dict(read_json(run_dir / "config.json"))
+        settings = StageSettings.from_dict(read_json(run_dir / CONFIG_NAME))
         from ltsam.extensions import require_plugins
 
         require_plugins(settings.plugins, f"the stage run {run_dir}")
@@ -98,7 +99,7 @@ def _finetune(args: argparse.Namespace) -> int:
                 setattr(settings, key, getattr(args, key))
         parent = load_parent(settings.parent["path"], settings.parent.get("which", "last"),
                              expect_sha256=settings.parent["sha256"])
-        resume = (run_dir / "last.pt").is_file()
+        resume = (run_dir / LAST).is_file()
     else:
         if args.run is None:
             raise UserError("ltsam finetune needs the finished run: ltsam finetune RUN_DIR --stage "
@@ -143,7 +144,7 @@ def _finetune(args: argparse.Namespace) -> int:
         data = load_data(parent.cfg)  # a data set that cannot be read fails before the run folder exists
         if main_rank:
             prepare_run_dir(run_dir, args.overwrite)
-            write_json(run_dir / "config.json", settings.to_dict())
+            write_json(run_dir / CONFIG_NAME, settings.to_dict())
         resume = False
     runner = StageRunner(settings, parent, run_dir, data=data, resume=resume, progress=not args.no_progress)
     if not runner.ctx.is_main:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ltsam.argtypes import flag_name, show
 from ltsam.errors import UserError
+from ltsam.run.files import BEST_VAL, CONFIG_NAME
 from ltsam.train_flags import add_plugin_flag, add_train_flags, train_overrides
 
 
@@ -84,9 +85,9 @@ def _train(args: argparse.Namespace) -> int:
         note = _resume_note(args, run_dir, trainer.start_epoch, saved_epochs, cfg)
         if trainer.ctx.is_main:
             repair_best(run_dir, trainer.start_epoch, (trainer.best_record or {}).get("epoch"))
-            repair_best(run_dir, trainer.start_epoch, trainer.best_val_epoch, "best_val.pt")
+            repair_best(run_dir, trainer.start_epoch, trainer.best_val_epoch, BEST_VAL)
             print(note, flush=True)
-            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
     else:
         recipe = get_recipe(args.recipe) if args.recipe else None
         cfg = resolve(overrides, recipe)
@@ -104,10 +105,10 @@ def _train(args: argparse.Namespace) -> int:
         data = load_data(cfg)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
             prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
-            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
         if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
-            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)

@@ -10,114 +10,39 @@ sources, evaluation and checkpoint format are the trainer's; one process or seve
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ltsam.acceleration import autocast_context, grad_scaler
-from ltsam.config import TrainConfig, validate
-from ltsam.distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from ltsam.errors import TrainingDiverged, UserError
-from ltsam.evaluate import evaluate, evaluate_offsets, shot_split_groups
-from ltsam.finetune.heads import classifier_path, get_module, set_module, swapped
+from ltsam.evaluate import evaluate, shot_split_groups
+from ltsam.finetune.heads import classifier_path, get_module, swapped
+from ltsam.finetune.parent import (  # noqa: F401  (StageSettings, load_parent, file_sha256: imported from here)
+    Parent,
+    StageSettings,
+    file_sha256,
+    load_parent,
+)
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
-from ltsam.io import load_checkpoint, save_checkpoint, to_json, write_json
 from ltsam.objectives import supervised_objective
 from ltsam.optim import build_step
-from ltsam.runs import checkpoint_path, config_from_dict, model_from_meta
+from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
+from ltsam.run.files import LAST
+from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
+from ltsam.run.records import EpochTally, MetricsLog, Progress, best_summary, data_summary, machine_summary
+from ltsam.run.runtime import data_parallel, precision, start_runtime
+from ltsam.runs import model_from_meta
 from ltsam.schedules import cosine_lr
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class StageSettings:
-    """What ``config.json`` of a stage run records: the stage, its options, the parent and the run settings."""
-
-    stage: str
-    options: dict[str, Any]
-    parent: dict[str, Any]  # path (the checkpoint), run (its folder or null), which, sha256, epoch
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    data_root: str | None = None
-    recipe: str | None = None
-    plugins: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Any) -> StageSettings:
-        if not isinstance(values, dict) or "stage" not in values or "parent" not in values:
-            raise UserError("this config.json is not a stage run's (no 'stage' and 'parent'); resume a training "
-                            "run with `ltsam train --resume RUN`")
-        known = {f for f in cls.__dataclass_fields__}
-        settings = cls(**{k: v for k, v in values.items() if k in known})
-        settings._check()
-        return settings
-
-    def _check(self) -> None:
-        """A damaged or hand-edited config.json: one line naming the bad entry, before anything uses it."""
-        parent = self.parent if isinstance(self.parent, dict) else {}
-        bad = [name for name, ok in (
-            ("stage", isinstance(self.stage, str)), ("options", isinstance(self.options, dict)),
-            ("parent", all(isinstance(parent.get(k), str) for k in ("path", "which", "sha256"))),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-            ("device", isinstance(self.device, str)),
-            ("workers", self.workers is None or isinstance(self.workers, int) and not isinstance(self.workers, bool)),
-            ("data_root", self.data_root is None or isinstance(self.data_root, str)),
-            ("recipe", self.recipe is None or isinstance(self.recipe, str)),
-            ("plugins", isinstance(self.plugins, list) and all(isinstance(m, str) for m in self.plugins))) if not ok]
-        if bad:
-            raise UserError(f"the stage run's config.json has invalid {', '.join(bad)}; it is damaged — restore it, "
-                            f"or start the stage again with --overwrite")
-
-
-@dataclass
-class Parent:
-    """A finished run's checkpoint, its configuration and where it came from."""
-
-    ckpt: dict[str, Any]
-    cfg: TrainConfig
-    info: dict[str, Any]
-
-
-def load_parent(target: str | Path, which: str = "last", expect_sha256: str | None = None) -> Parent:
-    """The parent run (a run folder's ``last.pt``/``best.pt``, or a checkpoint file) and its configuration;
-    ``expect_sha256`` (on resume) refuses a checkpoint that changed since the stage started."""
-    path = checkpoint_path(target, which).resolve()
-    ckpt = load_checkpoint(path)
-    sha = file_sha256(path)
-    if expect_sha256 is not None and sha != expect_sha256:
-        raise UserError(f"the parent checkpoint {path} changed since this stage started (SHA-256 differs); "
-                        f"start the stage again (--overwrite) instead of resuming it")
-    cfg = config_from_dict(ckpt["config"])
-    validate(cfg)
-    run = path.parent if (path.parent / "config.json").is_file() else None
-    info = {"path": str(path), "run": None if run is None else str(run), "which": which, "sha256": sha,
-            "epoch": int(ckpt["epoch"])}
-    return Parent(ckpt, cfg, info)
-
-
-class StageRunner:
+class StageRunner(ProgressAttributes):
     """One stage on one parent into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``."""
 
     def __init__(self, settings: StageSettings, parent: Parent, run_dir: Path, data=None, resume: bool = False,
                  progress: bool = True):
         from ltsam.data.loading import load_data
-        from ltsam.trainer import seed_everything
 
         self.settings, self.parent, self.run_dir = settings, parent, Path(run_dir)
         cfg = self.cfg = parent.cfg
@@ -125,12 +50,8 @@ class StageRunner:
             cfg.data_root = settings.data_root
         if settings.workers is not None:
             cfg.workers = settings.workers
-        self.ctx, self.device = init_distributed(resolve_device(settings.device))
+        self.ctx, self.device = start_runtime(settings.device, cfg, settings.seed)
         self.progress = progress and self.ctx.is_main
-        threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
-        if threads is not None and self.device.type == "cpu":  # as the trainer: tiny models run faster on one
-            torch.set_num_threads(threads)
-        seed_everything(settings.seed)
         self.data = data if data is not None else load_data(cfg)
         saved = parent.ckpt.get("cls_num_list")
         if saved is not None and list(saved) != list(self.data.cls_num_list):
@@ -146,11 +67,9 @@ class StageRunner:
         torch.manual_seed(settings.seed)  # cRT's new classifier: the same on every rank and every resume
         params = self.stage.install(self.model, self.path)
         self.meta = self.stage.output_meta(meta)
-        amp = cfg.amp if (self.device.type == "cuda" or cfg.amp == "bf16") else None
-        self.autocast = autocast_context(amp, self.device)
-        self.scaler = grad_scaler(amp, self.device) if self.stage.trains else None
+        self.autocast, self.scaler = precision(cfg.amp, self.device, scaled=self.stage.trains)
         self.groups = shot_split_groups(cfg, self.data.num_classes)
-        self.start_epoch, self.best_top1, self.best_record, self.elapsed = 0, -1.0, None, 0.0
+        self.state = Progress()
         self.step = None
         if self.stage.trains:
             weights = balanced_weights(self.data.cls_num_list) if self.stage.balanced else None
@@ -159,14 +78,9 @@ class StageRunner:
             self.step = build_step("sgd", params, self.stage.lr, self.stage.momentum, self.stage.wd,
                                    autocast=self.autocast, scaler=self.scaler)
             self.criterion = self.stage.criterion(self.data.cls_num_list).to(self.device)
-            self.net: nn.Module = self.model
-            if self.ctx.enabled:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                self.net = DDP(self.model, device_ids=ids)
+            self.net: nn.Module = data_parallel(self.model, self.ctx, self.device)
         if resume and self.stage.trains:  # tau-norm has nothing to resume: it runs again
-            self._restore(load_checkpoint(self.run_dir / "last.pt"))
+            self._restore(load_last(self.run_dir))
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -191,8 +105,8 @@ class StageRunner:
         return {"epoch": epoch, "model": model_state,
                 "optimizer": self.step.optimizer.state_dict() if self.step is not None else {},
                 "model_meta": self.meta, "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
-                "classes": self.data.classes, "best_top1": self.best_top1, "best_record": self.best_record,
-                "elapsed": self.elapsed, "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "classes": self.data.classes, **self.state.checkpoint_fields(with_val=False),
+                "scaler": scaler_state(self.scaler),
                 "stage": {"name": self.stage.name, "options": self.settings.options, "parent": self.parent.info},
                 "stage_head": self.head.state_dict()}
 
@@ -200,205 +114,63 @@ class StageRunner:
         saved = ckpt.get("stage") or {}
         if saved.get("name") != self.stage.name or (saved.get("parent") or {}).get("sha256") != \
                 self.parent.info["sha256"]:
-            raise UserError(f"cannot resume: {self.run_dir / 'last.pt'} is not this stage on this parent; start "
+            raise UserError(f"cannot resume: {self.run_dir / LAST} is not this stage on this parent; start "
                             f"the stage again with --overwrite")
-        try:
-            self.head.load_state_dict(ckpt["stage_head"])
-            if self.step is not None:
-                self.step.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot resume: the state in last.pt does not fit this stage "
-                            f"({str(exc).strip().splitlines()[0][:160]})") from None
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.best_top1 = float(ckpt["best_top1"])
-        self.best_record = ckpt.get("best_record")
-        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        load_states(ckpt, [(self.head, "stage_head")] + ([(self.step.optimizer, "optimizer")] if self.step else []),
+                    "cannot resume: the state in last.pt does not fit this stage ({reason})")
+        restore_scaler(self.scaler, ckpt)
+        self.state = Progress.from_checkpoint(ckpt)
 
     # ------------------------------------------------------------------ training stages
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.eval()  # frozen batch-norm statistics; the head has no train-mode behaviour
         self.source.set_epoch(epoch)
-        sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, correct, seen, non-finite
+        tally = EpochTally(self.device)
         for x, y in self.source:
             out = self.step(self.net, supervised_objective(x, y, self.criterion, self.autocast)).last
             self.stage.after_step(self.head)
-            loss = out.report.detach()
-            sums[0] += loss.double() * len(y)
-            sums[1] += (out.logits.detach().argmax(1) == y).sum()
-            sums[2] += len(y)
-            sums[3] += ~torch.isfinite(loss)
-        sums = all_reduce_sum(sums, self.ctx).cpu()
+            tally.add(out.report.detach(), out.logits.detach(), y)
+        bad_steps = tally.reduce(self.ctx).bad_steps
         head_ok = all(bool(torch.isfinite(t).all()) for t in self.head.state_dict().values() if t.is_floating_point())
-        if not head_ok or (int(sums[3]) > 0 and self.scaler is None):
+        if not head_ok or (bad_steps > 0 and self.scaler is None):
             raise TrainingDiverged(f"the stage diverged in epoch {epoch + 1} (non-finite loss or classifier); "
                                    f"start it again with a smaller --lr (now {self.stage.lr:g})")
-        seen = max(float(sums[2]), 1.0)
-        return {"train_loss": float(sums[0]) / seen, "train_acc": 100.0 * float(sums[1]) / seen}
+        return tally.stats()
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], None]:
+        """The loop's hook: one epoch of the stage on the cosine schedule, then the test results."""
+        lr = cosine_lr(epoch, self.stage.lr, self.stage.epochs)
+        for group in self.step.optimizer.param_groups:
+            group["lr"] = lr
+        stats = self.train_epoch(epoch)
+        return {"lr": lr, **stats}, self.evaluate(self.criterion)[0], None
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         if not self.stage.trains:
             return self.fit_without_training()
-        from ltsam.trainer import _truncate_metrics
-
-        main, stage = self.ctx.is_main, self.stage
-        metrics = self.run_dir / "metrics.jsonl"
-        if main:
-            _truncate_metrics(metrics, self.start_epoch)
-        done = 0
-        for epoch in range(self.start_epoch, stage.epochs):
-            t0 = time.perf_counter()
-            lr = cosine_lr(epoch, stage.lr, stage.epochs)
-            for group in self.step.optimizer.param_groups:
-                group["lr"] = lr
-            stats = self.train_epoch(epoch)
-            test, _ = self.evaluate(self.criterion)
-            seconds = time.perf_counter() - t0
-            self.elapsed += seconds
-            record = {"epoch": epoch, "lr": lr, **stats, "test_loss": test["loss"], "test_top1": test["top1"],
-                      "test_top5": test["top5"], "many_acc": test["shot_acc"]["many"],
-                      "medium_acc": test["shot_acc"]["medium"], "few_acc": test["shot_acc"]["few"],
-                      "per_class_acc": test["per_class_acc"], "seconds": seconds}
-            is_best = test["top1"] > self.best_top1
-            if is_best:
-                self.best_top1, self.best_record = test["top1"], record
-            if main:
-                with open(metrics, "a") as f:
-                    f.write(to_json(record) + "\n")
-                payload = self.payload(epoch + 1)
-                save_checkpoint(self.run_dir / "last.pt", payload)
-                if is_best:
-                    save_checkpoint(self.run_dir / "best.pt", payload)
-                if self.progress:
-                    print(f"{stage.name} epoch {epoch + 1:>3}/{stage.epochs}  lr {lr:.4g}  train loss "
-                          f"{stats['train_loss']:.4f} acc {stats['train_acc']:.2f}  test top-1 {test['top1']:.2f}  "
-                          f"many {_f(test['shot_acc']['many'])} med {_f(test['shot_acc']['medium'])} "
-                          f"few {_f(test['shot_acc']['few'])}  {seconds:.1f}s", flush=True)
-            barrier(self.ctx)
-            done += 1
-            if stop_after is not None and done >= stop_after and epoch + 1 < stage.epochs:
-                break
+        member = Member(self.run_dir, self.stage.epochs, self.state, self, label=f"{self.stage.name} ",
+                        echo=self.progress)
+        run_epochs(member, self.ctx, stop_after)
         return self.finish()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the stage's model, write final.json and the figures (rank 0); return the summary."""
-        from ltsam.figures import save_figures
-
         test, conf = self.evaluate(None)
-        best = self.best_record or {}
-        metrics = self.run_dir / "metrics.jsonl"
         summary = {
             "stage": self.stage.name, "stage_options": self.settings.options, "parent": self.parent.info,
             "parent_config": self.parent.ckpt["config"],  # what `ltsam report` groups the stage's seeds by
-            "epochs_done": sum(1 for ln in metrics.read_text().splitlines() if ln.strip())
-            if self.stage.trains and metrics.exists() else 0,
+            "epochs_done": MetricsLog(self.run_dir).epochs_done() if self.stage.trains else 0,
             "epochs": self.stage.epochs if self.stage.trains else 0,
             "final": test,
-            "best": {"epoch": best.get("epoch"), "top1": best.get("test_top1"), "top5": best.get("test_top5"),
-                     "shot_acc": {k: best.get(f"{k}_acc") for k in ("many", "medium", "few")},
-                     "per_class_acc": best.get("per_class_acc")},
-            "classes": self.data.classes, "cls_num_list": self.data.cls_num_list,
-            "train_images": self.data.train_size, "test_images": self.data.test_size,
-            "train_seconds": self.elapsed, "device": str(self.device), "world_size": self.ctx.world,
+            "best": best_summary(self.best_record),
+            **data_summary(self.data),
+            **machine_summary(self.elapsed, self.device, self.ctx),
             **(extra or {}),
         }
-        if self.ctx.is_main:
-            write_json(self.run_dir / "final.json", summary)
-            save_figures(self.run_dir, test, self.data.classes, self.data.cls_num_list, conf)
-        barrier(self.ctx)
-        return summary
+        return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)
 
-    # ------------------------------------------------------------------ tau-normalisation
     def fit_without_training(self) -> dict[str, Any]:
-        """tau-norm: one pass for the classifier's inputs, every tau of the grid scored on them, the chosen
-        tau folded into the saved model."""
-        from ltsam.finetune.stages import TauNormalisation
+        """tau-norm: no epochs; see :func:`ltsam.finetune.tau_norm.fit_tau_norm`."""
+        from ltsam.finetune.tau_norm import fit_tau_norm
 
-        stage = self.stage
-        assert isinstance(stage, TauNormalisation)
-        t0 = time.perf_counter()
-        sweep: list[dict[str, Any]] = []
-        chosen_on = "given" if stage.tau is not None else "default"
-        val = None
-        if stage.val_list:
-            val = self._sweep("val", self._features(self._val_batches(stage.val_list)))
-        elif getattr(self.data, "val_size", 0):  # the parent's held-out split (--val-per-class / --val-fraction)
-            val = self._sweep("val", self._features(self.data.val_batches(
-                self.cfg.eval_batch_size, self.device, False, self.cfg.workers, self.ctx.rank, self.ctx.world)))
-        if val is not None:
-            sweep += val
-        sweep += self._sweep("test", self._features(self.test_batches()))
-        if stage.tau is not None:
-            tau = stage.tau
-        elif val is not None:
-            tau = max(val, key=lambda r: (r["top1"], -r["tau"]))["tau"]
-            chosen_on = "val"
-        else:
-            tau = 1.0
-        set_module(self.model, self.path, stage.head_for(tau))
-        self.elapsed = time.perf_counter() - t0
-        if self.ctx.is_main:
-            write_json(self.run_dir / "sweep.json", sweep)
-            from ltsam.io import write_text
-
-            write_text(self.run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in sweep))
-        test = next(r for r in sweep if r["split"] == "test" and r["tau"] == tau)
-        self.best_top1 = test["top1"]
-        self.best_record = {"epoch": 0, "test_top1": test["top1"], "test_top5": test["top5"],
-                            "many_acc": test["shot_acc"]["many"], "medium_acc": test["shot_acc"]["medium"],
-                            "few_acc": test["shot_acc"]["few"], "per_class_acc": test["per_class_acc"]}
-        if self.ctx.is_main:
-            payload = self.payload(0)
-            save_checkpoint(self.run_dir / "last.pt", payload)
-            save_checkpoint(self.run_dir / "best.pt", payload)
-        summary = self.finish({"tau": tau, "tau_selected_on": chosen_on,
-                               "sweep": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in sweep]})
-        if self.ctx.is_main and self.progress:
-            from ltsam.console import print_sweep
-
-            for split in ("val", "test"):
-                rows = [r for r in sweep if r["split"] == split]
-                if rows:
-                    print_sweep(rows, f"tau-normalisation on the {split} split (kept: tau {tau:g}, {chosen_on})")
-        return summary
-
-    @torch.no_grad()
-    def _features(self, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(classifier input, labels) of every batch, captured at the classifier by a forward pre-hook."""
-        captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float()))
-        out = []
-        try:
-            for x, y in batches:
-                with self.autocast():
-                    self.model(x)
-                out.append((captured.pop(), y))
-        finally:
-            hook.remove()
-        return out
-
-    def _sweep(self, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
-        rows = []
-        for tau in self.stage.grid:  # type: ignore[attr-defined]
-            head = self.stage.head_for(tau)  # type: ignore[attr-defined]
-            (result, _), = evaluate_offsets(head, features, self.data.cls_num_list, [None], None, self.ctx,
-                                            self.groups, confusion=False)
-            rows.append({"tau": tau, "split": split, **result})
-        return rows
-
-    def _val_batches(self, val_list: str):
-        from ltsam.data.builtin import attach_val_list
-
-        data = self.data
-        if not hasattr(data, "image_size") or not hasattr(data, "train_paths"):
-            raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); on this data set "
-                            "train the parent with --val-per-class N (tau is then chosen on its held-out split) or "
-                            "leave --val-list out (tau then defaults to 1, and the test sweep is reported)")
-        attach_val_list(data, Path(val_list), Path(self.cfg.data_root))
-        return data.val_batches(self.stage.batch_size, self.device, False, self.cfg.workers, self.ctx.rank,
-                                self.ctx.world)
-
-
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+        return fit_tau_norm(self)

@@ -23,6 +23,7 @@ import submitit
 
 from ltsam.errors import UserError
 from ltsam.launcher import ltsam_command, submitit_python, torchrun_command
+from ltsam.run.files import FINAL_NAME, LAST
 from ltsam.runs import lock_holder, run_finished
 from ltsam.sweep.grid import RunSpec, Sweep, flag_values
 from ltsam.sweep.state import Manifest, folder_state, run_dir
@@ -47,7 +48,7 @@ def resume_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
 
 def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
     """``ltsam`` arguments for a run: resume it if the folder holds a ``last.pt``, else start it."""
-    return resume_args(run_dir, argv) if (Path(run_dir) / "last.pt").is_file() else start_args(run_dir, argv)
+    return resume_args(run_dir, argv) if (Path(run_dir) / LAST).is_file() else start_args(run_dir, argv)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -261,7 +262,7 @@ def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: 
            t0: float, watched: bool = False) -> Any:
     """Submit the run's job; ``watched``: the job (a process of its own) ends when this process ends."""
     folder = run_dir(sweep, run)
-    how = "resuming" if (folder / "last.pt").is_file() else "starting"
+    how = "resuming" if (folder / LAST).is_file() else "starting"
     job = executor.submit(TrainJob(os.getpid() if watched else None), str(folder), run.argv, gpus)
     manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
     say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
@@ -278,7 +279,7 @@ def _finished(sweep: Sweep, manifest: Manifest, run: RunSpec, job: Any, failed: 
         manifest.mark(run.name, "failed", error=cause)
         say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {cause}; log {job.paths.stderr}")
         return
-    final = run_dir(sweep, run) / "final.json"
+    final = run_dir(sweep, run) / FINAL_NAME
     state = folder_state(run_dir(sweep, run))
     manifest.mark(run.name, state)
     top1 = ""

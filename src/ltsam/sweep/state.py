@@ -16,6 +16,7 @@ from typing import Any
 
 from ltsam.errors import UserError
 from ltsam.io import read_json, write_json
+from ltsam.run.files import CONFIG_NAME, LAST, METRICS_NAME
 from ltsam.runs import run_finished
 from ltsam.sweep.grid import VOLATILE, RunSpec, Sweep, config_hash
 
@@ -31,13 +32,13 @@ def folder_state(path: Path) -> str:
     """done, interrupted or pending, from what the run folder holds."""
     if run_finished(path):
         return DONE
-    if (path / "last.pt").is_file():
+    if (path / LAST).is_file():
         return INTERRUPTED
     return PENDING
 
 
 def epochs_done(path: Path) -> int:
-    metrics = path / "metrics.jsonl"
+    metrics = path / METRICS_NAME
     return sum(1 for ln in metrics.read_text().splitlines() if ln.strip()) if metrics.is_file() else 0
 
 
@@ -45,7 +46,7 @@ def check_folders(sweep: Sweep) -> None:
     """Refuse a sweep whose run folders hold another configuration under the same run name (the grid
     changed, e.g. its base epochs): one line naming the run, the settings that differ and the fix."""
     for run in sweep.runs:
-        path = run_dir(sweep, run) / "config.json"
+        path = run_dir(sweep, run) / CONFIG_NAME
         if not run.checked or not path.is_file():
             continue
         try:

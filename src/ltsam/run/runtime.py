@@ -1,0 +1,63 @@
+"""What a run needs from the machine before it trains: device and ranks, CPU threads, seeds, precision,
+the compiled and the DDP-wrapped module."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltsam.acceleration import allow_retained_graphs, autocast_context, compile_with_fallback, grad_scaler
+from ltsam.distributed import DistContext, init_distributed, resolve_device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_runtime(device: str, cfg: Any, seed: int) -> tuple[DistContext, torch.device]:
+    """Ranks and device (``torchrun`` or one process), the CPU thread rule, then the seeds."""
+    ctx, dev = init_distributed(resolve_device(device))
+    threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
+    if threads is not None and dev.type == "cpu":  # tiny models run faster on one thread
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    return ctx, dev
+
+
+def precision(amp: str | None, device: torch.device, scaled: bool = True):
+    """The autocast context and the fp16 GradScaler (``None`` without one, or when ``scaled`` is false):
+    mixed precision on CUDA, and bf16 autocast on a CPU too."""
+    amp = amp if (device.type == "cuda" or amp == "bf16") else None
+    return autocast_context(amp, device), (grad_scaler(amp, device) if scaled else None)
+
+
+def compiled(model: torch.nn.Module, trial: Callable[[torch.nn.Module], None], retains_graph: bool,
+             announce: bool) -> torch.nn.Module:
+    """``model`` under torch.compile, or ``model`` itself where compiling fails (checked by ``trial``)."""
+    if retains_graph:  # several backward passes through one forward pass
+        allow_retained_graphs()
+    t0 = time.perf_counter()
+    net, ok = compile_with_fallback(model, trial)
+    if ok and announce:
+        print(f"ltsam: model compiled with torch.compile in {time.perf_counter() - t0:.0f}s "
+              f"(--no-compile to skip)", flush=True)
+    return net
+
+
+def data_parallel(net: torch.nn.Module, ctx: DistContext, device: torch.device,
+                  find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``net`` wrapped in DistributedDataParallel under ``torchrun``; ``net`` itself in one process."""
+    if not ctx.enabled:
+        return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(net, device_ids=ids, find_unused_parameters=find_unused_parameters)
