@@ -143,3 +143,22 @@ def test_rho_step_custom_steps_and_epochs():
 def test_rho_unknown_schedule():
     with pytest.raises(UserError):
         rho_for_epoch("cosine", 0, 200, 0.1)
+
+
+def test_native_schedules_put_every_switch_where_the_reference_scripts_do() -> None:
+    """CIFAR (200 epochs): warm-up 5, LR drops after 160 and 180, DRW at 160, step rho after 5, 160, 180;
+    ImageNet-LT / iNat (90): DRW at 60, step rho after 5, 60, 75; a run of another length moves each
+    boundary to round(mark * epochs / native), at least 1."""
+    from ltsam.config import resolve
+    from ltsam.data.catalog import native_schedule
+    from ltsam.rules import default_drw_epoch
+    from ltsam.trainer import rho_step_epochs
+
+    cifar, inat = native_schedule("cifar10"), native_schedule("inat18")
+    assert (cifar.epochs, cifar.warmup, cifar.lr_drops, cifar.drw, cifar.rho_steps) == (200, 5, (160, 180), 160,
+                                                                                        (5, 160, 180))
+    assert (inat.epochs, inat.drw, inat.rho_steps) == (90, 60, (5, 60, 75))
+    assert default_drw_epoch("cifar10", 200) == 160 and default_drw_epoch("cifar10", 10) == 8
+    assert default_drw_epoch("imagenet_lt", 90) == 60 and default_drw_epoch("imagenet_lt", 9) == 6
+    assert rho_step_epochs(resolve({"dataset": "cifar10", "epochs": 100}, None)) == (2, 80, 90)  # 2.5 -> 2
+    assert rho_step_epochs(resolve({"dataset": "imagenet_lt", "epochs": 30}, None)) == (2, 20, 25)

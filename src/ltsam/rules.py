@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from ltsam.data.catalog import native_epochs
+from ltsam.data.catalog import native_schedule
 from ltsam.losses import effective_number_weights
 from ltsam.registry import Option, Registry, option_kwargs
-from ltsam.schedules import scale_epoch
 
 TRAIN_RULES: Registry[type] = Registry("train rule", "train_rule")
 
@@ -61,8 +60,8 @@ class Resample(TrainRule):
 def default_drw_epoch(dataset: str, epochs: int) -> int:
     """0-indexed epoch DRW switches on when --drw-epoch is not given: 160 of 200 (CIFAR) or
     60 of 90 (ImageNet-LT, iNat), scaled to ``epochs``."""
-    native = native_epochs(dataset)
-    return scale_epoch(160 if native == 200 else 60, epochs, native)
+    schedule = native_schedule(dataset)
+    return schedule.at(schedule.drw, epochs)
 
 
 def _resolve_drw(cfg: Any) -> None:

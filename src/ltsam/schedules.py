@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,28 @@ LR_SCHEDULES: Registry[Callable[[int, float, int], float]] = Registry("LR schedu
 """LR schedules by name: ``obj(epoch, base_lr, epochs) -> lr`` for a 0-indexed epoch."""
 RHO_SCHEDULES: Registry[Callable[..., float]] = Registry("rho schedule", "rho_schedule")
 """SAM-radius schedules by name: ``obj(epoch, epochs, rho, min_rho, max_rho, rho_steps, rho_step_epochs)``."""
+
+
+@dataclass(frozen=True)
+class NativeSchedule:
+    """A reference schedule: its length and the epochs at which things switch, each moved to a run of
+    another length by :meth:`at` (the one place those epochs are written down)."""
+
+    epochs: int
+    warmup: int  # 1-indexed: the LR warms up over the first ``warmup`` epochs (the step LR schedule)
+    lr_drops: tuple[int, int]  # 1-indexed: the step LR schedule drops x0.01 after the first, x0.0001 after the second
+    drw: int  # 0-indexed: DRW's re-weighting starts at this epoch
+    rho_steps: tuple[int, int, int]  # 1-indexed: the step rho schedule switches after these epochs
+
+    def at(self, mark: int, epochs: int) -> int:
+        """``mark`` (an epoch of this schedule) in a run of ``epochs`` epochs."""
+        return scale_epoch(mark, epochs, self.epochs)
+
+
+# The reference CIFAR script's 200 epochs, and the ImageNet-LT / iNaturalist scripts' 90 (their step rho
+# switches after epochs 5, 60, 75; DRW at 60). The step LR schedule is the CIFAR one on any data set.
+CIFAR_SCHEDULE = NativeSchedule(CIFAR_NATIVE_EPOCHS, 5, (160, 180), 160, (5, 160, 180))
+IMAGENET_SCHEDULE = NativeSchedule(90, 5, (160, 180), 60, (5, 60, 75))
 
 
 def scale_epoch(native_epoch: int, epochs: int, native_total: int = CIFAR_NATIVE_EPOCHS) -> int:
@@ -34,8 +57,8 @@ def step_lr(epoch: int, base_lr: float, epochs: int, warmup: int | None = None,
     """The reference's CIFAR schedule: linear warm-up to ``base_lr`` over 5 epochs, x0.01 after
     epoch 160, x0.0001 after 180 (1-indexed, of 200); boundaries scaled for other lengths."""
     e = epoch + 1
-    w = scale_epoch(5, epochs) if warmup is None else warmup
-    m1, m2 = milestones if milestones is not None else (scale_epoch(160, epochs), scale_epoch(180, epochs))
+    w = CIFAR_SCHEDULE.at(CIFAR_SCHEDULE.warmup, epochs) if warmup is None else warmup
+    m1, m2 = milestones if milestones is not None else (CIFAR_SCHEDULE.at(m, epochs) for m in CIFAR_SCHEDULE.lr_drops)
     if w > 0 and e <= w:
         return base_lr * e / w
     if e <= m1:
@@ -118,7 +141,7 @@ def step_rho(epoch: int, epochs: int, rho: float, min_rho: float = 0.05, max_rho
     e = epoch + 1
     a, b, c, d = rho_steps if rho_steps is not None else STEP_RHO_DEFAULT
     b1, b2, b3 = rho_step_epochs if rho_step_epochs is not None else (
-        scale_epoch(5, epochs), scale_epoch(160, epochs), scale_epoch(180, epochs))
+        CIFAR_SCHEDULE.at(m, epochs) for m in CIFAR_SCHEDULE.rho_steps)
     if e <= b1:
         return a
     if e <= b2:

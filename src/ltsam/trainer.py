@@ -13,7 +13,7 @@ import torch
 
 from ltsam.acceleration import should_compile
 from ltsam.config import TrainConfig, resolve_derived
-from ltsam.data.catalog import DATASETS, native_epochs
+from ltsam.data.catalog import DATASETS, native_schedule
 from ltsam.data.loading import load_data
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate
@@ -36,16 +36,15 @@ from ltsam.run.records import (
 )
 from ltsam.run.runtime import compiled, data_parallel, precision, seed_everything, start_runtime
 from ltsam.runs import model_from_meta
-from ltsam.schedules import learning_rate, rho_for_epoch, scale_epoch
+from ltsam.schedules import learning_rate, rho_for_epoch
 
 __all__ = ["Trainer", "rho_step_epochs", "seed_everything"]  # seed_everything: kept here for old imports
 
 
 def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
     """1-indexed boundaries of the step rho schedule: (5, 160, 180) of 200 or (5, 60, 75) of 90."""
-    native = native_epochs(cfg.dataset)
-    marks = (5, 160, 180) if native == 200 else (5, 60, 75)
-    return tuple(scale_epoch(m, cfg.epochs, native) for m in marks)  # type: ignore[return-value]
+    schedule = native_schedule(cfg.dataset)
+    return tuple(schedule.at(m, cfg.epochs) for m in schedule.rho_steps)  # type: ignore[return-value]
 
 
 class Trainer(ProgressAttributes):

@@ -3,12 +3,14 @@ declares (its defaults, native schedule length, index-based shot split)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ltsam.registry import Registry
+from ltsam.schedules import CIFAR_SCHEDULE, IMAGENET_SCHEDULE, NativeSchedule
 
 
 @dataclass
@@ -45,3 +47,13 @@ files under ``--data-root`` (checked before a sweep starts)."""
 def native_epochs(dataset: str) -> int:
     """Length of the reference schedule whose boundaries ltsam scales: 90 (ImageNet-LT, iNat) or 200."""
     return DATASETS.entry(dataset).meta.get("native_epochs", 200) if dataset in DATASETS else 200
+
+
+def native_schedule(dataset: str) -> NativeSchedule:
+    """The data set's reference schedule: its registration's ``schedule``, else the CIFAR one for a 200-epoch
+    set and the ImageNet-LT / iNat one (its switch epochs, at the set's own length) for any other."""
+    meta = DATASETS.entry(dataset).meta if dataset in DATASETS else {}
+    if "schedule" in meta:
+        return meta["schedule"]
+    native = native_epochs(dataset)
+    return CIFAR_SCHEDULE if native == CIFAR_SCHEDULE.epochs else dataclasses.replace(IMAGENET_SCHEDULE, epochs=native)
