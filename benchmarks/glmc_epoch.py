@@ -6,7 +6,7 @@ Same process, model (``--arch`` with the four GLMC heads), batch size (64, GLMC'
 steps for all. The data are CIFAR-10-LT IF 50 shaped (13,996 random uint8 3x32x32 images with the
 exp long-tail counts), generated here.
 
-(a) reference-style, as SPEC §8 describes GLMC's code: a Dataset of HWC uint8 arrays turned into PIL
+(a) reference-style, as the reference GLMC code does it: a Dataset of HWC uint8 arrays turned into PIL
     images with a TwoCropTransform (per-image torchvision RandomCrop(32, pad 4) / flip / ToTensor /
     Normalize, twice); two DataLoaders of 2 persistent workers each, the shuffled one (A) and a
     WeightedRandomSampler one (B, weights n_c^-q); per step a discarded Beta(beta, beta) draw and
@@ -68,7 +68,7 @@ class ReferenceSAMZeroGrads(ReferenceSAM):
 
 
 class ReferenceGLMC:
-    """One GLMC step per call as the reference's Trainer does it (SPEC §8.3)."""
+    """One GLMC step per call as the reference's Trainer does it."""
 
     def __init__(self, model: nn.Module, sam: bool, rho: float, batches_a: Iterator, batches_b: Iterator,
                  device: torch.device):

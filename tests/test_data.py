@@ -1,6 +1,6 @@
 """Long-tail profiles, the reference's image selection, augmentation and the in-memory source.
 
-Expected values come from SPEC §2.1-2.2 (printed counts, the reference's selection procedure
+Expected values come from the reference code (the class counts it gives, the reference's selection procedure
 re-implemented here with numpy's global legacy RNG, torchvision's functional transforms).
 """
 

@@ -1,7 +1,7 @@
 """The fast training path equals the reference-style path it replaces.
 
 - ``InMemoryBatchSource`` (device-resident uint8 set, batched crop/flip/normalise) yields the batches
-  that torchvision's per-image transforms (SPEC §2.2) give for the same draws;
+  that torchvision's per-image transforms (the reference's CIFAR ones) give for the same draws;
 - ltsam's SGD/SAM steps equal a textbook loop (plain SGD; SAM with cloned weights, perturb, restore);
 - channels-last and ``torch.compile`` leave the result unchanged up to rounding, a GradScaler (fp32, SAM)
   leaves it unchanged bit for bit, and ``compile_with_fallback`` falls back cleanly when the trial step fails.

@@ -1,4 +1,4 @@
-"""GLMC (SPEC §8): weights, mixing, heads, losses, the SGD/SAM step and the paired batch source.
+"""GLMC: weights, mixing, heads, losses, the SGD/SAM step and the paired batch source.
 
 Expected values are computed here by hand (closed forms written out in the test), not by the code
 under test. Tolerances are derived in tests/tolerances.py; the steps are checked in float64.

@@ -196,7 +196,7 @@ def test_glmc_trains_on_list_files(tmp_path: Path, rho: str) -> None:
     ckpt = torch.load(out / "last.pt", weights_only=True)
     keys = set(ckpt["model"])
     assert {"fc.weight", "fc_cb.weight", "projection_head.weight", "contrast_head.weight"} <= keys
-    assert ckpt["model"]["projection_head.weight"].shape == (256, 2048)  # ResNeXt-50: 2048 -> 256 (SPEC §8.5)
+    assert ckpt["model"]["projection_head.weight"].shape == (256, 2048)  # ResNeXt-50: 2048 -> 256 (the reference's)
     assert not any(k.startswith("backbone.net.fc.") for k in keys)  # the backbone's own classifier is dropped
     report = tmp_path / "eval.json"
     assert main(["eval", str(out), "--which", "last", "--json", str(report)]) == 0

@@ -1,9 +1,9 @@
-"""Losses and class weights against hand computations (SPEC §4).
+"""Losses and class weights against hand computations (the reference's losses.py and class weights).
 
-Every expected value is re-derived here in plain Python/numpy from the formulas of SPEC §4 (or
-taken from the numbers printed there); the functions under test are never used as oracles.
+Every expected value is re-derived here in plain Python/numpy from the reference code's formulas (or
+taken from values computed from them and written out here); the functions under test are never used as oracles.
 
-Tolerances: values printed in SPEC are compared at their printed precision (abs 1e-4 for 4 decimals; the VS
+Tolerances: values written out here are compared at their written precision (abs 1e-4 for 4 decimals; the VS
 table's 3 decimals, 1.5e-3), the hand formulas' float64 values with the derived bounds below.
 """
 
@@ -33,7 +33,7 @@ ROUNDED = rtol(torch.float32)
 # classes, a (weighted) mean over <= 24 samples, and the elementwise margin / scale / offset / exp / power steps.
 LOSS_RTOL = rtol(torch.float32, n=24, stages=4)
 
-CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # SPEC §2.1
+CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # the reference's CIFAR-10-LT, factor 0.01
 
 
 def _cifar100_if100() -> list[int]:

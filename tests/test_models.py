@@ -1,4 +1,4 @@
-"""Models (SPEC §3.1) and metrics (SPEC §6.2, ltsam's shot groups) against hand computations."""
+"""Models (the reference's models/resnet_cifar.py) and metrics (top-k, shot groups) against hand computations."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_normed_linear_extremes():
 # --- ResNet-32 -----------------------------------------------------------------------------------
 
 def _hand_resnet_params(n_blocks: int, num_classes: int, use_norm: bool = False) -> int:
-    """Parameter count of SPEC §3.1's ResNet_s: convs without bias, BN weight+bias, linear head."""
+    """Parameter count of the reference's ResNet_s: convs without bias, BN weight+bias, linear head."""
     def conv(cin, cout):
         return cin * cout * 9
 

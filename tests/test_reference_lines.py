@@ -1,4 +1,4 @@
-"""The reference run.sh's ImageNet-LT and iNaturalist-2018 lines (SPEC §9.3, §9.4), as copied with
+"""The reference run.sh's ImageNet-LT and iNaturalist-2018 lines, as copied with
 the script name replaced: ``*_train.py`` by ``ltsam train --optimizer sgd``, ``*_train_sam.py`` by
 ``ltsam train``. Each parses to its recipe's configuration and trains on generated list files."""
 

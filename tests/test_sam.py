@@ -1,4 +1,4 @@
-"""SAM against a textbook implementation written out here (SPEC §5.2).
+"""SAM against a textbook implementation written out here (the reference's sam.py, davda54/sam).
 
 The reference: g = grad of the loss at w; e = rho g / (||g|| + 1e-12) with the norm over ALL
 parameters (adaptive: e = rho w^2 g / (||w g|| + 1e-12)); gradient g' at w + e; restore w; then SGD

@@ -1,6 +1,6 @@
-"""LR and rho schedules against SPEC §5.3-5.4.
+"""LR and rho schedules against the reference code's adjust_learning_rate and adjust_rho.
 
-The functions take 0-indexed epochs; SPEC uses the 1-indexed e = epoch + 1.
+The functions take 0-indexed epochs; the reference compares the 1-indexed e = epoch + 1.
 """
 
 from __future__ import annotations

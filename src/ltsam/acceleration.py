@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-# On a CPU, inductor's compile of a CIFAR ResNet costs about a minute; it pays off (0.57 s ->
-# 0.40 s per resnet32 step measured here) only on runs of a few thousand steps or more.
+# On a CPU, inductor's compile of a CIFAR ResNet takes long enough that it pays off only on runs of a
+# few thousand steps or more (the measured compile time and step times: docs/speed.md).
 CPU_COMPILE_MIN_STEPS = 3000
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -14,7 +14,7 @@ from ltsam.errors import UserError
 _CIFAR = dict(imb_type="exp", imb_factor=0.01, arch="resnet32", epochs=200, batch_size=128, lr=0.1,
               momentum=0.9, wd=2e-4, seed=0, lr_schedule="step")
 
-# (dataset, loss, rule, rho or None for SGD), as in run.sh sections 9.1 and 9.2 of SPEC.md.
+# (dataset, loss, rule, rho or None for SGD), as in the reference run.sh's CIFAR-10-LT and CIFAR-100-LT lines.
 _LINES = [
     ("cifar10", "ce", "none", None), ("cifar10", "ce", "drw", None), ("cifar10", "ldam", "drw", None),
     ("cifar10", "ce", "none", 0.1), ("cifar10", "ce", "drw", 0.5), ("cifar10", "ldam", "drw", 0.8),
@@ -27,7 +27,7 @@ PAPER_TOP1 = {"cifar10-lt-ldam-drw-sam": 81.9, "cifar10-lt-ce-drw-sam": 80.6,
               "imagenet-lt-ldam-drw-sam": 53.1, "imagenet-lt-ce-drw-sam": 47.1,
               "inat18-ldam-drw-sam": 70.1, "inat18-ce-drw-sam": 65.3}
 
-# ImageNet-LT and iNaturalist-2018 lines of run.sh (SPEC.md 9.3, 9.4): ResNet-50, batch 256,
+# ImageNet-LT and iNaturalist-2018 lines of the reference run.sh: ResNet-50, batch 256,
 # 90 epochs, cosine LR, DRW switching at epoch 60; step rho after epochs 5, 60, 75.
 _LARGE = dict(arch="resnet50", epochs=90, batch_size=256, lr_schedule="cosine", momentum=0.9,
               train_rule="drw")
@@ -65,7 +65,7 @@ for _name, _line in _LARGE_LINES.items():
     RECIPES[_name] = dict(_LARGE, **_line)
 
 
-# GLMC + SAM (SPEC §8.7, GLMC-2023/run.sh): ResNet-34, 200 epochs, batch 64, lr 0.01, wd 5e-3,
+# GLMC + SAM (the reference's GLMC-2023/run.sh): ResNet-34, 200 epochs, batch 64, lr 0.01, wd 5e-3,
 # resample weighting 0.0, label weighting 1.2, cosine LR, seed 3407; IF 50 as run.sh, IF 100 as the
 # result table (same settings). The reference's "--contrast_weight 4.0" fails its int parser;
 # ltsam takes floats.

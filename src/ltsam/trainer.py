@@ -81,7 +81,7 @@ class Trainer(ProgressAttributes):
         net: torch.nn.Module = self.model
         total_steps = len(self.source) * self.cfg.epochs
         self.cfg.compile = should_compile(self.cfg.compile, self.device, total_steps)  # recorded in config.json
-        if self.cfg.compile:  # GLMC too: 1.25x (SAM) / 1.43x (SGD) on a CPU
+        if self.cfg.compile:  # GLMC too, by the same rule (measured: docs/speed.md)
             net = compiled(self.model, self.method.compile_trial, self.method.step.retains_graph, self.ctx.is_main)
         return data_parallel(net, self.ctx, self.device, self.method.ddp_find_unused_parameters)
 

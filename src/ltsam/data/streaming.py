@@ -1,5 +1,5 @@
 """Streaming batch sources for data sets too large for memory: images decoded and augmented in
-DataLoader workers with torchvision transforms (SPEC §2.5), one sampler per mode.
+DataLoader workers with torchvision transforms (the reference's ImageNet-LT / iNat ones), one sampler per mode.
 
 Samplers are seeded from (seed, epoch), so batches are reproducible and a resumed run continues
 the same sequence. Under ``torchrun`` every rank draws the same global order and takes its slice.

@@ -1,4 +1,4 @@
-"""GLMC (Global and Local Mixture Consistency cumulative learning, CVPR 2023) with optional SAM (SPEC §8).
+"""GLMC (Global and Local Mixture Consistency cumulative learning, CVPR 2023) with optional SAM, as the reference.
 
 - :mod:`ltsam.glmc.weights`: label weights, sampler weights, the cumulative weight alpha;
 - :mod:`ltsam.glmc.mixing`: MixUp, CutMix (box, images, soft targets), the mixing coefficient;

@@ -1,4 +1,4 @@
-"""GLMC networks: any feature backbone with the four GLMC heads (SPEC §8.5).
+"""GLMC networks: any feature backbone with the four GLMC heads (the reference GLMC code's).
 
 Heads on the d-dimensional feature f: ``fc`` Linear(d, C) (balanced/instance head), ``fc_cb``
 Linear(d, C) (re-balanced head), ``projection_head`` Linear(d, h) giving z and ``contrast_head``

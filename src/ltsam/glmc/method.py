@@ -34,7 +34,7 @@ OPTIONS = [
 
 @METHODS.register("glmc", help="global and local mixture consistency (Du et al., CVPR 2023)", options=OPTIONS)
 class GLMCMethod(Method):
-    """GLMC (Du et al., CVPR 2023) with any registered step on its re-balancing losses (SPEC §8)."""
+    """GLMC (Du et al., CVPR 2023) with any registered step on its re-balancing losses."""
 
     ddp_find_unused_parameters = True  # SAM's ascent leaves the projection heads out of the first backward
 

@@ -1,9 +1,9 @@
-"""GLMC's global (MixUp) and local (CutMix) mixtures and their soft targets (SPEC §8.3 steps 2-5).
+"""GLMC's global (MixUp) and local (CutMix) mixtures and their soft targets (the reference GLMC step's mixing).
 
 All randomness comes from a ``torch.Generator`` (CPU), so a run is reproducible from its seeds.
 
 Mixing coefficient: the reference draws lam ~ Beta(1, 1) = Uniform(0, 1) inside its mixing function;
-its ``--beta`` flag only feeds a Beta(beta, beta) draw that is thrown away (SPEC §10.25). In ltsam
+its ``--beta`` flag only feeds a Beta(beta, beta) draw that is thrown away. In ltsam
 ``beta`` *is* the mixing parameter: lam ~ Beta(beta, beta), and the default beta = 1.0 reproduces the
 reference's Uniform(0, 1) draw. (Passing the reference run.sh's ``--beta 0.5`` therefore changes the
 distribution of lam; use 1.0 to match the paper's runs.)

@@ -1,4 +1,4 @@
-"""GLMC's objective for one optimisation step, with plain SGD or SAM (SPEC §8.3 steps 2-10).
+"""GLMC's objective for one optimisation step, with plain SGD or SAM (the reference GLMC code's iteration).
 
 The step gets two already augmented and normalised batches: batch A = (A1, A2, y_A) from the
 instance-balanced loader and batch B = (B1, B2, y_B) from the weighted loader (truncated to |A|), and:
@@ -164,7 +164,7 @@ class GLMCObjective:
 
     def mix(self, batch_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
             batch_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> MixedBatch:
-        """Steps 1-5 of SPEC §8.3: truncate B to |A|, draw lam and the box, mix inputs and targets."""
+        """The reference GLMC step's first steps: truncate B to |A|, draw lam and the box, mix inputs, targets."""
         a1, a2, y_a = batch_a
         b1, b2, y_b = batch_b
         n = len(y_a)

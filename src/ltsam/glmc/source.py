@@ -1,4 +1,4 @@
-"""GLMC's paired batch sources: instance batches A and weighted-sampler batches B, two views each (SPEC §8.1).
+"""GLMC's paired batch sources: instance batches A and weighted-sampler batches B, two views each (as the reference's).
 
 Per epoch, from draws seeded by (seed, epoch) (``ltsam.data.sources.epoch_generator``, so a resumed run
 sees exactly the batches an uninterrupted one would):
@@ -133,7 +133,7 @@ def glmc_source(data: Any, batch_size: int, seed: int, device: torch.device | st
                 channels_last: bool = False, workers: int = 0, rank: int = 0,
                 world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
     """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
-    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation (SPEC §8.1)."""
+    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation."""
     if not data.streaming:  # InMemoryLTData
         return GLMCBatchSource(data.train.images, data.train.targets, batch_size, data.mean, data.std, data.pad,
                                data.flip, seed, device, resample_q, data.cls_num_list, channels_last=channels_last,

@@ -1,4 +1,4 @@
-"""GLMC's image transforms for the list-file sets (SPEC §8.1): two views per image, stronger augmentation.
+"""GLMC's image transforms for the list-file sets (the reference's): two views per image, stronger augmentation.
 
 ImageNet-LT / iNaturalist training images go through RandomResizedCrop -> ColorJitter(0.4, 0.4, 0.4, 0)
 (always) -> RandomGrayscale(0.2) -> PIL Gaussian blur with sigma ~ U[0.1, 2] (probability 0.5) ->
@@ -54,7 +54,7 @@ class TwoViews:
 
 
 def glmc_train_transform(size: int, mean: Sequence[float], std: Sequence[float]):
-    """One GLMC training view for ImageNet-LT / iNaturalist (SPEC §8.1, in the reference's order)."""
+    """One GLMC training view for ImageNet-LT / iNaturalist (in the reference's order)."""
     from torchvision import transforms as T
 
     return T.Compose([

@@ -1,4 +1,4 @@
-"""GLMC class weights and the cumulative-learning weight (SPEC §8.1, §8.2, §8.3 step 8)."""
+"""GLMC class weights and the cumulative-learning weight (as the reference GLMC code computes them)."""
 
 from __future__ import annotations
 

@@ -6,13 +6,12 @@
 * :func:`density_grid` -- the smoothed density of SLQ output.
 * :func:`analyze_classes`, :func:`compare_runs` -- the per-class analysis and its comparison.
 
-Where the time goes (ResNet-32, 2-core CPU, one thread; ``benchmarks/hessian.py``): one Hessian
-product costs about six forward passes whatever the implementation (double backward and
-forward-over-reverse within 5 % of each other; vmapped blocks of vectors save at most a quarter).
-What helps is keeping each batch's gradient graph between products (about 1.5x per product),
-re-orthogonalising Lanczos vectors as one matrix product on flat vectors rather than per vector
-and per parameter tensor, and needing fewer products (no separate power iteration, deflated
-Hutchinson probes).
+Where the time goes (``benchmarks/hessian.py``; the measured figures are in docs/speed.md): a Hessian
+product costs about the same whatever the implementation (double backward or forward-over-reverse,
+vectors one at a time or in vmapped blocks). What helps is keeping each batch's gradient graph
+between products, re-orthogonalising Lanczos vectors as one matrix product on flat vectors rather
+than per vector and per parameter tensor, and needing fewer products (no separate power iteration,
+deflated Hutchinson probes).
 """
 
 from ltsam.hessian.analysis import analyze_classes, compare_runs, load_summary

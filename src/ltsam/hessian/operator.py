@@ -22,10 +22,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
 Backend = Literal["double_backward", "forward_over_reverse"]
 
-# Measured on the 2-core CPU this was developed on (ResNet-32, eval mode, one thread, 32 images,
-# seconds per vector): double backward 0.63 (k=1) / 0.48 (k=8 batched), forward-over-reverse
-# 0.65 / 0.53, double backward with the gradient graph kept 0.42-0.45. Only the double backward
-# can keep its graph between products, so it is the default.
+# The two backends cost about the same per vector, and the double backward is fastest once its gradient
+# graph is kept between products (measured: docs/speed.md). Only the double backward can keep its graph
+# between products, so it is the default.
 DEFAULT_BACKEND: Backend = "double_backward"
 
 
@@ -46,8 +45,8 @@ class HessianOperator:
     several vectors at once through ``is_grads_batched``); ``"forward_over_reverse"`` is
     ``torch.func.jvp`` of ``torch.func.grad``, ``vmap``-ed over the vectors. With the double
     backward, the gradient graphs of the first batches holding up to ``cache_samples`` samples
-    are built once and kept, so later products skip their forward and first backward pass (about
-    a third of the cost); the price is their activations in memory (about 8 MB per 32x32 image
+    are built once and kept, so later products skip their forward and first backward pass (see
+    docs/speed.md for what that saves); the price is their activations in memory (about 8 MB per 32x32 image
     for ResNet-32). ``affine_batchnorm`` evaluates eval-mode batch-norm as the affine map it is
     (same function, cheaper second derivatives). The model should be in eval mode; its state is
     not changed. ``passes`` and ``vectors`` count data passes and vectors multiplied.

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from ltsam.hessian.estimators import EigenResult, TraceResult, hutchinson_trace, power_iteration, slq
 from ltsam.hessian.operator import Batch, HessianOperator, LossFn
 
-# Gradient graphs kept between products: about 2 GB for ResNet-32 on 32x32 images, and a third
-# less time per product (see HessianOperator).
+# Gradient graphs kept between products: about 2 GB for ResNet-32 on 32x32 images, and less time per
+# product (see HessianOperator; measured: docs/speed.md).
 DEFAULT_CACHE_SAMPLES = 256
 
 
