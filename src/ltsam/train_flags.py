@@ -91,7 +91,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu", type=int, help="reference spelling: use cuda:N when a GPU is present")
     g.add_argument("-j", "--workers", type=int, help="data-loading workers (in-memory sets need none)")
     g.add_argument("--eval-batch-size", type=int)
-    g.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 for small_cnn)")
+    g.add_argument("--threads", type=int,
+                   help="CPU threads (default: the architecture's, e.g. 1 for small_cnn; else torch's)")
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA and long CPU runs)")

@@ -22,7 +22,7 @@ for _depth in DEPTHS:
     MODELS.add(_depth, lambda num_classes, use_norm, in_channels, _n=_depth: resnet_cifar(
         _n, num_classes, use_norm, in_channels), help="CIFAR ResNet")
 MODELS.add("small_cnn", lambda num_classes, use_norm, in_channels: SmallCNN(num_classes, use_norm, in_channels),
-           help="small CNN for the digits demo")
+           help="small CNN for the digits demo", cpu_threads=1)  # tiny kernels: one thread is fastest
 for _name in TV_BUILDERS:
     MODELS.add(_name, lambda num_classes, use_norm, in_channels, _n=_name: TorchvisionResNet(
         _n, num_classes, use_norm, in_channels), help="torchvision")

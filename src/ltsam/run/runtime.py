@@ -22,10 +22,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_cpu_threads(arch: str) -> int | None:
+    """The CPU threads an architecture's registration asks for (``cpu_threads``; the small CNN's 1), else
+    ``None``: torch's own default."""
+    from ltsam.models import MODELS
+
+    return MODELS.entry(arch).meta.get("cpu_threads") if arch in MODELS else None
+
+
 def start_runtime(device: str, cfg: Any, seed: int) -> tuple[DistContext, torch.device]:
     """Ranks and device (``torchrun`` or one process), the CPU thread rule, then the seeds."""
     ctx, dev = init_distributed(resolve_device(device))
-    threads = cfg.threads if cfg.threads is not None else (1 if cfg.arch == "small_cnn" else None)
+    threads = cfg.threads if cfg.threads is not None else default_cpu_threads(cfg.arch)
     if threads is not None and dev.type == "cpu":  # tiny models run faster on one thread
         torch.set_num_threads(threads)
     seed_everything(seed)
