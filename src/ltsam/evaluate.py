@@ -26,7 +26,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
     ``groups`` overrides the many/medium/few split (e.g. the reference's index ranges).
     """
-    return evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups, autocast)[0]
+    results, conf = evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups, autocast)[0]
+    assert conf is not None  # confusion=True
+    return results, conf
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -77,10 +77,14 @@ class Method:
         self.source: Any = None
         self.step: Step | None = None
 
+    def built_step(self) -> Step:
+        """The step the method built in ``__init__`` (every method builds one)."""
+        assert self.step is not None, f"{type(self).__name__} built no step"
+        return self.step
+
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        assert self.step is not None
-        return self.step.optimizer
+        return self.built_step().optimizer
 
     def build_step(self, params: Any = None, scaled: bool = True) -> Step:
         """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
@@ -145,8 +149,8 @@ class ERMMethod(Method):
 
     def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        out = self.step(net, supervised_objective(x, y, self.criterion, self.ctx.autocast,
-                                                  self.step.needs_per_sample)).last
+        step, criterion = self.built_step(), cast(nn.Module, self.criterion)  # set by prepare
+        out = step(net, supervised_objective(x, y, criterion, self.ctx.autocast, step.needs_per_sample)).last
         return out.report.detach(), out.logits.detach(), y
 
 

@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
-        for note in trainer.method.step.warnings():  # e.g. ImbSAM with an empty tail set
+        for note in trainer.method.built_step().warnings():  # e.g. ImbSAM with an empty tail set
             print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)

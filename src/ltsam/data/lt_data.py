@@ -134,6 +134,7 @@ class StreamingLTData:
         if split == "val":
             if self.val_paths is None:
                 raise ValueError("this data set has no validation split (--val-per-class / --val-fraction)")
+            assert self.val_labels is not None  # set with val_paths
             return FileImageDataset(self.val_paths, self.val_labels, transform, self.val_origins)
         return FileImageDataset(self.test_paths, self.test_labels, transform, self.test_origins)
 
