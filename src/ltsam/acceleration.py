@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ def compile_with_fallback(model: nn.Module, trial: Callable[[nn.Module], None] |
     are restored, so the run is unchanged by it.
     """
     try:
-        compiled = torch.compile(model)
+        compiled = cast(nn.Module, torch.compile(model))  # an OptimizedModule; the stubs say only Callable
     except Exception as exc:  # no backend on this platform
         warnings.warn(f"torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
         return model, False

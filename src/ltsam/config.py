@@ -128,7 +128,7 @@ class TrainConfig:
 
 
 def _option_hint(option: Option) -> Any:
-    hint: Any = list[option.type] if option.nargs else option.type
+    hint: Any = list[option.type] if option.nargs else option.type  # type: ignore[name-defined]  # built at run time
     return hint | None if option.default is None else hint
 
 
@@ -268,9 +268,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise UserError(f"{_flag(key)} must lie in 0..{_SEED_MAX}, got {getattr(cfg, key)}")
     for name, option in all_options().items():
         values = cfg.options.get(name)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and option.type in (int, float):
-                _check_number(option.flag, float(value) if option.type is float else value, option.minimum,
+        for given in values if isinstance(values, list) else [values]:
+            if given is not None and option.type in (int, float):
+                _check_number(option.flag, float(given) if option.type is float else given, option.minimum,
                               option.below)
 
 

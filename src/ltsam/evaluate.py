@@ -8,13 +8,16 @@ logit adjustment's tau sweep: one forward pass, one confusion matrix per tau).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ltsam.distributed import DistContext, all_reduce_sum
 from ltsam.metrics import confusion_matrix, group_accuracy, index_groups, topk_correct
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 
 @torch.no_grad()
@@ -26,7 +29,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
     ``groups`` overrides the many/medium/few split (e.g. the reference's index ranges).
     """
-    return evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups, autocast)[0]
+    results, conf = evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups, autocast)[0]
+    assert conf is not None  # confusion=True
+    return results, conf
 
 
 @torch.no_grad()
@@ -91,7 +96,7 @@ def evaluate_offsets(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     return out
 
 
-def shot_split_groups(cfg: Any, num_classes: int) -> dict[str, list[int]] | None:
+def shot_split_groups(cfg: TrainConfig, num_classes: int) -> dict[str, list[int]] | None:
     """The many/medium/few split a run's configuration asks for: None (by training counts) or the
     reference's index ranges (``--shot-split index``)."""
     if getattr(cfg, "shot_split", "counts") != "index":

@@ -133,9 +133,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # What every checkpoint the trainer writes holds, with the type each must have.
-CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "model_meta": dict, "config": dict,
-                   "best_top1": (int, float)}
-MODEL_META_KEYS = {"arch": str, "num_classes": int, "in_channels": int}
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "model": dict, "optimizer": dict, "model_meta": dict, "config": dict, "best_top1": (int, float)}
+MODEL_META_KEYS: dict[str, type | tuple[type, ...]] = {"arch": str, "num_classes": int, "in_channels": int}
 
 
 def _check_keys(ckpt: dict[str, Any], path: Path) -> None:

@@ -62,6 +62,8 @@ class FocalLoss(nn.Module):
     the mean is a plain batch mean, not weight-normalised.
     """
 
+    weight: torch.Tensor | None
+
     def __init__(self, weight: torch.Tensor | None = None, gamma: float = 1.0):
         super().__init__()
         if gamma < 0:
@@ -85,6 +87,9 @@ class LDAMLoss(nn.Module):
     m_c = max_m * (n_min / n_c) ** (1/4); logits z -> s * (z - m_y e_y); then weighted CE.
     Used with the cosine (NormedLinear) head, whose logits lie in [-1, 1].
     """
+
+    margins: torch.Tensor
+    weight: torch.Tensor | None
 
     def __init__(self, cls_num_list: Sequence[int], max_m: float = 0.5, s: float = 30.0,
                  weight: torch.Tensor | None = None):
@@ -114,6 +119,10 @@ class VSLoss(nn.Module):
 
     Delta_c = (n_max / n_c) ** gamma (>= 1), iota_c = tau * log(n_c / sum n).
     """
+
+    scale: torch.Tensor
+    iota: torch.Tensor
+    weight: torch.Tensor | None
 
     def __init__(self, cls_num_list: Sequence[int], gamma: float = 0.3, tau: float = 1.0,
                  weight: torch.Tensor | None = None):
@@ -150,6 +159,9 @@ class LogitAdjustedLoss(nn.Module):
     rare classes for a larger margin; at prediction time the raw logits z are used.
     """
 
+    offset: torch.Tensor
+    weight: torch.Tensor | None
+
     def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight: torch.Tensor | None = None):
         super().__init__()
         self.tau = tau
@@ -170,6 +182,9 @@ class BalancedSoftmaxLoss(nn.Module):
     (log n and log pi differ by a constant, which the softmax ignores).
     """
 
+    offset: torch.Tensor
+    weight: torch.Tensor | None
+
     def __init__(self, cls_num_list: Sequence[int], weight: torch.Tensor | None = None):
         super().__init__()
         n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
@@ -187,6 +202,8 @@ class BalancedSoftmaxLoss(nn.Module):
 
 class WeightedCrossEntropy(nn.Module):
     """Plain cross-entropy with optional per-class weights (registry name ``ce``)."""
+
+    weight: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None):
         super().__init__()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -28,13 +28,17 @@ from ltsam.optim import STEPS, Step, build_step
 from ltsam.registry import Registry
 from ltsam.rules import build_rule
 
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
+    from ltsam.data.lt_data import LTData
+
 
 @dataclass
 class MethodContext:
     """What a method may use: nothing else of the trainer."""
 
-    cfg: Any
-    data: Any
+    cfg: TrainConfig
+    data: LTData
     model: nn.Module
     device: torch.device
     autocast: Callable
@@ -55,7 +59,7 @@ class Method:
         return {}
 
     @classmethod
-    def validate(cls, cfg: Any) -> None:
+    def validate(cls, cfg: TrainConfig) -> None:
         """Refuse settings the method cannot honour (raise ``UserError``)."""
 
     @classmethod
@@ -63,7 +67,7 @@ class Method:
         return MODELS.names()
 
     @classmethod
-    def model_meta(cls, cfg: Any, data: Any) -> dict[str, Any]:
+    def model_meta(cls, cfg: TrainConfig, data: LTData) -> dict[str, Any]:
         """What a checkpoint records to rebuild the model (``build_model`` reads it back)."""
         return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
                     in_channels=data.in_channels)
@@ -77,10 +81,14 @@ class Method:
         self.source: Any = None
         self.step: Step | None = None
 
+    def built_step(self) -> Step:
+        """The step the method built in ``__init__`` (every method builds one)."""
+        assert self.step is not None, f"{type(self).__name__} built no step"
+        return self.step
+
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        assert self.step is not None
-        return self.step.optimizer
+        return self.built_step().optimizer
 
     def build_step(self, params: Any = None, scaled: bool = True) -> Step:
         """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
@@ -115,7 +123,7 @@ class ERMMethod(Method):
     """Empirical risk minimisation with the configured loss and train rule (any registered step)."""
 
     @classmethod
-    def validate(cls, cfg: Any) -> None:
+    def validate(cls, cfg: TrainConfig) -> None:
         """A class-splitting step needs a loss with per-sample losses: refused here, before the run folder."""
         step = STEPS.entry(cfg.optimizer).obj if cfg.uses_sam else None
         if getattr(step, "needs_per_sample", False) and has_per_sample(cfg.loss) is False:
@@ -145,12 +153,12 @@ class ERMMethod(Method):
 
     def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        out = self.step(net, supervised_objective(x, y, self.criterion, self.ctx.autocast,
-                                                  self.step.needs_per_sample)).last
+        step, criterion = self.built_step(), cast(nn.Module, self.criterion)  # set by prepare
+        out = step(net, supervised_objective(x, y, criterion, self.ctx.autocast, step.needs_per_sample)).last
         return out.report.detach(), out.logits.detach(), y
 
 
-def uses_cosine_head(cfg: Any) -> bool:
+def uses_cosine_head(cfg: TrainConfig) -> bool:
     """The normalised (cosine) head: ``--head``, else the loss's own choice (LDAM's)."""
     if cfg.use_norm is not None:
         return bool(cfg.use_norm)

@@ -44,7 +44,7 @@ def group_accuracy(class_acc: Sequence[float | None], cls_num_list: Sequence[int
     """Mean per-class accuracy within each shot group (None for an empty group)."""
     out: dict[str, float | None] = {}
     for name, members in (groups or shot_groups(cls_num_list)).items():
-        vals = [class_acc[c] for c in members if class_acc[c] is not None]
+        vals = [acc for c in members if (acc := class_acc[c]) is not None]
         out[name] = sum(vals) / len(vals) if vals else None
     return out
 

@@ -61,8 +61,8 @@ for _ds, _loss, _rule, _rho in _LINES:
         rho_schedule="none")
 
 
-for _name, _line in _LARGE_LINES.items():
-    RECIPES[_name] = dict(_LARGE, **_line)
+for _key, _line in _LARGE_LINES.items():
+    RECIPES[_key] = dict(_LARGE, **_line)
 
 
 # GLMC + SAM (the reference's GLMC-2023/run.sh): ResNet-34, 200 epochs, batch 64, lr 0.01, wd 5e-3,

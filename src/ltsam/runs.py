@@ -8,7 +8,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -71,13 +71,13 @@ def run_finished(path: Path) -> bool:
     done, total = final.get("epochs_done"), final.get("epochs")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total)):
         return False
-    return done >= total
+    return cast(int, done) >= cast(int, total)
 
 
 def _is_orphan(entry: Path) -> bool:
     """A temporary file of one of ltsam's atomic writes (left behind only by a killed process)."""
     match = _TEMPORARY.match(entry.name)
-    return bool(match) and match["name"] in OWN_FILES and not entry.is_dir()
+    return match is not None and match["name"] in OWN_FILES and not entry.is_dir()
 
 
 def _is_own(entry: Path) -> bool:

@@ -31,7 +31,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ltsam.console import fmt
 from ltsam.errors import UserError
@@ -227,12 +227,12 @@ def save_figures(out: Path, groups: Sequence[Group]) -> list[Path]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (a class without test images)
         for ax, sel in zip(axes[0], sels):
             for g in groups:
-                runs = [r for r in g.runs if r.picks.get(sel) and r.picks[sel].get("per_class")]
+                runs = [r for r in g.runs if (pick := r.picks.get(sel)) and pick.get("per_class")]
                 if not runs or not runs[0].cls_num_list:
                     continue
                 order = np.argsort(runs[0].cls_num_list, kind="stable")
                 x = np.asarray(runs[0].cls_num_list)[order]
-                _band(ax, x, [[r.picks[sel]["per_class"][c] for c in order] for r in runs], g.label)
+                _band(ax, x, [[cast(dict, r.picks[sel])["per_class"][c] for c in order] for r in runs], g.label)
             ax.set_xscale("log")
             ax.set_xlabel("training images in class (log scale)")
             ax.set_ylabel("test accuracy (%)")

@@ -230,7 +230,7 @@ def read_run(path: Path, partial: bool = False) -> RunResult | None:
     if final is None and not any(_is_int(r.get("epoch")) for r in rows):
         return None
     settings, seed, stage_seed = _settings(path, config, final)
-    common = {"path": path, "settings": settings, "seed": seed, "complete": finished, "curves": rows,
+    common: dict[str, Any] = {"path": path, "settings": settings, "seed": seed, "complete": finished, "curves": rows,
               "stage_seed": stage_seed, "run_id": run_id(path)}
     if final is not None:
         picks = {"last": _from_final(final["final"], len(rows) - 1 if rows else None),

@@ -82,7 +82,8 @@ class Trainer(ProgressAttributes):
         total_steps = len(self.source) * self.cfg.epochs
         self.cfg.compile = should_compile(self.cfg.compile, self.device, total_steps)  # recorded in config.json
         if self.cfg.compile:  # GLMC too, by the same rule (measured: docs/speed.md)
-            net = compiled(self.model, self.method.compile_trial, self.method.step.retains_graph, self.ctx.is_main)
+            net = compiled(self.model, self.method.compile_trial, self.method.built_step().retains_graph,
+                           self.ctx.is_main)
         return data_parallel(net, self.ctx, self.device, self.method.ddp_find_unused_parameters)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -93,7 +94,7 @@ class Trainer(ProgressAttributes):
                     "cannot resume: the weights or optimizer state in last.pt do not fit this run ({reason}); "
                     "the file is damaged or from another run")
         if ckpt.get("step"):
-            self.method.step.load_state_dict(ckpt["step"])
+            self.method.built_step().load_state_dict(ckpt["step"])
         restore_scaler(self.scaler, ckpt)
         self.state = Progress.from_checkpoint(ckpt)
 
@@ -107,7 +108,8 @@ class Trainer(ProgressAttributes):
             group["lr"] = lr
             if "rho" in group:
                 group["rho"] = rho
-        self.method.step.set_progress(epoch, cfg.epochs, len(self.source))  # e.g. SSE-SAM's switch, AE-SAM's c_t
+        # e.g. SSE-SAM's switch, AE-SAM's c_t
+        self.method.built_step().set_progress(epoch, cfg.epochs, len(self.source))
         return lr, (rho if self.cfg.uses_sam else 0.0)
 
     def criterion_for(self, epoch: int) -> torch.nn.Module:
@@ -183,7 +185,7 @@ class Trainer(ProgressAttributes):
                 "optimizer": self.optimizer.state_dict(), "model_meta": self.meta,
                 "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
                 "classes": self.data.classes, **self.state.checkpoint_fields(),
-                "scaler": scaler_state(self.scaler), "step": self.method.step.state_dict()}
+                "scaler": scaler_state(self.scaler), "step": self.method.built_step().state_dict()}
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""

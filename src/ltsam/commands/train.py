@@ -6,12 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltsam.argtypes import flag_name, show
 from ltsam.errors import UserError
 from ltsam.run.files import BEST_VAL, CONFIG_NAME
 from ltsam.train_flags import add_plugin_flag, add_train_flags, train_overrides
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -112,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
-        for note in trainer.method.step.warnings():  # e.g. ImbSAM with an empty tail set
+        for note in trainer.method.built_step().warnings():  # e.g. ImbSAM with an empty tail set
             print(f"ltsam: warning: {note}", flush=True)
     if not trainer.ctx.is_main:
         trainer.fit(stop_after=args.stop_after)
@@ -138,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optimizer_label(cfg: Any) -> str:
+def _optimizer_label(cfg: TrainConfig) -> str:
     """SAM, ASAM or the registered step's name (imbsam, ...); SGD when nothing perturbs."""
     if not cfg.uses_sam:
         return "SGD"
@@ -147,7 +150,7 @@ def _optimizer_label(cfg: Any) -> str:
     return step_label(cfg.optimizer)
 
 
-def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epochs: int, cfg: Any) -> str:
+def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epochs: int, cfg: TrainConfig) -> str:
     """One line saying what ``--resume`` does, including with ``--epochs`` or ``--out``."""
     epochs = cfg.epochs
     if epochs < done:

@@ -150,6 +150,7 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
                            mean, std, image_size, train.origins, test.origins)
     n = val_count(req.val_per_class, req.val_fraction, counts) if req is not None else 0
     if n:  # held out of the training list; the label order stays the full list's
+        assert req is not None  # n is 0 without a request
         held = draw_validation(train_labels.numpy(), torch.arange(len(train_labels)).numpy(), len(classes), n,
                                req.rand_number, keep_one=True)
         rest = complement(len(train_labels), held)
@@ -199,7 +200,8 @@ def _load_folder(req: DataRequest) -> tuple[ImageSet, ImageSet, list[str], list[
     c = len(classes)
     labels_t = torch.from_numpy(labels)
     n = val_count(req.val_per_class, req.val_fraction, np.bincount(labels, minlength=c).tolist())
-    held = draw_validation(labels, np.arange(len(labels)), c, n, req.rand_number, keep_one=True) if n else []
+    held = (draw_validation(labels, np.arange(len(labels)), c, n, req.rand_number, keep_one=True) if n
+            else np.empty(0, dtype=np.int64))
     rest = complement(len(labels), np.asarray(held, dtype=np.int64))
     keep = rest[profile_indices(labels[rest], c, req.imb_type, req.imb_factor, req.rand_number, req.lt_generator,
                                 req.seed)]

@@ -68,7 +68,7 @@ def _decode(path: Path, size: int | None, channels: int) -> np.ndarray:
 
     im = open_image(path, "RGB" if channels == 3 else "L")
     if size is not None and im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

@@ -4,7 +4,7 @@ configuration of a run turned into that request (``load_data``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ltsam.data.builtin  # noqa: F401  (registers the data sets ltsam ships)
 from ltsam.data.catalog import DATASETS, DataRequest
@@ -12,6 +12,9 @@ from ltsam.data.lt_data import InMemoryLTData, StreamingLTData
 from ltsam.data.profiles import lt_counts
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 
 def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = "exp",
@@ -38,7 +41,7 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
                               flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction, val_list))
 
 
-def load_data(cfg: Any) -> InMemoryLTData | StreamingLTData:
+def load_data(cfg: TrainConfig) -> InMemoryLTData | StreamingLTData:
     """The data set a training configuration describes; a validation split asked for must hold images."""
     data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,

@@ -1,18 +1,21 @@
 """The two kinds of long-tailed data set behind one interface (``LTData``): ``InMemoryLTData`` (digits, CIFAR,
 image folders: one uint8 tensor on the training device, batched augmentation) and ``StreamingLTData`` (list-file
 sets such as ImageNet-LT and iNaturalist-2018: decoded and augmented in DataLoader workers). Code that needs to
-tell them apart reads ``data.streaming``."""
+tell them apart reads ``data.streaming``; code that does not reads the ``LTData`` protocol only."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
 from ltsam.data.images import ImageSet
+
+if TYPE_CHECKING:
+    from ltsam.data.sources import BatchSource
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -65,7 +68,7 @@ class InMemoryLTData:
 
     def train_source(self, batch_size: int, seed: int, device: torch.device,
                      class_weights: torch.Tensor | None = None, channels_last: bool = False,
-                     workers: int = 0, rank: int = 0, world: int = 1):
+                     workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource:
         from ltsam.data.sources import InMemoryBatchSource
 
         return InMemoryBatchSource(self.train.images, self.train.targets, batch_size, self.mean, self.std,
@@ -134,6 +137,7 @@ class StreamingLTData:
         if split == "val":
             if self.val_paths is None:
                 raise ValueError("this data set has no validation split (--val-per-class / --val-fraction)")
+            assert self.val_labels is not None  # set with val_paths
             return FileImageDataset(self.val_paths, self.val_labels, transform, self.val_origins)
         return FileImageDataset(self.test_paths, self.test_labels, transform, self.test_origins)
 
@@ -157,7 +161,7 @@ class StreamingLTData:
 
     def train_source(self, batch_size: int, seed: int, device: torch.device,
                      class_weights: torch.Tensor | None = None, channels_last: bool = False,
-                     workers: int = 0, rank: int = 0, world: int = 1):
+                     workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource:
         from ltsam.data.streaming import EpochSampler, LoaderBatchSource, train_transform
 
         ds = self.files("train", train_transform(self.image_size, self.mean, self.std))
@@ -207,4 +211,32 @@ class StreamingLTData:
         return loader_batches(ds, batch_size, workers, device, indices)
 
 
-LTData = InMemoryLTData | StreamingLTData  # what a registered loader returns
+class LTData(Protocol):
+    """What every data set offers (``InMemoryLTData`` and ``StreamingLTData`` both): the one data-set interface."""
+
+    streaming: ClassVar[bool]
+    name: str
+    classes: list[str]
+    cls_num_list: list[int]
+    val_note: str
+
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def train_size(self) -> int: ...
+    @property
+    def test_size(self) -> int: ...
+    @property
+    def val_size(self) -> int: ...
+    @property
+    def val_cls_num_list(self) -> list[int]: ...
+
+    def train_source(self, batch_size: int, seed: int, device: torch.device,
+                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource: ...
+    def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                     workers: int = 0, rank: int = 0, world: int = 1) -> Batches: ...
+    def val_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
+                    workers: int = 0, rank: int = 0, world: int = 1) -> Batches: ...

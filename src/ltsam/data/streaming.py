@@ -45,7 +45,7 @@ class FileImageDataset(Dataset):
     UserError naming the file and, given ``origins`` (e.g. ``list.txt:12``), where it was listed.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform,
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | torch.Tensor, transform,
                  origins: Sequence[str] | None = None):
         self.paths, self.labels, self.transform = list(paths), torch.as_tensor(labels), transform
         self.origins = list(origins) if origins is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -18,6 +19,11 @@ from torch import nn
 from ltsam.errors import UserError
 from ltsam.models.classifier import classifier_paths
 from ltsam.models.normed_linear import NormedLinear
+
+
+def get_head(model: nn.Module, path: str) -> nn.Linear:
+    """The classifier at ``path`` (``check_head`` has made sure it is a Linear or cosine head)."""
+    return cast(nn.Linear, get_module(model, path))
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -46,7 +52,7 @@ def classifier_path(model: nn.Module) -> str:
     return path
 
 
-def head_shape(head: nn.Module) -> tuple[int, int]:
+def head_shape(head: nn.Linear | NormedLinear) -> tuple[int, int]:
     """(feature dimension, classes) of a Linear or cosine head."""
     return int(head.in_features), int(head.out_features)
 

@@ -126,6 +126,7 @@ class StageRunner(ProgressAttributes):
         self.model.eval()  # frozen batch-norm statistics; the head has no train-mode behaviour
         self.source.set_epoch(epoch)
         tally = EpochTally(self.device)
+        assert self.step is not None  # a stage with epochs trains
         for x, y in self.source:
             out = self.step(self.net, supervised_objective(x, y, self.criterion, self.autocast)).last
             self.stage.after_step(self.head)
@@ -140,6 +141,7 @@ class StageRunner(ProgressAttributes):
     def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], None]:
         """The loop's hook: one epoch of the stage on the cosine schedule, then the test results."""
         lr = cosine_lr(epoch, self.stage.lr, self.stage.epochs)
+        assert self.step is not None  # a stage with epochs trains
         for group in self.step.optimizer.param_groups:
             group["lr"] = lr
         stats = self.train_epoch(epoch)

@@ -13,13 +13,13 @@ parent's architecture. Register a new stage like any other entry::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ltsam.errors import UserError
-from ltsam.finetune.heads import MaxNorm, ScaledLinear, get_module, head_shape, set_module, tau_normalized
+from ltsam.finetune.heads import MaxNorm, ScaledLinear, get_head, get_module, head_shape, set_module, tau_normalized
 from ltsam.losses import WeightedCrossEntropy, effective_number_weights
 from ltsam.registry import Entry, Option, Registry
 
@@ -98,7 +98,7 @@ class ClassifierRetraining(Stage):
         pass
 
     def install(self, model: nn.Module, path: str) -> list[nn.Parameter]:
-        d, c = head_shape(get_module(model, path))
+        d, c = head_shape(get_head(model, path))
         device = next(model.parameters()).device
         head = nn.Linear(d, c).to(device)
         set_module(model, path, head)
@@ -115,7 +115,7 @@ class LearnableWeightScaling(Stage):
     with cross-entropy on class-balanced batches; folded into the classifier as f_k w_k, f_k b_k."""
 
     def install(self, model: nn.Module, path: str) -> list[nn.Parameter]:
-        head = ScaledLinear(get_module(model, path))
+        head = ScaledLinear(get_head(model, path))
         set_module(model, path, head)
         return [head.scales]
 
@@ -179,7 +179,7 @@ class WeightBalancing(Stage):
         self.maxnorm: MaxNorm | None = None
 
     def install(self, model: nn.Module, path: str) -> list[nn.Parameter]:
-        head = get_module(model, path)
+        head = get_head(model, path)
         head.requires_grad_(True)
         self.maxnorm = MaxNorm(head.weight, self.thresh)
         return list(head.parameters())
@@ -189,7 +189,7 @@ class WeightBalancing(Stage):
 
     def after_step(self, head: nn.Module) -> None:
         assert self.maxnorm is not None
-        self.maxnorm.project(head.weight)
+        self.maxnorm.project(cast(torch.Tensor, head.weight))
 
 
 def stage_options(entry: Entry[type[Stage]], given: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -95,12 +95,13 @@ def _sweep(runner: StageRunner, split: str, features: list[tuple[torch.Tensor, t
 
 def _val_batches(runner: StageRunner, val_list: str):
     from ltsam.data.builtin import attach_val_list
+    from ltsam.data.lt_data import StreamingLTData
 
     data = runner.data
     if not data.streaming:
         raise UserError("--val-list is for list-file data sets (ImageNet-LT, iNaturalist); on this data set "
                         "train the parent with --val-per-class N (tau is then chosen on its held-out split) or "
                         "leave --val-list out (tau then defaults to 1, and the test sweep is reported)")
-    attach_val_list(data, Path(val_list), Path(runner.cfg.data_root))
+    attach_val_list(cast(StreamingLTData, data), Path(val_list), Path(runner.cfg.data_root))
     return data.val_batches(runner.stage.batch_size, runner.device, False, runner.cfg.workers, runner.ctx.rank,
                             runner.ctx.world)

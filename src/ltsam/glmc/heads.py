@@ -14,6 +14,7 @@ h = min(256, d // 2) reproduces all three and scales down for small backbones (d
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ class GLMCNet(nn.Module):
     it is replaced by ``nn.Identity`` so the model holds no dead parameters (this modifies the backbone).
     """
 
+    backbone: Any  # a module with .features(x) and .feature_dim (checked in __init__)
     classifier_paths = ("fc_cb", "fc")  # the re-balanced head predicts; fc is trained beside it
 
     def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int | None = None,
@@ -46,10 +48,10 @@ class GLMCNet(nn.Module):
         if not hasattr(backbone, "features") or not hasattr(backbone, "feature_dim"):
             raise TypeError("the GLMC backbone needs a .features(x) method and a .feature_dim attribute")
         if drop_backbone_head and hasattr(backbone, "drop_classifier"):
-            backbone.drop_classifier()
+            backbone.drop_classifier()  # type: ignore[operator]  # a method; Module.__getattr__ says Tensor
         elif drop_backbone_head and isinstance(getattr(backbone, "linear", None), nn.Module):
             backbone.linear = nn.Identity()
-        d = int(backbone.feature_dim)
+        d = int(cast(Any, backbone).feature_dim)
         h = default_proj_dim(d) if proj_dim is None else int(proj_dim)
         self.backbone = backbone
         self.num_classes, self.feature_dim, self.proj_dim = num_classes, d, h

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,6 +16,10 @@ from ltsam.glmc.weights import cumulative_alpha, label_weights
 from ltsam.methods import METHODS, Method, MethodContext
 from ltsam.models import MODELS
 from ltsam.registry import Option
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
+    from ltsam.data.lt_data import LTData
 
 # GLMC's own defaults (batch 64, lr 0.01, wd 5e-3, 200 epochs, cosine; SAM rho 0.05 when on).
 GLMC_DEFAULTS: dict[str, Any] = dict(batch_size=64, lr=0.01, wd=5e-3, epochs=200, momentum=0.9, lr_schedule="cosine",
@@ -51,7 +55,7 @@ class GLMCMethod(Method):
         return values
 
     @classmethod
-    def validate(cls, cfg: Any) -> None:
+    def validate(cls, cfg: TrainConfig) -> None:
         if cfg.loss != "ce":
             raise UserError("--method glmc uses its own soft-target losses; drop --loss (or use --loss ce)")
         if cfg.train_rule != "none":
@@ -62,7 +66,7 @@ class GLMCMethod(Method):
         return MODELS.names() + GLMC_ARCHS.names()
 
     @classmethod
-    def model_meta(cls, cfg: Any, data: Any) -> dict[str, Any]:
+    def model_meta(cls, cfg: TrainConfig, data: LTData) -> dict[str, Any]:
         return dict(super().model_meta(cfg, data), method="glmc")
 
     @classmethod

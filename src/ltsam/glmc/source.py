@@ -57,7 +57,7 @@ class GLMCBatchSource(InMemoryBatchSource):
         self.resample_q = float(resample_q)
         self.b_weights = sample_weights(cpu_targets, self.cls_num_list, self.resample_q)
 
-    def __iter__(self) -> Iterator[tuple[View, View]]:
+    def __iter__(self) -> Iterator[tuple[View, View]]:  # type: ignore[override]  # GLMC batches: two views
         g = epoch_generator(self.seed, self.epoch)
         n = len(self.targets)
         order_a = self.shard(torch.randperm(n, generator=g))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -24,10 +25,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 def _affine_forward(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     # Read the attributes at call time so that torch.func.functional_call's swapped
     # parameters are the ones used.
-    scale = torch.rsqrt(self.running_var + self.eps)
+    # Only modules with running statistics are switched to this forward (their buffers are tensors).
+    running_mean, running_var = cast(torch.Tensor, self.running_mean), cast(torch.Tensor, self.running_var)
+    scale = torch.rsqrt(running_var + self.eps)
     if self.weight is not None:
         scale = self.weight * scale
-    shift = -self.running_mean * scale
+    shift = -running_mean * scale
     if self.bias is not None:
         shift = shift + self.bias
     shape = (1, -1) + (1,) * (x.dim() - 2)

@@ -297,6 +297,7 @@ def lanczos_steps(dim: int, steps: int = 100, seed: int = 0, dtype: torch.dtype 
     basis = torch.empty(m, dim, dtype=dtype, device=device)
     alphas, betas = [], []
     restarts = 0
+    q: Tensor | None
     q = rademacher(dim, g, dtype, device)
     basis[0] = q / q.norm()
     w = torch.zeros(dim, dtype=dtype, device=device)

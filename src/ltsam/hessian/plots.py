@@ -4,7 +4,7 @@ and the global pyplot backend of the caller is left alone)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -71,7 +71,7 @@ def plot_esd_grid(spectra: Sequence[tuple[str, Tensor, Tensor]], path: str | Pat
 
 
 def plot_eigen_by_class(classes: Sequence[str], sizes: Sequence[float],
-                        series: dict[str, Sequence[float]], path: str | Path) -> Path:
+                        series: Mapping[str, Sequence[float]], path: str | Path) -> Path:
     """One panel per quantity (e.g. dominant, largest and smallest eigenvalue, trace) against class
     size (log x)."""
     fig = _figure(4.2 * len(series), 3.6)

@@ -18,14 +18,21 @@ ModelFactory = Callable[[int, bool, int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "arch")
 """Architectures by name: ``obj(num_classes, use_norm, in_channels) -> nn.Module`` (``use_norm``: cosine head)."""
 
+
+def _cifar_resnet(depth: str) -> ModelFactory:
+    return lambda num_classes, use_norm, in_channels: resnet_cifar(depth, num_classes, use_norm, in_channels)
+
+
+def _torchvision_resnet(name: str) -> ModelFactory:
+    return lambda num_classes, use_norm, in_channels: TorchvisionResNet(name, num_classes, use_norm, in_channels)
+
+
 for _depth in DEPTHS:
-    MODELS.add(_depth, lambda num_classes, use_norm, in_channels, _n=_depth: resnet_cifar(
-        _n, num_classes, use_norm, in_channels), help="CIFAR ResNet")
+    MODELS.add(_depth, _cifar_resnet(_depth), help="CIFAR ResNet")
 MODELS.add("small_cnn", lambda num_classes, use_norm, in_channels: SmallCNN(num_classes, use_norm, in_channels),
            help="small CNN for the digits demo", cpu_threads=1)  # tiny kernels: one thread is fastest
 for _name in TV_BUILDERS:
-    MODELS.add(_name, lambda num_classes, use_norm, in_channels, _n=_name: TorchvisionResNet(
-        _n, num_classes, use_norm, in_channels), help="torchvision")
+    MODELS.add(_name, _torchvision_resnet(_name), help="torchvision")
 
 
 def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3) -> nn.Module:

@@ -24,12 +24,15 @@ The rho schedules still set the radius of the SAM steps.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ltsam.errors import UserError
 from ltsam.registry import Option
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 SAM, PLAIN, DECIDE = "sam", "plain", "decide"
 
@@ -47,7 +50,7 @@ OPTIONS = (
 NAMES = tuple(o.name for o in OPTIONS)
 
 
-def check_options(cfg: Any) -> None:
+def check_options(cfg: TrainConfig) -> None:
     """The registration hook (``resolve``) of SAM-style steps: refuse a probability above 1 while the
     configuration is resolved, before a run folder is touched."""
     if float(getattr(cfg, "sam_prob", 1.0)) > 1.0:

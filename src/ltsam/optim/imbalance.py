@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -69,7 +70,8 @@ def class_share(out: StepLosses, values: torch.Tensor) -> torch.Tensor:
 
 def split_loss(out: StepLosses, values: torch.Tensor) -> torch.Tensor:
     """(1/B) sum_i (sum_k m_ik v_k) p_i: the part of the objective that class weights ``v`` select."""
-    return (class_share(out, values) * out.per_sample).mean()
+    share = class_share(out, values)  # refuses losses without per-sample values
+    return (share * cast(torch.Tensor, out.per_sample)).mean()
 
 
 class OnDevice:
@@ -107,13 +109,14 @@ class GradBuffer:
         held = [p for p in params if p.grad is not None]
         bufs = []
         for p in held:
+            grad = cast(torch.Tensor, p.grad)
             buf = self._bufs.get(p)
-            if buf is None or buf.shape != p.grad.shape or buf.dtype != p.grad.dtype or buf.device != p.grad.device:
-                buf = torch.empty_like(p.grad)
+            if buf is None or buf.shape != grad.shape or buf.dtype != grad.dtype or buf.device != grad.device:
+                buf = torch.empty_like(grad)
                 self._bufs[p] = buf
             bufs.append(buf)
         if held:
-            torch._foreach_copy_(bufs, [p.grad for p in held])
+            torch._foreach_copy_(bufs, [cast(torch.Tensor, p.grad) for p in held])
         self._held = held
 
     @torch.no_grad()
@@ -124,7 +127,7 @@ class GradBuffer:
             if p.grad is None:
                 p.grad = self._bufs[p].clone()
         if have:
-            torch._foreach_add_([p.grad for p in have], [self._bufs[p] for p in have])
+            torch._foreach_add_([cast(torch.Tensor, p.grad) for p in have], [self._bufs[p] for p in have])
 
     @torch.no_grad()
     def load_into(self, params: Sequence[torch.Tensor]) -> None:
@@ -160,8 +163,8 @@ class ClassWeightedSAMStep(SAMStep):
 
     needs_per_sample = True
     needs_class_counts = True
-    supports_ddp = False  # type: ignore[assignment]
-    retains_graph = True  # type: ignore[assignment]
+    supports_ddp = False
+    retains_graph = True
     reuses_descent_gradient = False
 
     def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,
@@ -377,7 +380,7 @@ def classifier_parameters(model: nn.Module) -> list[torch.Tensor]:
     modules its ``classifier_paths`` name, in the model's own order (compiled and DDP models unwrapped)."""
     model = unwrapped(model)
     if hasattr(model, "classifier_parameters"):
-        return list(model.classifier_parameters())
+        return list(model.classifier_parameters())  # type: ignore[operator]  # a method; Module.__getattr__ says Tensor
     paths = set(classifier_paths(model))
     found = [p for name, module in model.named_modules() if name in paths
              for p in module.parameters() if p.requires_grad]

@@ -41,9 +41,10 @@ class SAM(torch.optim.Optimizer):
 
     def _grad_norm(self) -> torch.Tensor:
         """||g|| (or ||w g|| for adaptive groups) over all parameters, as one fused reduction."""
-        norms = []
+        norms: list[torch.Tensor] = []
         for group in self.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
+            grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in group["params"]
+                                                                    if p.grad is not None]
             if not grads:
                 continue
             if group["adaptive"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -19,6 +19,9 @@ from ltsam.io import write_json
 from ltsam.run.checkpoints import save_run_checkpoints
 from ltsam.run.files import FINAL_NAME
 from ltsam.run.records import MetricsLog, Progress, ScalarLog, console_line, epoch_record
+
+if TYPE_CHECKING:
+    from ltsam.data.lt_data import LTData
 
 
 class EpochHooks(Protocol):
@@ -76,7 +79,7 @@ def run_epochs(member: Member, ctx: DistContext, stop_after: int | None = None) 
 
 
 def write_final(run_dir: Path, ctx: DistContext, summary: dict[str, Any], test: dict[str, Any],
-                confusion: torch.Tensor, data: Any) -> dict[str, Any]:
+                confusion: torch.Tensor, data: LTData) -> dict[str, Any]:
     """final.json and the figures of the final model (rank 0); every rank waits for them."""
     from ltsam.figures import save_figures
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from ltsam.errors import UserError
 from ltsam.io import to_json, write_text
 from ltsam.metrics import best_record
 from ltsam.run.files import METRICS_NAME, TENSORBOARD_DIR
+
+if TYPE_CHECKING:
+    from ltsam.data.lt_data import LTData
 
 SHOTS = ("many", "medium", "few")
 
@@ -219,7 +222,7 @@ def best_val_summary(metrics: MetricsLog) -> dict[str, Any] | None:
             "selected_on": "validation"}
 
 
-def data_summary(data: Any) -> dict[str, Any]:
+def data_summary(data: LTData) -> dict[str, Any]:
     """final.json's description of the data: classes, their training counts, the split sizes."""
     return {"classes": data.classes, "cls_num_list": data.cls_num_list, "train_images": data.train_size,
             "test_images": data.test_size}

@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ltsam.acceleration import allow_retained_graphs, autocast_context, compile_with_fallback, grad_scaler
 from ltsam.distributed import DistContext, init_distributed, resolve_device
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -22,7 +25,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_cpu_threads(arch: str) -> int | None:
+def default_cpu_threads(arch: str | None) -> int | None:
     """The CPU threads an architecture's registration asks for (``cpu_threads``; the small CNN's 1), else
     ``None``: torch's own default."""
     from ltsam.models import MODELS
@@ -30,7 +33,7 @@ def default_cpu_threads(arch: str) -> int | None:
     return MODELS.entry(arch).meta.get("cpu_threads") if arch in MODELS else None
 
 
-def start_runtime(device: str, cfg: Any, seed: int) -> tuple[DistContext, torch.device]:
+def start_runtime(device: str, cfg: TrainConfig, seed: int) -> tuple[DistContext, torch.device]:
     """Ranks and device (``torchrun`` or one process), the CPU thread rule, then the seeds."""
     ctx, dev = init_distributed(resolve_device(device))
     threads = cfg.threads if cfg.threads is not None else default_cpu_threads(cfg.arch)

@@ -32,9 +32,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltsam.errors import UserError
+
+if TYPE_CHECKING:
+    from ltsam.config import TrainConfig
 
 # Flags the sweep sets itself for every run.
 RESERVED = {"out", "overwrite", "resume", "stop_after", "no_progress"}
@@ -309,7 +312,7 @@ class TrainFlags:
         return cfg.to_dict()
 
 
-def _check_data_root(cfg: Any) -> None:
+def _check_data_root(cfg: TrainConfig) -> None:
     """A data set that reads files needs its --data-root (CIFAR may download into it instead)."""
     from ltsam.data.catalog import DATASETS
 

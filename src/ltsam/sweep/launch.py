@@ -209,7 +209,9 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     if gpus > n_gpus and opts.executor == "local":
         raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the CPU)")
     parallel = 1 if opts.executor == "debug" else opts.parallel
-    queue, active, failed = list(todo), {}, []
+    queue: list[RunSpec] = list(todo)
+    active: dict[Any, tuple[RunSpec, int]] = {}  # job -> (run, slot)
+    failed: list[str] = []
     free = list(range(parallel))
     waiting: dict[str, int] = {}  # runs still trained by a process of an earlier sweep -> its pid (said once)
     t0 = time.time()
@@ -333,7 +335,8 @@ def still_queued(sweep: Sweep, manifest: Manifest, run: RunSpec) -> str | None:
     if entry.get("state") != "submitted" or not entry.get("job"):
         return None
     try:
-        job = submitit.SlurmJob(folder=sweep.out.absolute() / "slurm" / "%j", job_id=str(entry["job"]))
+        job: submitit.SlurmJob[Any] = submitit.SlurmJob(folder=sweep.out.absolute() / "slurm" / "%j",
+                                                        job_id=str(entry["job"]))
         state = str(job.watcher.get_state(job.job_id, mode="force")).split()[0].upper()  # sacct, now
     except Exception:  # no sacct here, or it failed
         state = "UNKNOWN"
