@@ -30,7 +30,9 @@ def default_cpu_threads(arch: str | None) -> int | None:
     ``None``: torch's own default."""
     from ltsam.models import MODELS
 
-    return MODELS.entry(arch).meta.get("cpu_threads") if arch in MODELS else None
+    if arch is None or arch not in MODELS:
+        return None
+    return MODELS.entry(arch).meta.get("cpu_threads")
 
 
 def start_runtime(device: str, cfg: TrainConfig, seed: int) -> tuple[DistContext, torch.device]:
