@@ -152,7 +152,6 @@ def test_native_schedules_put_every_switch_where_the_reference_scripts_do() -> N
     from ltsam.config import resolve
     from ltsam.data.catalog import native_schedule
     from ltsam.rules import default_drw_epoch
-    from ltsam.trainer import rho_step_epochs
 
     cifar, inat = native_schedule("cifar10"), native_schedule("inat18")
     assert (cifar.epochs, cifar.warmup, cifar.lr_drops, cifar.drw, cifar.rho_steps) == (200, 5, (160, 180), 160,
@@ -160,5 +159,6 @@ def test_native_schedules_put_every_switch_where_the_reference_scripts_do() -> N
     assert (inat.epochs, inat.drw, inat.rho_steps) == (90, 60, (5, 60, 75))
     assert default_drw_epoch("cifar10", 200) == 160 and default_drw_epoch("cifar10", 10) == 8
     assert default_drw_epoch("imagenet_lt", 90) == 60 and default_drw_epoch("imagenet_lt", 9) == 6
-    assert rho_step_epochs(resolve({"dataset": "cifar10", "epochs": 100}, None)) == (2, 80, 90)  # 2.5 -> 2
-    assert rho_step_epochs(resolve({"dataset": "imagenet_lt", "epochs": 30}, None)) == (2, 20, 25)
+    assert cifar.rho_boundaries(100) == (2, 80, 90)  # 2.5 rounds to 2
+    assert inat.rho_boundaries(30) == (2, 20, 25)
+    assert cifar.at(cifar.drw, resolve({"epochs": 10}).epochs) == 8

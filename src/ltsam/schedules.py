@@ -37,6 +37,11 @@ class NativeSchedule:
         """``mark`` (an epoch of this schedule) in a run of ``epochs`` epochs."""
         return scale_epoch(mark, epochs, self.epochs)
 
+    def rho_boundaries(self, epochs: int) -> tuple[int, int, int]:
+        """The step rho schedule's 1-indexed switch epochs in a run of ``epochs`` epochs."""
+        a, b, c = (self.at(m, epochs) for m in self.rho_steps)
+        return a, b, c
+
 
 # The reference CIFAR script's 200 epochs, and the ImageNet-LT / iNaturalist scripts' 90 (their step rho
 # switches after epochs 5, 60, 75; DRW at 60). The step LR schedule is the CIFAR one on any data set.

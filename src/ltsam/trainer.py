@@ -15,7 +15,7 @@ from ltsam.acceleration import should_compile
 from ltsam.config import TrainConfig, resolve_derived
 from ltsam.data.catalog import DATASETS, native_schedule
 from ltsam.data.loading import load_data
-from ltsam.errors import TrainingDiverged, UserError
+from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.faults import fault_point
 from ltsam.losses import build_loss
@@ -23,7 +23,7 @@ from ltsam.methods import METHODS, MethodContext
 from ltsam.metrics import index_groups
 from ltsam.rules import build_rule
 from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
-from ltsam.run.files import LAST
+from ltsam.run.health import check_finite
 from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import (
     EpochTally,
@@ -34,17 +34,9 @@ from ltsam.run.records import (
     data_summary,
     machine_summary,
 )
-from ltsam.run.runtime import compiled, data_parallel, precision, seed_everything, start_runtime
+from ltsam.run.runtime import compiled, data_parallel, precision, start_runtime
 from ltsam.runs import model_from_meta
 from ltsam.schedules import learning_rate, rho_for_epoch
-
-__all__ = ["Trainer", "rho_step_epochs", "seed_everything"]  # seed_everything: kept here for old imports
-
-
-def rho_step_epochs(cfg: TrainConfig) -> tuple[int, int, int]:
-    """1-indexed boundaries of the step rho schedule: (5, 160, 180) of 200 or (5, 60, 75) of 90."""
-    schedule = native_schedule(cfg.dataset)
-    return tuple(schedule.at(m, cfg.epochs) for m in schedule.rho_steps)  # type: ignore[return-value]
 
 
 class Trainer(ProgressAttributes):
@@ -102,8 +94,9 @@ class Trainer(ProgressAttributes):
     def set_hyperparameters(self, epoch: int) -> tuple[float, float]:
         cfg = self.cfg
         lr = learning_rate(cfg.lr_schedule, epoch, cfg.lr, cfg.epochs)
+        steps = native_schedule(cfg.dataset).rho_boundaries(cfg.epochs)
         rho = rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, cfg.min_rho, cfg.max_rho,
-                            tuple(cfg.rho_steps) if cfg.rho_steps else None, rho_step_epochs(cfg))
+                            tuple(cfg.rho_steps) if cfg.rho_steps else None, steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if "rho" in group:
@@ -133,27 +126,9 @@ class Trainer(ProgressAttributes):
             bad = tally.add(loss, logits, y)
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             step += 1
-        self._check_finite(epoch, tally.reduce(self.ctx).bad_steps, int(first_bad), int(step))
+        check_finite(self.model, epoch, tally.reduce(self.ctx).bad_steps, int(first_bad), int(step),
+                     self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr)
         return tally.stats()
-
-    def _check_finite(self, epoch: int, bad_steps: int, first_bad: int, steps: int) -> None:
-        """Stop on a diverged run before its checkpoint is written, so ``last.pt`` stays finite.
-
-        Weights or batch-norm statistics that are no longer finite stop the run. So does a non-finite
-        loss, except under fp16 loss scaling, where the scaler skips an overflowing step: there only an
-        epoch that is non-finite throughout counts as divergence.
-        """
-        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # batch-norm statistics too
-        weights_ok = bool(torch.stack([torch.isfinite(t).all() for t in state]).all())
-        if weights_ok and (bad_steps == 0 or (self.scaler is not None and bad_steps < steps * self.ctx.world)):
-            return
-        what = (f"the loss became non-finite at epoch {epoch + 1}, step {first_bad + 1} of {steps} "
-                f"({bad_steps} non-finite steps)" if first_bad >= 0 else
-                f"the weights or batch-norm statistics became non-finite in epoch {epoch + 1}")
-        kept = (f"the last finite checkpoint, {self.run_dir / LAST} (epoch {epoch}), is kept" if epoch > 0
-                else "no checkpoint was written")
-        raise TrainingDiverged(f"training diverged: {what}; {kept}. Start again with a smaller --lr "
-                               f"(now {self.cfg.lr:g}) or check the data")
 
     def evaluate(self, criterion: torch.nn.Module | None, split: str = "test") -> tuple[dict[str, Any], torch.Tensor]:
         """Results on the ``test`` images, or on the held-out ``val`` images."""
