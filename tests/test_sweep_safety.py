@@ -289,14 +289,21 @@ def test_a_stopped_after_run_is_resumed_by_the_sweep_and_finishes(tmp_path: Path
     assert _rows(folder)[:1] == first  # resumed from its first epoch, not started again
 
 
-# ---------------------------------------------------------------- G: a failed run says why
-def test_a_failed_run_prints_the_trainings_error_line_then_the_log(tmp_path: Path, capsys) -> None:
+def _sweep_with_first_folder(tmp_path: Path, capsys, text: str) -> tuple[Path, Path, Path]:
+    """A grid file, its sweep folder (made and marked by ``--emit-sbatch``) and its first run's folder, made empty."""
     grid = tmp_path / "g.yaml"
-    grid.write_text("base: {dataset: digits, epochs: 1, batch-size: 64}\nconfigs: {a: {}}\n")
+    grid.write_text(text)
     out = tmp_path / "sw"
     assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
     folder = out / "runs" / "a_seed0"
     folder.mkdir(parents=True)
+    return grid, out, folder
+
+
+# ---------------------------------------------------------------- G: a failed run says why
+def test_a_failed_run_prints_the_trainings_error_line_then_the_log(tmp_path: Path, capsys) -> None:
+    grid, out, folder = _sweep_with_first_folder(tmp_path, capsys, "base: {dataset: digits, epochs: 1, batch-size: 64}"
+                                                 "\nconfigs: {a: {}}\n")
     (folder / "mine.txt").write_text("not ltsam's")  # `ltsam train --out` refuses the folder: exit 2
     code, printed, _ = _sweep([str(grid), "--out", str(out)], capsys)
     assert code == 3
@@ -408,12 +415,9 @@ def test_killing_the_driver_stops_its_training_and_a_rerun_resumes_it(tmp_path: 
 def test_a_run_folder_still_trained_by_another_process_is_waited_for(tmp_path: Path, capsys) -> None:
     from ltsam.runs import RunLock, run_finished
 
-    grid = tmp_path / "g.yaml"
-    grid.write_text("base: {dataset: digits, epochs: 1, batch-size: 64, threads: 1}\nconfigs: {a: {}}\nseeds: 2\n")
-    out = tmp_path / "sw"
-    assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
-    folder = out / "runs" / "a_seed0"
-    folder.mkdir(parents=True)
+    grid, out, folder = _sweep_with_first_folder(
+        tmp_path, capsys, "base: {dataset: digits, epochs: 1, batch-size: 64, threads: 1}\nconfigs: {a: {}}\n"
+                          "seeds: 2\n")
     held = RunLock(folder)  # as an orphaned training of an earlier sweep holds it
     seen = {}
 
