@@ -25,11 +25,10 @@ from ltsam.losses import LOSSES, has_per_sample
 from ltsam.models import MODELS, build_model
 from ltsam.objectives import supervised_objective
 from ltsam.optim import STEPS, Step, build_step
-from ltsam.registry import Registry
+from ltsam.registry import Registry, Settings
 from ltsam.rules import build_rule
 
 if TYPE_CHECKING:
-    from ltsam.config import TrainConfig
     from ltsam.data.lt_data import LTData
 
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 class MethodContext:
     """What a method may use: nothing else of the trainer."""
 
-    cfg: TrainConfig
+    cfg: Settings
     data: LTData
     model: nn.Module
     device: torch.device
@@ -59,7 +58,7 @@ class Method:
         return {}
 
     @classmethod
-    def validate(cls, cfg: TrainConfig) -> None:
+    def validate(cls, cfg: Settings) -> None:
         """Refuse settings the method cannot honour (raise ``UserError``)."""
 
     @classmethod
@@ -67,7 +66,7 @@ class Method:
         return MODELS.names()
 
     @classmethod
-    def model_meta(cls, cfg: TrainConfig, data: LTData) -> dict[str, Any]:
+    def model_meta(cls, cfg: Settings, data: LTData) -> dict[str, Any]:
         """What a checkpoint records to rebuild the model (``build_model`` reads it back)."""
         return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
                     in_channels=data.in_channels)
@@ -123,7 +122,7 @@ class ERMMethod(Method):
     """Empirical risk minimisation with the configured loss and train rule (any registered step)."""
 
     @classmethod
-    def validate(cls, cfg: TrainConfig) -> None:
+    def validate(cls, cfg: Settings) -> None:
         """A class-splitting step needs a loss with per-sample losses: refused here, before the run folder."""
         step = STEPS.entry(cfg.optimizer).obj if cfg.uses_sam else None
         if getattr(step, "needs_per_sample", False) and has_per_sample(cfg.loss) is False:
@@ -158,7 +157,7 @@ class ERMMethod(Method):
         return out.report.detach(), out.logits.detach(), y
 
 
-def uses_cosine_head(cfg: TrainConfig) -> bool:
+def uses_cosine_head(cfg: Settings) -> bool:
     """The normalised (cosine) head: ``--head``, else the loss's own choice (LDAM's)."""
     if cfg.use_norm is not None:
         return bool(cfg.use_norm)

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ltsam.errors import UserError
 
 T = TypeVar("T")
+
+
+class Settings(Protocol):
+    """A run's settings as registered entries read them: every field and option by its config key
+    (``ltsam.config.TrainConfig`` is one). Entries are typed against this, not ``TrainConfig`` itself,
+    because the configuration is built from their registrations: the dependency points one way."""
+
+    def __getattr__(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)

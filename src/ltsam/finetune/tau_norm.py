@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 
@@ -18,13 +18,11 @@ from ltsam.run.checkpoints import save_run_checkpoints
 from ltsam.run.files import SWEEP_NAME
 from ltsam.run.records import MetricsLog
 
-if TYPE_CHECKING:
-    from ltsam.finetune.runner import StageRunner
 
-
-def fit_tau_norm(runner: StageRunner) -> dict[str, Any]:
+def fit_tau_norm(runner: Any) -> dict[str, Any]:
     """tau-norm: one pass for the classifier's inputs, every tau of the grid scored on them, the chosen
-    tau folded into the saved model."""
+    tau folded into the saved model. ``runner``: the ``StageRunner`` that calls it (not imported here, so
+    that the runner may import this module)."""
     stage = runner.stage
     assert isinstance(stage, TauNormalisation)
     t0 = time.perf_counter()
@@ -70,7 +68,7 @@ def fit_tau_norm(runner: StageRunner) -> dict[str, Any]:
     return summary
 
 @torch.no_grad()
-def _features(runner: StageRunner, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _features(runner: Any, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(classifier input, labels) of every batch, captured at the classifier by a forward pre-hook."""
     captured: list[torch.Tensor] = []
     hook = runner.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float()))
@@ -84,16 +82,16 @@ def _features(runner: StageRunner, batches) -> list[tuple[torch.Tensor, torch.Te
         hook.remove()
     return out
 
-def _sweep(runner: StageRunner, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
+def _sweep(runner: Any, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
     rows = []
-    for tau in runner.stage.grid:  # type: ignore[attr-defined]
-        head = runner.stage.head_for(tau)  # type: ignore[attr-defined]
+    for tau in runner.stage.grid:
+        head = runner.stage.head_for(tau)
         (result, _), = evaluate_offsets(head, features, runner.data.cls_num_list, [None], None, runner.ctx,
                                         runner.groups, confusion=False)
         rows.append({"tau": tau, "split": split, **result})
     return rows
 
-def _val_batches(runner: StageRunner, val_list: str):
+def _val_batches(runner: Any, val_list: str):
     from ltsam.data.builtin import attach_val_list
     from ltsam.data.lt_data import StreamingLTData
 

@@ -15,10 +15,9 @@ from ltsam.glmc.source import glmc_source
 from ltsam.glmc.weights import cumulative_alpha, label_weights
 from ltsam.methods import METHODS, Method, MethodContext
 from ltsam.models import MODELS
-from ltsam.registry import Option
+from ltsam.registry import Option, Settings
 
 if TYPE_CHECKING:
-    from ltsam.config import TrainConfig
     from ltsam.data.lt_data import LTData
 
 # GLMC's own defaults (batch 64, lr 0.01, wd 5e-3, 200 epochs, cosine; SAM rho 0.05 when on).
@@ -55,7 +54,7 @@ class GLMCMethod(Method):
         return values
 
     @classmethod
-    def validate(cls, cfg: TrainConfig) -> None:
+    def validate(cls, cfg: Settings) -> None:
         if cfg.loss != "ce":
             raise UserError("--method glmc uses its own soft-target losses; drop --loss (or use --loss ce)")
         if cfg.train_rule != "none":
@@ -66,7 +65,7 @@ class GLMCMethod(Method):
         return MODELS.names() + GLMC_ARCHS.names()
 
     @classmethod
-    def model_meta(cls, cfg: TrainConfig, data: LTData) -> dict[str, Any]:
+    def model_meta(cls, cfg: Settings, data: LTData) -> dict[str, Any]:
         return dict(super().model_meta(cfg, data), method="glmc")
 
     @classmethod

@@ -24,15 +24,12 @@ The rho schedules still set the radius of the SAM steps.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ltsam.errors import UserError
-from ltsam.registry import Option
-
-if TYPE_CHECKING:
-    from ltsam.config import TrainConfig
+from ltsam.registry import Option, Settings
 
 SAM, PLAIN, DECIDE = "sam", "plain", "decide"
 
@@ -50,7 +47,7 @@ OPTIONS = (
 NAMES = tuple(o.name for o in OPTIONS)
 
 
-def check_options(cfg: TrainConfig) -> None:
+def check_options(cfg: Settings) -> None:
     """The registration hook (``resolve``) of SAM-style steps: refuse a probability above 1 while the
     configuration is resolved, before a run folder is touched."""
     if float(getattr(cfg, "sam_prob", 1.0)) > 1.0:
