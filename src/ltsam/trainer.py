@@ -6,6 +6,7 @@ process or several under ``torchrun`` (DistributedDataParallel; rank 0 writes th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ltsam.metrics import index_groups
 from ltsam.rules import build_rule
 from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
 from ltsam.run.health import check_finite
-from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
+from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import (
     EpochTally,
     MetricsLog,
@@ -138,20 +139,20 @@ class Trainer(ProgressAttributes):
         return evaluate(self.net, batches, self.data.cls_num_list, criterion, self.ctx, self.groups,
                         self.autocast)
 
-    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    def run_epoch(self, epoch: int, members: Sequence[Member] = ()) -> list[EpochResult | None]:
         """The loop's hook: one epoch trained, then evaluated on test (and validation)."""
         lr, rho = self.set_hyperparameters(epoch)
         criterion = self.criterion_for(epoch)
         train_stats = self.train_epoch(epoch, criterion)
         test, _ = self.evaluate(criterion)
         val = self.evaluate(criterion, "val")[0] if self.val_size else None
-        return {"lr": lr, "rho": rho, **train_stats}, test, val
+        return [({"lr": lr, "rho": rho, **train_stats}, test, val)]
 
     # ------------------------------------------------------------------ the run
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        member = Member(self.run_dir, self.cfg.epochs, self.state, self, scalars=True,
+        member = Member(self.run_dir, self.cfg.epochs, self.state, self.payload, scalars=True,
                         wandb_config=self.cfg.to_dict() if self.cfg.wandb else None)
-        run_epochs(member, self.ctx, stop_after)
+        run_epochs([member], self, self.ctx, stop_after)
         return self.finish()
 
     def payload(self, epochs_done: int) -> dict[str, Any]:

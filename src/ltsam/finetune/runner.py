@@ -10,6 +10,7 @@ sources, evaluation and checkpoint format are the trainer's; one process or seve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ltsam.objectives import supervised_objective
 from ltsam.optim import build_step
 from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
 from ltsam.run.files import LAST
-from ltsam.run.loop import Member, ProgressAttributes, run_epochs, write_final
+from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import EpochTally, MetricsLog, Progress, best_summary, data_summary, machine_summary
 from ltsam.run.runtime import data_parallel, precision, start_runtime
 from ltsam.runs import model_from_meta
@@ -138,21 +139,21 @@ class StageRunner(ProgressAttributes):
                                    f"start it again with a smaller --lr (now {self.stage.lr:g})")
         return tally.stats()
 
-    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], None]:
+    def run_epoch(self, epoch: int, members: Sequence[Member] = ()) -> list[EpochResult | None]:
         """The loop's hook: one epoch of the stage on the cosine schedule, then the test results."""
         lr = cosine_lr(epoch, self.stage.lr, self.stage.epochs)
         assert self.step is not None  # a stage with epochs trains
         for group in self.step.optimizer.param_groups:
             group["lr"] = lr
         stats = self.train_epoch(epoch)
-        return {"lr": lr, **stats}, self.evaluate(self.criterion)[0], None
+        return [({"lr": lr, **stats}, self.evaluate(self.criterion)[0], None)]
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         if not self.stage.trains:
             return self.fit_without_training()
-        member = Member(self.run_dir, self.stage.epochs, self.state, self, label=f"{self.stage.name} ",
+        member = Member(self.run_dir, self.stage.epochs, self.state, self.payload, label=f"{self.stage.name} ",
                         echo=self.progress)
-        run_epochs(member, self.ctx, stop_after)
+        run_epochs([member], self, self.ctx, stop_after)
         return self.finish()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

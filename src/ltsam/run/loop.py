@@ -1,8 +1,9 @@
 """The epoch loop of a run: train and evaluate through the owner's hooks, record the epoch, keep the best,
 save the checkpoints, stop after ``stop_after`` epochs; and the final.json that ends a run.
 
-The loop drives one :class:`Member` (a run folder with its records and checkpoints); the trainer and the
-stage runner supply the hooks. A run of several members would drive each the same way.
+The loop drives a list of :class:`Member` runs (each a run folder with its records and checkpoints; a plain run
+is a list of one, a pack of runs trained as one model a longer list); the trainer, the stage runner and the pack
+supply the hooks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -24,58 +26,85 @@ if TYPE_CHECKING:
     from ltsam.data.lt_data import LTData
 
 
-class EpochHooks(Protocol):
-    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """Train one epoch and evaluate it: (the record's head: lr, rho, training statistics), the test
-        results and the validation results (``None`` without a validation split)."""
+EpochResult = tuple[dict[str, Any], dict[str, Any], "dict[str, Any] | None"]
+"""One member's epoch: (the record's head: lr, rho, training statistics), the test results and the validation
+results (``None`` without a validation split)."""
 
-    def payload(self, epochs_done: int) -> dict[str, Any]:
-        """The checkpoint after ``epochs_done`` epochs."""
+
+class EpochHooks(Protocol):
+    def run_epoch(self, epoch: int, members: Sequence[Member]) -> Sequence[EpochResult | None]:
+        """Train ``members`` (those whose turn ``epoch`` is) one epoch and evaluate them: one result per member,
+        ``None`` for a member that stopped in this epoch (it diverged; the hook recorded why)."""
 
 
 @dataclass
 class Member:
-    """One run the loop drives: its folder, how many epochs, where it stands, and the hooks that train it."""
+    """One run the loop drives: its folder, how many epochs, where it stands, and its checkpoint."""
 
     run_dir: Path
     epochs: int
     state: Progress
-    hooks: EpochHooks
+    payload: Callable[[int], dict[str, Any]]  # the checkpoint after that many epochs
     label: str = ""  # before "epoch" on the console, e.g. the stage's name
     echo: bool = True  # print a line after each epoch (rank 0)
     scalars: bool = False  # TensorBoard scalars
     wandb_config: dict[str, Any] | None = None  # Weights & Biases, with this configuration
+    stopped: bool = False  # it diverged: no more epochs, its last finite checkpoint stays
 
 
-def run_epochs(member: Member, ctx: DistContext, stop_after: int | None = None) -> None:
-    """Train ``member`` from its ``start_epoch`` to its last epoch, or for ``stop_after`` epochs; rank 0
-    writes metrics.jsonl, the checkpoints and the scalars."""
-    state, hooks, main = member.state, member.hooks, ctx.is_main
-    metrics = MetricsLog(member.run_dir)
-    if main:
-        metrics.truncate(state.start_epoch)
-    scalars = ScalarLog(member.run_dir, state.start_epoch, member.wandb_config) if main and member.scalars else None
-    done = 0
-    for epoch in range(state.start_epoch, member.epochs):
-        t0 = time.perf_counter()
-        head, test, val = hooks.run_epoch(epoch)
-        seconds = time.perf_counter() - t0
-        state.elapsed += seconds
-        record = epoch_record(epoch, head, test, val, seconds)
-        is_best, is_best_val = state.update(record)
+def run_epochs(members: Sequence[Member], hooks: EpochHooks, ctx: DistContext, stop_after: int | None = None) -> None:
+    """Train every member from its ``start_epoch`` to its last epoch, or for ``stop_after`` epochs; rank 0
+    writes each member's metrics.jsonl, checkpoints and scalars into its own folder.
+
+    A plain run is one member. The members of a pack take part in each epoch they have not yet done, so one
+    that is behind (a pack killed between two members' checkpoints) catches up before the others go on.
+    """
+    main = ctx.is_main
+    logs = {id(m): MetricsLog(m.run_dir) for m in members}
+    scalars: dict[int, ScalarLog] = {}
+    for m in members:
         if main:
-            metrics.append(record)
-            save_run_checkpoints(member.run_dir, hooks.payload(epoch + 1), is_best, is_best_val)
-            if scalars is not None:
-                scalars.log(record)
-            if member.echo:
-                print(console_line(record, member.epochs, member.label), flush=True)
+            logs[id(m)].truncate(m.state.start_epoch)
+            if m.scalars:
+                scalars[id(m)] = ScalarLog(m.run_dir, m.state.start_epoch, m.wandb_config)
+    done = 0
+    while True:
+        pending = [m for m in members if not m.stopped and m.state.start_epoch < m.epochs]
+        if not pending:
+            break
+        epoch = min(m.state.start_epoch for m in pending)
+        turn = [m for m in pending if m.state.start_epoch == epoch]
+        t0 = time.perf_counter()
+        results = hooks.run_epoch(epoch, turn)
+        seconds = time.perf_counter() - t0
+        for m, result in zip(turn, results, strict=True):
+            if result is None:
+                m.stopped = True
+                continue
+            _record(m, epoch, result, seconds, main, logs[id(m)], scalars.get(id(m)))
         barrier(ctx)
         done += 1
-        if stop_after is not None and done >= stop_after and epoch + 1 < member.epochs:
+        if stop_after is not None and done >= stop_after:
             break
-    if scalars is not None:
-        scalars.close()
+    for log in scalars.values():
+        log.close()
+
+
+def _record(m: Member, epoch: int, result: EpochResult, seconds: float, main: bool, metrics: MetricsLog,
+            scalars: ScalarLog | None) -> None:
+    """One member's epoch: the record, the best-so-far, metrics.jsonl, the checkpoints, the console line."""
+    head, test, val = result
+    m.state.elapsed += seconds
+    record = epoch_record(epoch, head, test, val, seconds)
+    is_best, is_best_val = m.state.update(record)
+    m.state.start_epoch = epoch + 1
+    if main:
+        metrics.append(record)
+        save_run_checkpoints(m.run_dir, m.payload(epoch + 1), is_best, is_best_val)
+        if scalars is not None:
+            scalars.log(record)
+        if m.echo:
+            print(console_line(record, m.epochs, m.label), flush=True)
 
 
 def write_final(run_dir: Path, ctx: DistContext, summary: dict[str, Any], test: dict[str, Any],
