@@ -4,6 +4,7 @@
 run folder (``ltsam.finetune.runner``); the heads they install live in ``ltsam.finetune.heads``.
 """
 
+from ltsam.finetune import tau_norm as _tau_norm  # noqa: F401  (registers tau-norm)
 from ltsam.finetune.stages import STAGES, Stage, build_stage
 
 __all__ = ["STAGES", "Stage", "build_stage"]

@@ -149,8 +149,8 @@ class StageRunner(ProgressAttributes):
         return [({"lr": lr, **stats}, self.evaluate(self.criterion)[0], None)]
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        if not self.stage.trains:
-            return self.fit_without_training()
+        if not self.stage.trains:  # e.g. tau-norm: the stage's own hook instead of epochs
+            return self.stage.fit_without_epochs(self)
         member = Member(self.run_dir, self.stage.epochs, self.state, self.payload, label=f"{self.stage.name} ",
                         echo=self.progress)
         run_epochs([member], self, self.ctx, stop_after)
@@ -171,9 +171,3 @@ class StageRunner(ProgressAttributes):
             **(extra or {}),
         }
         return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)
-
-    def fit_without_training(self) -> dict[str, Any]:
-        """tau-norm: no epochs; see :func:`ltsam.finetune.tau_norm.fit_tau_norm`."""
-        from ltsam.finetune.tau_norm import fit_tau_norm
-
-        return fit_tau_norm(self)

@@ -13,15 +13,40 @@ parent's architecture. Register a new stage like any other entry::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from ltsam.errors import UserError
-from ltsam.finetune.heads import MaxNorm, ScaledLinear, get_head, get_module, head_shape, set_module, tau_normalized
+from ltsam.finetune.heads import MaxNorm, ScaledLinear, get_head, head_shape, set_module
 from ltsam.losses import WeightedCrossEntropy, effective_number_weights
 from ltsam.registry import Entry, Option, Registry
+
+
+class StageRun(Protocol):
+    """What a stage without epochs may use of the run that hosts it (``ltsam.finetune.runner.StageRunner``)."""
+
+    stage: Stage
+    data: Any  # ltsam.data.lt_data.LTData
+    cfg: Any  # the parent's TrainConfig
+    ctx: Any  # ltsam.distributed.DistContext
+    device: torch.device
+    model: nn.Module
+    path: str
+    autocast: Any
+    groups: dict[str, list[int]] | None
+    state: Any  # ltsam.run.records.Progress
+    run_dir: Path
+    progress: bool
+
+    @property
+    def head(self) -> nn.Module: ...
+    def test_batches(self) -> Any: ...
+    def payload(self, epoch: int) -> dict[str, Any]: ...
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]: ...
+
 
 STAGES: Registry[type[Stage]] = Registry("stage", "stage")
 """Second stages by name: ``obj(**options)`` is a ``Stage``; its options become ``ltsam finetune`` flags."""
@@ -39,7 +64,7 @@ def _wd(default: float) -> Option:
     return Option("wd", float, default, "weight decay", flags=("--wd", "--weight-decay"), minimum=0.0)
 
 
-def _batch(default: int) -> Option:
+def batch_size_option(default: int) -> Option:
     return Option("batch_size", int, default, "batch size", flags=("--batch-size", "-b"), minimum=1)
 
 
@@ -84,12 +109,17 @@ class Stage:
     def criterion(self, cls_num_list: Sequence[int]) -> nn.Module:
         return WeightedCrossEntropy()
 
+    def fit_without_epochs(self, run: StageRun) -> dict[str, Any]:
+        """A stage with ``trains = False`` runs here instead of the epoch loop (tau-norm's sweep); it returns
+        the run's summary (``run.finish``)."""
+        raise NotImplementedError(f"{type(self).__name__} trains no epochs, so it must define fit_without_epochs")
+
     def after_step(self, head: nn.Module) -> None:
         """Called after every optimizer step (projections)."""
 
 
 @STAGES.register("crt", help="classifier re-training: backbone frozen, classifier re-initialised, class-balanced",
-                 options=[_epochs(10), _lr(0.2), _wd(5e-4), MOMENTUM, _batch(512)])
+                 options=[_epochs(10), _lr(0.2), _wd(5e-4), MOMENTUM, batch_size_option(512)])
 class ClassifierRetraining(Stage):
     """cRT (Kang et al., ICLR 2020): a new linear classifier (PyTorch's default initialisation) trained with
     cross-entropy on class-balanced batches of the frozen features. A cosine (LDAM) parent gets a linear head."""
@@ -109,7 +139,7 @@ class ClassifierRetraining(Stage):
 
 
 @STAGES.register("lws", help="learnable weight scaling: only a per-class scale f_k of w_k learned, class-balanced",
-                 options=[_epochs(5), _lr(0.2), _wd(5e-4), MOMENTUM, _batch(512)])
+                 options=[_epochs(5), _lr(0.2), _wd(5e-4), MOMENTUM, batch_size_option(512)])
 class LearnableWeightScaling(Stage):
     """LWS (Kang et al., ICLR 2020): logits f_k (w_k . x + b_k), the parent's w and b frozen, f learned from 1
     with cross-entropy on class-balanced batches; folded into the classifier as f_k w_k, f_k b_k."""
@@ -123,44 +153,8 @@ class LearnableWeightScaling(Stage):
         return head.folded()  # type: ignore[operator]
 
 
-@STAGES.register("tau-norm", help="tau-normalisation w_k / ||w_k||^tau, no training; tau chosen on --val-list or "
-                                  "the parent's held-out split, else given (default 1), with the sweep reported",
-                 options=[Option("tau", float, None, "tau-norm: the tau to keep (default: the best on --val-list or "
-                                 "on the parent's --val-per-class split, else 1)", minimum=0.0),
-                          Option("tau_grid", str, "0:2:0.1", "tau-norm: the taus swept, START:STOP:STEP or a list "
-                                 "(default 0:2:0.1, the authors' grid)"),
-                          Option("val_list", str, None, "tau-norm: list file of validation images (list-file data "
-                                 "sets) on which tau is chosen"),
-                          _batch(512)], aliases=("tau_norm", "taunorm"))
-class TauNormalisation(Stage):
-    """tau-normalisation (Kang et al., ICLR 2020): w_k / ||w_k||^tau for each tau of the grid, evaluated on
-    the frozen features; the model kept has the given tau, or the one best on the validation images (the
-    --val-list, else the parent run's held-out split)."""
-
-    trains = False
-
-    def __init__(self, tau: float | None = None, tau_grid: str = "0:2:0.1", val_list: str | None = None,
-                 batch_size: int = 512, **options: Any):
-        super().__init__(epochs=1, batch_size=batch_size, **options)
-        from ltsam.posthoc import parse_taus
-
-        self.tau, self.val_list = tau, val_list
-        self.grid = parse_taus(tau_grid, "--tau-grid")
-        if tau is not None and tau not in self.grid:
-            self.grid = sorted({*self.grid, tau})
-        self.base: nn.Linear | None = None
-
-    def install(self, model: nn.Module, path: str) -> list[nn.Parameter]:
-        self.base = get_module(model, path)  # type: ignore[assignment]
-        return []
-
-    def head_for(self, tau: float) -> nn.Linear:
-        assert self.base is not None
-        return tau_normalized(self.base, tau)
-
-
 @STAGES.register("weight-balancing", help="weight balancing stage 2: class-balanced loss, MaxNorm, weight decay 0.1",
-                 options=[_epochs(10), _lr(0.01), _wd(0.1), MOMENTUM, _batch(64),
+                 options=[_epochs(10), _lr(0.01), _wd(0.1), MOMENTUM, batch_size_option(64),
                           Option("maxnorm_thresh", float, 0.1, "weight balancing: MaxNorm cap at min + t (max - min) "
                                  "of the parent's class-vector norms (default 0.1)", minimum=0.0),
                           Option("beta", float, 0.9999, "weight balancing: effective-number beta of the class-balanced "
@@ -186,6 +180,11 @@ class WeightBalancing(Stage):
 
     def criterion(self, cls_num_list: Sequence[int]) -> nn.Module:
         return WeightedCrossEntropy(effective_number_weights(cls_num_list, self.beta))
+
+    def fit_without_epochs(self, run: StageRun) -> dict[str, Any]:
+        """A stage with ``trains = False`` runs here instead of the epoch loop (tau-norm's sweep); it returns
+        the run's summary (``run.finish``)."""
+        raise NotImplementedError(f"{type(self).__name__} trains no epochs, so it must define fit_without_epochs")
 
     def after_step(self, head: nn.Module) -> None:
         assert self.maxnorm is not None

@@ -8,21 +8,61 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.evaluate import evaluate_offsets
-from ltsam.finetune.heads import set_module
-from ltsam.finetune.stages import TauNormalisation
+from ltsam.finetune.heads import get_module, set_module, tau_normalized
+from ltsam.finetune.stages import STAGES, Stage, StageRun, batch_size_option
 from ltsam.io import write_json
+from ltsam.registry import Option
 from ltsam.run.checkpoints import save_run_checkpoints
 from ltsam.run.files import SWEEP_NAME
 from ltsam.run.records import MetricsLog
 
 
-def fit_tau_norm(runner: Any) -> dict[str, Any]:
+@STAGES.register("tau-norm", help="tau-normalisation w_k / ||w_k||^tau, no training; tau chosen on --val-list or "
+                                  "the parent's held-out split, else given (default 1), with the sweep reported",
+                 options=[Option("tau", float, None, "tau-norm: the tau to keep (default: the best on --val-list or "
+                                 "on the parent's --val-per-class split, else 1)", minimum=0.0),
+                          Option("tau_grid", str, "0:2:0.1", "tau-norm: the taus swept, START:STOP:STEP or a list "
+                                 "(default 0:2:0.1, the authors' grid)"),
+                          Option("val_list", str, None, "tau-norm: list file of validation images (list-file data "
+                                 "sets) on which tau is chosen"),
+                          batch_size_option(512)], aliases=("tau_norm", "taunorm"))
+class TauNormalisation(Stage):
+    """tau-normalisation (Kang et al., ICLR 2020): w_k / ||w_k||^tau for each tau of the grid, evaluated on
+    the frozen features; the model kept has the given tau, or the one best on the validation images (the
+    --val-list, else the parent run's held-out split)."""
+
+    trains = False
+
+    def __init__(self, tau: float | None = None, tau_grid: str = "0:2:0.1", val_list: str | None = None,
+                 batch_size: int = 512, **options: Any):
+        super().__init__(epochs=1, batch_size=batch_size, **options)
+        from ltsam.posthoc import parse_taus
+
+        self.tau, self.val_list = tau, val_list
+        self.grid = parse_taus(tau_grid, "--tau-grid")
+        if tau is not None and tau not in self.grid:
+            self.grid = sorted({*self.grid, tau})
+        self.base: nn.Linear | None = None
+
+    def install(self, model: nn.Module, path: str) -> list[nn.Parameter]:
+        self.base = get_module(model, path)  # type: ignore[assignment]
+        return []
+
+    def head_for(self, tau: float) -> nn.Linear:
+        assert self.base is not None
+        return tau_normalized(self.base, tau)
+
+    def fit_without_epochs(self, run: StageRun) -> dict[str, Any]:
+        return fit_tau_norm(run)
+
+
+def fit_tau_norm(runner: StageRun) -> dict[str, Any]:
     """tau-norm: one pass for the classifier's inputs, every tau of the grid scored on them, the chosen
-    tau folded into the saved model. ``runner``: the ``StageRunner`` that calls it (not imported here, so
-    that the runner may import this module)."""
+    tau folded into the saved model."""
     stage = runner.stage
     assert isinstance(stage, TauNormalisation)
     t0 = time.perf_counter()
@@ -68,7 +108,7 @@ def fit_tau_norm(runner: Any) -> dict[str, Any]:
     return summary
 
 @torch.no_grad()
-def _features(runner: Any, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _features(runner: StageRun, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(classifier input, labels) of every batch, captured at the classifier by a forward pre-hook."""
     captured: list[torch.Tensor] = []
     hook = runner.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float()))
@@ -82,16 +122,17 @@ def _features(runner: Any, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
         hook.remove()
     return out
 
-def _sweep(runner: Any, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
+def _sweep(runner: StageRun, split: str, features: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
     rows = []
-    for tau in runner.stage.grid:
-        head = runner.stage.head_for(tau)
+    stage = cast(TauNormalisation, runner.stage)
+    for tau in stage.grid:
+        head = stage.head_for(tau)
         (result, _), = evaluate_offsets(head, features, runner.data.cls_num_list, [None], None, runner.ctx,
                                         runner.groups, confusion=False)
         rows.append({"tau": tau, "split": split, **result})
     return rows
 
-def _val_batches(runner: Any, val_list: str):
+def _val_batches(runner: StageRun, val_list: str):
     from ltsam.data.builtin import attach_val_list
     from ltsam.data.lt_data import StreamingLTData
 
