@@ -76,6 +76,7 @@ class TrainConfig:
     recipe: str | None = None
     wandb: bool = False
     plugins: list[str] = field(default_factory=list)  # modules imported for this run's entries
+    pack: dict[str, Any] | None = None  # the pack it trained in (ltsam.pack): its folder, size, member index
     extra: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # registered entries' options, by config key
 

@@ -14,30 +14,20 @@ import torch
 
 from ltsam.acceleration import should_compile
 from ltsam.config import TrainConfig, resolve_derived
-from ltsam.data.catalog import DATASETS, native_schedule
+from ltsam.data.catalog import DATASETS
 from ltsam.data.loading import load_data
+from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho
 from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.faults import fault_point
-from ltsam.losses import build_loss
 from ltsam.methods import METHODS, MethodContext
 from ltsam.metrics import index_groups
-from ltsam.rules import build_rule
-from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
+from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state, training_checkpoint
 from ltsam.run.health import check_finite
 from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
-from ltsam.run.records import (
-    EpochTally,
-    MetricsLog,
-    Progress,
-    best_summary,
-    best_val_summary,
-    data_summary,
-    machine_summary,
-)
+from ltsam.run.records import EpochTally, Progress, training_summary
 from ltsam.run.runtime import compiled, data_parallel, precision, start_runtime
 from ltsam.runs import model_from_meta
-from ltsam.schedules import learning_rate, rho_for_epoch
 
 
 class Trainer(ProgressAttributes):
@@ -94,10 +84,7 @@ class Trainer(ProgressAttributes):
     # ------------------------------------------------------------------ one epoch
     def set_hyperparameters(self, epoch: int) -> tuple[float, float]:
         cfg = self.cfg
-        lr = learning_rate(cfg.lr_schedule, epoch, cfg.lr, cfg.epochs)
-        steps = native_schedule(cfg.dataset).rho_boundaries(cfg.epochs)
-        rho = rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, cfg.min_rho, cfg.max_rho,
-                            tuple(cfg.rho_steps) if cfg.rho_steps else None, steps)
+        lr, rho = epoch_lr(cfg, epoch), epoch_rho(cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if "rho" in group:
@@ -107,8 +94,7 @@ class Trainer(ProgressAttributes):
         return lr, (rho if self.cfg.uses_sam else 0.0)
 
     def criterion_for(self, epoch: int) -> torch.nn.Module:
-        weights = build_rule(self.cfg.train_rule, self.cfg).class_weights(self.data.cls_num_list, epoch)
-        return build_loss(self.cfg.loss, self.data.cls_num_list, weights, config=self.cfg).to(self.device)
+        return epoch_criterion(self.cfg, self.data, epoch, self.device)
 
     def train_epoch(self, epoch: int, criterion: torch.nn.Module) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -127,8 +113,8 @@ class Trainer(ProgressAttributes):
             bad = tally.add(loss, logits, y)
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             step += 1
-        check_finite(self.model, epoch, tally.reduce(self.ctx).bad_steps, int(first_bad), int(step),
-                     self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr)
+        check_finite(self.model.state_dict().values(), epoch, tally.reduce(self.ctx).bad_steps, int(first_bad),
+                     int(step), self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr)
         return tally.stats()
 
     def evaluate(self, criterion: torch.nn.Module | None, split: str = "test") -> tuple[dict[str, Any], torch.Tensor]:
@@ -157,27 +143,12 @@ class Trainer(ProgressAttributes):
 
     def payload(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint after ``epochs_done`` epochs (``last.pt`` / ``best.pt`` / ``best_val.pt``)."""
-        return {"epoch": epochs_done, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "model_meta": self.meta,
-                "config": self.cfg.to_dict(), "cls_num_list": self.data.cls_num_list,
-                "classes": self.data.classes, **self.state.checkpoint_fields(),
-                "scaler": scaler_state(self.scaler), "step": self.method.built_step().state_dict()}
+        return training_checkpoint(epochs_done, self.model.state_dict(), self.optimizer.state_dict(), self.meta,
+                                   self.cfg.to_dict(), self.data, self.state.checkpoint_fields(),
+                                   scaler_state(self.scaler), self.method.built_step().state_dict())
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""
         test, conf = self.evaluate(None)
-        metrics = MetricsLog(self.run_dir)
-        summary = {
-            "epochs_done": metrics.epochs_done(),
-            "epochs": self.cfg.epochs,
-            "final": test,
-            "best": best_summary(self.best_record) | {
-                "selected_on": "test",
-                "note": "the epoch of the highest test top-1: the paper's protocol, for comparison only"},
-            "best_val": best_val_summary(metrics) if self.val_size and self.ctx.is_main else None,
-            **data_summary(self.data),
-            "val_images": self.val_size,
-            "val_cls_num_list": getattr(self.data, "val_cls_num_list", []),
-            **machine_summary(self.elapsed, self.device, self.ctx),
-        }
+        summary = training_summary(self.run_dir, self.cfg.epochs, self.state, test, self.data, self.device, self.ctx)
         return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)

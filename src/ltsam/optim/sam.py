@@ -12,7 +12,7 @@ update equals the textbook perturb / restore / step bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,12 +22,13 @@ class SAM(torch.optim.Optimizer):
     """SAM wrapper around any base optimizer; param groups may carry their own ``rho``/``adaptive``.
 
     Ascent: e(w) = rho * g / (||g||_2 + 1e-12); adaptive (ASAM): e(w) = rho * w^2 g / (||w g||_2 + 1e-12),
-    the norm taken over all parameters with a gradient. ``second_step`` restores w and lets the base
-    optimizer step with the gradient taken at w + e(w).
+    the norm taken over all parameters with a gradient. With ``members=G`` (a pack of G runs, every parameter
+    stacked to (G, ...)), each member's norm runs over its own slices and ``rho`` may be a (G,) tensor.
+    ``second_step`` restores w and lets the base optimizer step with the gradient taken at w + e(w).
     """
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer],
-                 rho: float = 0.05, adaptive: bool = False, **kwargs: Any):
+                 rho: float = 0.05, adaptive: bool = False, members: int | None = None, **kwargs: Any):
         if rho < 0.0:
             raise ValueError(f"rho must be non-negative, got {rho}")
         defaults = dict(rho=rho, adaptive=adaptive, **kwargs)
@@ -38,10 +39,13 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self._backup: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: list[torch.Tensor] = []
+        # A pack (ltsam.pack): every parameter is (members, ...), and each member's norm and radius are its own.
+        self.members = members
 
     def _grad_norm(self) -> torch.Tensor:
         """||g|| (or ||w g|| for adaptive groups) over all parameters, as one fused reduction."""
         norms: list[torch.Tensor] = []
+        per_member: list[list[Sequence[torch.Tensor]]] = []  # [group][member][parameter]
         for group in self.param_groups:
             grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in group["params"]
                                                                     if p.grad is not None]
@@ -50,7 +54,16 @@ class SAM(torch.optim.Optimizer):
             if group["adaptive"]:
                 params = [p for p in group["params"] if p.grad is not None]
                 grads = torch._foreach_mul(grads, params)
-            norms.extend(torch._foreach_norm(grads))
+            if self.members:  # each member's norms as its run alone takes them (the same bits)
+                per_member.append([torch._foreach_norm([grad[g] for grad in grads]) for g in range(self.members)])
+            else:
+                norms.extend(torch._foreach_norm(grads))
+        if self.members:
+            if not per_member:
+                return torch.zeros(self.members)
+            rows = [[n for group in per_member for n in group[g]] for g in range(self.members)]
+            return torch.stack([torch.linalg.vector_norm(torch.stack([n.to(row[0].device) for n in row]))
+                                for row in rows])
         if not norms:
             return torch.zeros(())
         device = norms[0].device
@@ -85,8 +98,14 @@ class SAM(torch.optim.Optimizer):
             if group["adaptive"]:
                 torch._foreach_mul_(grads, params)
                 torch._foreach_mul_(grads, params)
-            scale = group["rho"] / (grad_norm + 1e-12)
-            torch._foreach_mul_(grads, scale.to(grads[0].device))
+            if self.members:  # member g's slices move by its own rho_g / ||g_g||, computed as torch computes
+                # ``float / tensor`` in its run alone (1 / t, then times rho): the same bits
+                scale = (grad_norm + 1e-12).reciprocal() * group["rho"]
+                for grad in grads:
+                    grad.mul_(scale.to(grad.device, grad.dtype).view(-1, *([1] * (grad.dim() - 1))))
+            else:
+                scale = group["rho"] / (grad_norm + 1e-12)
+                torch._foreach_mul_(grads, scale.to(grads[0].device))
             torch._foreach_add_(params, grads)
             self._perturbed.extend(params)
         if zero_grad:

@@ -118,7 +118,7 @@ def _with_counts(cls: type[Step], cls_num_list: Sequence[int] | None, options: d
 STEPS: Registry[type[Step]] = Registry("optimizer step", "optimizer")
 
 
-@STEPS.register("sgd", help="SGD with momentum", label="SGD")
+@STEPS.register("sgd", help="SGD with momentum", label="SGD", packs=True)
 class SGDStep(Step):
     """One forward/backward of the descent loss and one optimizer step."""
 
@@ -135,7 +135,7 @@ class SGDStep(Step):
 
 
 @STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency, label="SAM")
+                resolve=check_frequency, label="SAM", packs=True)
 class SAMStep(Step):
     """Ascent pass, ``first_step``, descent pass at the perturbed weights, restore and base step.
 
@@ -257,7 +257,7 @@ class SAMStep(Step):
 
 
 @STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency, label="ASAM")
+                resolve=check_frequency, label="ASAM", packs=True)
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 

@@ -42,3 +42,13 @@ def restore_scaler(scaler: Any, ckpt: dict[str, Any]) -> None:
 
 def scaler_state(scaler: Any) -> dict[str, Any] | None:
     return scaler.state_dict() if scaler is not None else None
+
+
+def training_checkpoint(epochs_done: int, model: dict[str, Any], optimizer: dict[str, Any],
+                        meta: dict[str, Any], config: dict[str, Any], data: Any, progress: dict[str, Any],
+                        scaler: dict[str, Any] | None, step: dict[str, Any]) -> dict[str, Any]:
+    """A training run's ``last.pt`` / ``best.pt`` / ``best_val.pt`` after ``epochs_done`` epochs: the weights
+    and optimizer state, how to rebuild the model, the configuration, the data's classes and the progress
+    (``Progress.checkpoint_fields``). A pack's member writes the same, so it resumes alone."""
+    return {"epoch": epochs_done, "model": model, "optimizer": optimizer, "model_meta": meta, "config": config,
+            "cls_num_list": data.cls_num_list, "classes": data.classes, **progress, "scaler": scaler, "step": step}

@@ -8,6 +8,7 @@ CONFIG_NAME = "config.json"  # the run's configuration (a stage run's: the stage
 METRICS_NAME = "metrics.jsonl"  # one record per epoch
 FINAL_NAME = "final.json"  # the summary written at the end (and at a --stop-after)
 SWEEP_NAME = "sweep.json"  # tau-normalisation's scores of every tau
+DIVERGED_NAME = "diverged.json"  # a pack's member that diverged: the epoch and why (the pack trained on)
 FIGURES = ("per_class_accuracy.png", "confusion_matrix.png")
 
 # A run folder's checkpoints (``--which``): the final epoch's, the best test top-1's (the paper's protocol) and,
@@ -19,7 +20,7 @@ TENSORBOARD_DIR, WANDB_DIR, HESSIAN_DIR = "tensorboard", "wandb", "hessian"
 
 # Everything ltsam writes into a run folder; --overwrite removes these and nothing else.
 OWN_FILES = frozenset({RUN_MARKER, LOCK_NAME, CONFIG_NAME, METRICS_NAME, FINAL_NAME, *FIGURES, SWEEP_NAME,
-                       *(f"{name}.pt" for name in CHECKPOINTS)})
+                       DIVERGED_NAME, *(f"{name}.pt" for name in CHECKPOINTS)})
 OWN_FOLDERS = frozenset({TENSORBOARD_DIR, WANDB_DIR, HESSIAN_DIR})
 
 

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ltsam.errors import TrainingDiverged
 from ltsam.run.files import LAST
 
 
-def check_finite(model: nn.Module, epoch: int, bad_steps: int, first_bad: int, steps: int, loss_scaled: bool,
-                 world: int, run_dir: Path, lr: float) -> None:
-    """Raise ``TrainingDiverged`` after an epoch whose weights, batch-norm statistics or loss are not finite.
+def check_finite(state: Iterable[torch.Tensor], epoch: int, bad_steps: int, first_bad: int, steps: int,
+                 loss_scaled: bool, world: int, run_dir: Path, lr: float) -> None:
+    """Raise ``TrainingDiverged`` after an epoch whose weights, batch-norm statistics (``state``: the model's
+    ``state_dict`` values) or loss are not finite.
 
     A non-finite loss stops the run, except under fp16 loss scaling (``loss_scaled``), where the scaler skips
     an overflowing step: there only an epoch that is non-finite throughout counts as divergence.
     """
-    state = [t for t in model.state_dict().values() if t.is_floating_point()]  # batch-norm statistics too
-    weights_ok = bool(torch.stack([torch.isfinite(t).all() for t in state]).all())
+    floats = [t for t in state if t.is_floating_point()]
+    weights_ok = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
     if weights_ok and (bad_steps == 0 or (loss_scaled and bad_steps < steps * world)):
         return
     what = (f"the loss became non-finite at epoch {epoch + 1}, step {first_bad + 1} of {steps} "

@@ -231,3 +231,24 @@ def data_summary(data: LTData) -> dict[str, Any]:
 def machine_summary(elapsed: float, device: torch.device, ctx: DistContext) -> dict[str, Any]:
     """final.json's training seconds, device and number of processes."""
     return {"train_seconds": elapsed, "device": str(device), "world_size": ctx.world}
+
+
+def training_summary(run_dir: Path, epochs: int, state: Progress, test: dict[str, Any], data: LTData,
+                     device: torch.device, ctx: DistContext) -> dict[str, Any]:
+    """final.json of a training run (a plain run or a pack's member): the final and best epochs, the best
+    on validation, the data and the machine."""
+    metrics = MetricsLog(run_dir)
+    val_size = int(getattr(data, "val_size", 0))  # a plugin's data set may have no split
+    return {
+        "epochs_done": metrics.epochs_done(),
+        "epochs": epochs,
+        "final": test,
+        "best": best_summary(state.best_record) | {
+            "selected_on": "test",
+            "note": "the epoch of the highest test top-1: the paper's protocol, for comparison only"},
+        "best_val": best_val_summary(metrics) if val_size and ctx.is_main else None,
+        **data_summary(data),
+        "val_images": val_size,
+        "val_cls_num_list": getattr(data, "val_cls_num_list", []),
+        **machine_summary(state.elapsed, device, ctx),
+    }

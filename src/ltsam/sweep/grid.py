@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 RESERVED = {"out", "overwrite", "resume", "stop_after", "no_progress"}
 # Configuration keys that do not change what a run computes (where and how fast it runs, and where
 # it writes); left out of the configuration hash and of the report's grouping.
-VOLATILE = ("out", "compile", "device", "workers", "threads", "eval_batch_size", "wandb")
+VOLATILE = ("out", "compile", "device", "workers", "threads", "eval_batch_size", "wandb", "pack")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a sweep's name: a folder name, a job name, a shell word
 MAX_RUNS = 10_000  # the most runs a grid may expand to (counted before any list is built)
 
