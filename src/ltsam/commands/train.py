@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
                        allow_abbrev=False)
     add_train_flags(p)
     add_plugin_flag(p)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train one run per seed as one pack (one fused model, ltsam.pack) into OUT/seed0, OUT/seed1, "
+                        "...; ends with the mean ± std table of `ltsam report OUT`; `--resume OUT` continues the pack")
     p.set_defaults(func=cmd_train)
 
 
@@ -59,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ltsam.config import config_warnings, implied_defaults, resolve, run_name
     from ltsam.console import print_results
+    from ltsam.pack.folders import is_pack_dir
     from ltsam.recipes import get_recipe
     from ltsam.runs import open_for_resume, prepare_run_dir, read_run_config, repair_best
     from ltsam.trainer import Trainer
@@ -66,6 +70,10 @@ def _train(args: argparse.Namespace) -> int:
     overrides = train_overrides(args)
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
+    if args.resume and args.seeds:
+        raise UserError("--resume continues a run or a pack as it was started; leave --seeds out")
+    if args.resume and is_pack_dir(Path(args.resume)):
+        return _resume_pack(args, overrides)
     if args.resume:
         run_dir = Path(args.resume)
         has_checkpoint = open_for_resume(run_dir, owner=int(os.environ.get("RANK", "0")) == 0)
@@ -100,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
                   + ", ".join(f"{flag_name(k)} {show(v)}" for k, v in implied.items()), flush=True)
         name = run_name(cfg) + (f"_{args.exp_str}" if args.exp_str else "")
         run_dir = Path(args.out) if args.out else Path("runs") / name
+        if args.seeds:
+            return _train_seeds(args, cfg, run_dir)
         cfg.out = str(run_dir)
         # Validate data and model before touching the run folder, so a bad flag changes nothing.
         from ltsam.data.loading import load_data
@@ -167,3 +177,60 @@ def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epoch
     if args.overwrite:
         note += "; --overwrite is ignored: --resume keeps the run"
     return note
+
+
+def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    """``--seeds``: the seeds' runs as one pack into ``out/seedN``, then their mean ± std table."""
+    from ltsam.pack.compat import check_pack
+    from ltsam.pack.folders import prepare_pack_dir, seed_members
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--seeds trains its runs as one pack in one process; run it without torchrun")
+    members = seed_members(cfg, args.seeds, out)
+    check_pack(members)  # before any folder is touched
+    dirs = prepare_pack_dir(out, members, args.overwrite)
+    return _fit_pack(args, members, dirs, out, resume=False)
+
+
+def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``--resume OUT`` of a ``--seeds`` pack: every member from its own last.pt, as one pack again."""
+    from ltsam.pack.folders import open_pack_for_resume
+
+    out = Path(args.resume)
+    given = sorted(k for k, v in overrides.items() if v is not None and k not in ("device", "workers"))
+    if given:
+        raise UserError(f"--resume of a pack continues its saved configurations; leave out "
+                        f"{', '.join(flag_name(k) for k in given)}")
+    cfgs, dirs, started = open_pack_for_resume(out)
+    for cfg in cfgs:
+        for key in ("device", "workers"):
+            if overrides.get(key) is not None:
+                setattr(cfg, key, overrides[key])
+    print(f"ltsam: resuming the pack of {len(dirs)} runs in {out}", flush=True)
+    return _fit_pack(args, cfgs, dirs, out, resume=all(started))
+
+
+def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path, resume: bool) -> int:
+    from ltsam.errors import TrainingDiverged
+    from ltsam.pack.folders import REPORT_DIR, repair_members
+    from ltsam.pack.trainer import PackTrainer
+    from ltsam.summary import build_report
+
+    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress)
+    if resume:
+        repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
+                              for m in pack.members])
+    first = cfgs[0]
+    print(f"ltsam: training {len(cfgs)} runs of {first.arch} on {first.dataset} as one pack ({pack.mode} mode) on "
+          f"{pack.device}; run folders {', '.join(str(d) for d in dirs)}", flush=True)
+    summaries = pack.fit(stop_after=args.stop_after)
+    finished = [d for d, s in zip(dirs, summaries) if s is not None]
+    if finished:
+        text, where = build_report(finished, out / REPORT_DIR, partial=True, figures=False)
+        print(text)
+        print(f"report in {where}/report.md")
+    failed = [d.name for d, s in zip(dirs, summaries) if s is None]
+    if failed:
+        raise TrainingDiverged(f"{', '.join(failed)} diverged (see diverged.json in each); the other members "
+                               f"finished")
+    return 0

@@ -26,8 +26,8 @@ def packed_step(cfg: TrainConfig, params: Iterable[torch.nn.Parameter], members:
                 autocast: Callable) -> Step:
     """The configured step over the pack's stacked parameters (``cfg``: any member's configuration; what a
     step depends on is shared by the pack)."""
-    step = build_step(step_name(cfg), params, cfg.lr, cfg.momentum, cfg.wd, rho=cfg.rho, adaptive=cfg.adaptive,
-                      autocast=autocast, config=cfg, seed=cfg.seed)
+    step = build_step(step_name(cfg), params, lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho,
+                      adaptive=cfg.adaptive, autocast=autocast, config=cfg, seed=cfg.seed)
     if isinstance(step.optimizer, SAM):
         step.optimizer.members = members
     return step

@@ -25,7 +25,7 @@ from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import EvalCounts
 from ltsam.faults import fault_point
-from ltsam.io import write_json
+from ltsam.io import read_json, write_json
 from ltsam.methods import METHODS
 from ltsam.metrics import index_groups
 from ltsam.optim import StepLosses
@@ -111,6 +111,8 @@ class PackTrainer:
                                 f"pack builds {meta}; resume it with its own configuration")
             m.model_state, m.optimizer_state = ckpt["model"], ckpt["optimizer"]
             m.state = Progress.from_checkpoint(ckpt)
+            if (run_dir / DIVERGED_NAME).is_file():  # it stopped in an earlier run of the pack: not trained again
+                m.diverged = str(read_json(run_dir / DIVERGED_NAME).get("message", "diverged"))
         return m
 
     # ------------------------------------------------------------------ the fused model
@@ -183,7 +185,7 @@ class PackTrainer:
                 continue
             head = {"lr": lr, "rho": rhos[g], **stats[g].stats()}
             results.append((head, tests[g], None if vals is None else vals[g]))
-        if self.progress:
+        if self.ctx.is_main:
             print(f"pack epoch {epoch + 1:>3}/{first.epochs}  lr {lr:.4g}  test top-1 " + "  ".join(
                 f"{m.run_dir.name} {'-' if r is None else format(r[1]['top1'], '.2f')}"
                 for m, r in zip(members, results)), flush=True)
@@ -242,7 +244,8 @@ class PackTrainer:
         """Train every member to its last epoch (or ``stop_after`` epochs); each member's summary, ``None`` for
         one that diverged. Exits through the engine's loop; each member's final.json is written at the end."""
         for m in self.members:
-            m.run = Member(m.run_dir, m.cfg.epochs, m.state, functools.partial(self.payload, m), echo=False)
+            m.run = Member(m.run_dir, m.cfg.epochs, m.state, functools.partial(self.payload, m), echo=False,
+                           stopped=m.diverged is not None)
         try:
             run_epochs([m.run for m in self.members if m.run is not None], self, self.ctx, stop_after)
         except torch.cuda.OutOfMemoryError:
