@@ -1,7 +1,8 @@
 """Packed runs (ltsam.pack): G runs of one architecture as one fused model, each member equal to its run alone.
 
-Exactness. In ``loop`` mode (the CPU default) each member's slices go through the very operations its run alone
-takes, so its weights, optimizer state and records are bit-for-bit those of the run alone. In ``vmap`` mode
+Exactness. In ``loop`` mode (the CPU default) each member's slices go through the operations its run alone
+takes, so its weights, optimizer state and records are those of the run alone bit for bit where the kernels
+vectorise its slices as they do its own tensors (every case below but the CLI one). In ``vmap`` mode
 (the GPU default) convolutions become grouped ones whose sums add in another order: there the members agree
 with their runs alone to the rounding bound of ``tests/tolerances.py``, checked in float64.
 """
@@ -232,3 +233,83 @@ def test_a_member_that_diverges_stops_alone(tmp_path):
     prepare_run_dir(alone, overwrite=True)
     Trainer(cfgs[0], alone, progress=False).fit()
     assert all(torch.equal(x, y) for x, y in zip(_weights(dirs[0]).values(), _weights(alone).values()))
+
+
+# ---------------------------------------------------------------------------------------------- ltsam train --seeds
+SEEDS_FLAGS = ["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress"]
+
+
+def test_train_seeds_writes_ordinary_runs_and_the_report(tmp_path, capsys):
+    """`--seeds 0 1` trains into OUT/seed0 and OUT/seed1 (each config.json naming its pack), prints the mean ±
+    std table, and each member folder is an ordinary run: `ltsam eval` reads it, and its records track the run
+    trained alone with that seed (first epoch identical; then within the float32 criteria of the vmap test:
+    a member's slices lie at other memory offsets than a run's own tensors, so vectorised kernels may round
+    a few elements differently, and SAM amplifies that)."""
+    from ltsam.cli import main
+
+    out = tmp_path / "pack"
+    assert main([*SEEDS_FLAGS, "--seeds", "0", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "± " in text and (out / "report" / "report.md").is_file()
+    for i, seed in enumerate((0, 1)):
+        config = json.loads((out / f"seed{seed}" / "config.json").read_text())
+        assert config["seed"] == seed and config["pack"]["size"] == 2 and config["pack"]["index"] == i
+        alone = tmp_path / f"alone{seed}"
+        assert main([*SEEDS_FLAGS, "--seed", str(seed), "--out", str(alone)]) == 0
+        mine, theirs = _records(out / f"seed{seed}"), _records(alone)
+        assert mine[0]["train_loss"] == theirs[0]["train_loss"] and mine[0]["test_top1"] == theirs[0]["test_top1"]
+        for a, b in zip(mine, theirs, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+            assert abs(a["test_top1"] - b["test_top1"]) <= 1.0
+    assert main(["eval", str(out / "seed1"), "--which", "last"]) == 0
+
+
+def test_killed_pack_resumes(tmp_path):
+    """SIGKILL in the middle of epoch 2 leaves every member resumable; `--resume OUT` resumes the pack to the
+    end, and the members end bit for bit where an uninterrupted pack ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ltsam.cli import main
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    whole = tmp_path / "whole"
+    assert main([*SEEDS_FLAGS, "--seeds", "3", "4", "--out", str(whole)]) == 0
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=src, LTSAM_FAULT="step@13")  # 9 steps an epoch: the 4th of epoch 2
+    proc = subprocess.run([sys.executable, "-m", "ltsam", *SEEDS_FLAGS, "--seeds", "3", "4", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert [torch.load(out / s / "last.pt", weights_only=True)["epoch"] for s in ("seed3", "seed4")] == [1, 1]
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    for s in ("seed3", "seed4"):
+        assert len(_records(out / s)) == 2
+        assert all(torch.equal(a, b) for a, b in zip(_weights(out / s).values(), _weights(whole / s).values()))
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "glmc", "--seeds", "0", "1"], ["--method glmc", "does not pack"]),
+    (["--optimizer", "imbsam", "--seeds", "0", "1"], ["--optimizer imbsam", "does not pack"]),
+    (["--seeds", "0", "0"], ["--seeds", "twice"]),
+])
+def test_unpackable_seeds_are_one_line(tmp_path, capsys, flags, words):
+    from tests.test_cli_errors import _assert_one_line, _run
+
+    code, err = _run([*SEEDS_FLAGS, *flags, "--out", str(tmp_path / "x")], capsys)
+    assert code == 2
+    _assert_one_line(err, *words)
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_of_memory_names_the_pack_size(tmp_path, monkeypatch):
+    cfgs, dirs = _digits(tmp_path, ["m0", "m1"], MEMBERS[:2])
+    pack = PackTrainer(cfgs, dirs, progress=False)
+
+    def too_big(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(pack, "_train", too_big)
+    with pytest.raises(UserError, match="2 runs in one pack.*--pack N"):
+        pack.fit()

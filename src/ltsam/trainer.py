@@ -26,7 +26,7 @@ from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler
 from ltsam.run.health import check_finite
 from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import EpochTally, Progress, training_summary
-from ltsam.run.runtime import compiled, data_parallel, precision, start_runtime
+from ltsam.run.runtime import compiled, data_parallel, precision, seed_everything, start_runtime
 from ltsam.runs import model_from_meta
 
 
@@ -39,6 +39,7 @@ class Trainer(ProgressAttributes):
         self.ctx, self.device = start_runtime(cfg.device, cfg, cfg.seed)
         self.progress = progress and self.ctx.is_main
         self.data = data if data is not None else load_data(cfg)
+        seed_everything(cfg.seed)  # the model's initialisation never depends on what loading the data drew
         self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)

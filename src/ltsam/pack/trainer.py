@@ -94,11 +94,11 @@ class PackTrainer:
         self.rhos: list[float] = []  # this epoch's radius of each member in the pack
 
     def _member(self, cfg: TrainConfig, run_dir: Path, resume: bool, data: LTData | None) -> PackMember:
-        """Member built as ``Trainer`` builds its run: seeds, data, model, batch source, in that order."""
+        """Member built as ``Trainer`` builds its run: data, then the seeds, model and batch source."""
         from ltsam.data.loading import load_data
 
-        seed_everything(cfg.seed)
         data = data if data is not None else load_data(cfg)
+        seed_everything(cfg.seed)
         meta = METHODS.get(cfg.method).model_meta(cfg, data)
         model = model_from_meta(meta)
         weights = build_rule(cfg.train_rule, cfg).sample_weights(data.cls_num_list)
