@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import ltsam.data.builtin  # noqa: F401  (registers the data sets ltsam ships)
 from ltsam.data.catalog import DATASETS, DataRequest
-from ltsam.data.lt_data import InMemoryLTData, StreamingLTData
+from ltsam.data.lt_data import InMemoryLTData, LTData, StreamingLTData
 from ltsam.data.profiles import lt_counts
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
@@ -43,7 +43,7 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
                               val_per_class=val_per_class, val_fraction=val_fraction, val_list=val_list))
 
 
-def load_data(cfg: TrainConfig) -> InMemoryLTData | StreamingLTData:
+def load_data(cfg: TrainConfig) -> LTData:
     """The data set a training configuration describes; a validation split asked for must hold images."""
     data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
