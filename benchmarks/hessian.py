@@ -189,7 +189,7 @@ def ltsam_analysis(model: nn.Module, x: Tensor, y: Tensor, classes: list[int], a
                    ) -> dict[int, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         summary = analyze_classes(
-            model, nn.CrossEntropyLoss(), x, y, classes, tmp, batch_size=args.batch_size,
+            model, nn.CrossEntropyLoss(), x, y, classes=classes, out_dir=tmp, batch_size=args.batch_size,
             power_iters=args.iters, power_tol=args.tol, trace_iters=args.iters,
             trace_tol=args.tol, slq_steps=args.slq_steps, seed=args.seed, method=args.method,
             progress=False, include_all=False, cache_samples=args.cache_samples)

@@ -70,7 +70,7 @@ def main() -> None:
         for name in ("sgd", "sam"):
             model = build_model("resnet50", 1000, use_norm=True).to(device).train()
             criterion = LDAMLoss([1280 // (c + 1) + 5 for c in range(1000)]).to(device)
-            step = supervised_update(model, name, 0.1, 0.9, 2e-4, rho=0.5)
+            step = supervised_update(model, name, lr=0.1, momentum=0.9, wd=2e-4, rho=0.5)
             step(model, batch[0], batch[1], criterion)  # warm-up
             times = []
             for _ in range(args.steps):

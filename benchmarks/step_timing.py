@@ -56,7 +56,8 @@ class SupervisedUpdate:
         return out.report.detach(), out.logits.detach()
 
 
-def supervised_update(model: nn.Module, name: str, lr: float, momentum: float, wd: float, rho: float,
+def supervised_update(model: nn.Module, name: str, *, lr: float, momentum: float, wd: float, rho: float,
                       **kwargs: Any) -> SupervisedUpdate:
     """The step ``name`` (``sgd``, ``sam``, ``imbsam`` ...) over ``model``'s parameters, as a supervised update."""
-    return SupervisedUpdate(build_step(name, model.parameters(), lr, momentum, wd, rho, **kwargs))
+    return SupervisedUpdate(build_step(name, model.parameters(), lr=lr, momentum=momentum, wd=wd, rho=rho,
+                                       **kwargs))

@@ -178,7 +178,8 @@ class LtsamPipeline:
     def __init__(self, model: nn.Module, net: nn.Module, sam: bool, rho: float, batches: Iterator,
                  device: torch.device):
         self.model, self.net, self.batches, self.device = model, net, batches, device
-        self.step_fn = supervised_update(model, "sam" if sam else "sgd", LR, MOMENTUM, WD, rho)
+        self.step_fn = supervised_update(model, "sam" if sam else "sgd", lr=LR, momentum=MOMENTUM, wd=WD,
+                                         rho=rho)
         self.criterion = build_loss("ldam", COUNTS).to(device)
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)

@@ -187,7 +187,8 @@ def _textbook_train(model: nn.Module, batches, loss_name: str, sam: bool) -> lis
 def _ltsam_train(model: nn.Module, batches, loss_name: str, sam: bool, scaler=None,
                  net: nn.Module | None = None) -> list[float]:
     criterion = build_loss(loss_name, COUNTS)
-    step = build_step("sam" if sam else "sgd", model.parameters(), LR, MOMENTUM, WD, RHO, scaler=scaler)
+    step = build_step("sam" if sam else "sgd", model.parameters(), lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO,
+                      scaler=scaler)
     net = model if net is None else net
     return [float(step(net, supervised_objective(x, y, criterion, step.autocast)).last.report.detach())
             for x, y in batches]

@@ -472,7 +472,7 @@ FAST = dict(batch_size=4, power_iters=200, power_tol=1e-6, trace_iters=20, trace
 
 def test_analyze_classes_values_files_and_resume(tmp_path, monkeypatch):
     model, x, y = analysis_inputs()
-    summary = analyze_classes(model, LOSS, x, y, [0, 1], tmp_path, **FAST, class_sizes=[9, 6, 3])
+    summary = analyze_classes(model, LOSS, x, y, classes=[0, 1], out_dir=tmp_path, **FAST, class_sizes=[9, 6, 3])
     entries = summary["entries"]
     assert list(entries) == ["0", "1", "all"]
     for key, mask in (("0", y == 0), ("all", slice(None))):
@@ -504,11 +504,11 @@ def test_analyze_classes_values_files_and_resume(tmp_path, monkeypatch):
         return original(model, loss_fn, inputs, targets, settings, cache_samples)
 
     monkeypatch.setattr(analysis, "analyze_subset", counting)
-    again = analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **FAST)
+    again = analyze_classes(model, LOSS, x, y, classes=[0, 1, 2], out_dir=tmp_path, **FAST)
     assert computed == [[2]]  # classes 0, 1 and "all" were kept
     assert again["entries"]["0"] == entries["0"]
     computed.clear()
-    analyze_classes(model, LOSS, x, y, [0], tmp_path, **{**FAST, "seed": 1})
+    analyze_classes(model, LOSS, x, y, classes=[0], out_dir=tmp_path, **{**FAST, "seed": 1})
     assert computed == [[0], [0, 1, 2]]  # other settings: nothing reused
 
 
@@ -526,18 +526,18 @@ def test_analyze_classes_resumes_after_an_interruption(tmp_path, monkeypatch):
     settings = dict(FAST, slq_steps=6, trace_iters=5, include_all=False)
     monkeypatch.setattr(analysis, "analyze_subset", failing_on_class_1)
     with pytest.raises(KeyboardInterrupt):
-        analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **settings)
+        analyze_classes(model, LOSS, x, y, classes=[0, 1, 2], out_dir=tmp_path, **settings)
     assert list(json.loads((tmp_path / "summary.json").read_text())["entries"]) == ["0"]
     assert model.training is False
     computed.clear()
     monkeypatch.setattr(analysis, "analyze_subset", lambda *a: computed.append(1) or original(*a))
-    summary = analyze_classes(model, LOSS, x, y, [0, 1, 2], tmp_path, **settings)
+    summary = analyze_classes(model, LOSS, x, y, classes=[0, 1, 2], out_dir=tmp_path, **settings)
     assert len(computed) == 2 and list(summary["entries"]) == ["0", "1", "2"]
 
 
 def test_reference_method_uses_power_iteration_and_plain_hutchinson(tmp_path):
     model, x, y = analysis_inputs()
-    summary = analyze_classes(model, LOSS, x, y, [1], tmp_path, **FAST, method="reference",
+    summary = analyze_classes(model, LOSS, x, y, classes=[1], out_dir=tmp_path, **FAST, method="reference",
                               include_all=False)
     e = summary["entries"]["1"]
     H = dense_hessian(model, x[y == 1], y[y == 1])
@@ -550,10 +550,10 @@ def test_reference_method_uses_power_iteration_and_plain_hutchinson(tmp_path):
 def test_compare_runs_rows_and_figure(tmp_path):
     model, x, y = analysis_inputs()
     settings = dict(FAST, slq_steps=8, trace_iters=5, include_all=False)
-    a = analyze_classes(model, LOSS, x, y, [0, 2], tmp_path / "a", **settings)
+    a = analyze_classes(model, LOSS, x, y, classes=[0, 2], out_dir=tmp_path / "a", **settings)
     with torch.no_grad():
         model[-1].weight.mul_(1.5)
-    analyze_classes(model, LOSS, x, y, [2, 1], tmp_path / "b", **settings)
+    analyze_classes(model, LOSS, x, y, classes=[2, 1], out_dir=tmp_path / "b", **settings)
     rows = compare_runs(a, tmp_path / "b", tmp_path / "cmp.png", labels=("plain", "scaled"))
     assert [r["class"] for r in rows] == ["2"]
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]["2"]
@@ -580,7 +580,7 @@ def test_lambda_dominant_is_the_eigenvalue_of_largest_magnitude_beside_the_algeb
     eig = torch.linalg.eigvalsh(dense_hessian(model, x[y == 2], y[y == 2]))
     assert abs(float(eig[0])) > abs(float(eig[-1])) and float(eig[-1]) > 0  # the case at issue
     settings = dict(FAST, slq_steps=31, power_iters=2000, power_tol=1e-10)
-    e = analyze_classes(model, LOSS, x, y, [2], tmp_path, **settings, method=method,
+    e = analyze_classes(model, LOSS, x, y, classes=[2], out_dir=tmp_path, **settings, method=method,
                         include_all=False)["entries"]["2"]
     scale = float(eig.abs().max())
     power_tol = 1e-3 if method == "reference" else 1e-6  # power iteration stops on a relative change
@@ -605,7 +605,7 @@ def as_format_1(summary: dict) -> dict:
 def test_format_1_summaries_are_read_under_the_new_names_and_recomputed_on_rerun(tmp_path, monkeypatch):
     model, x, y = analysis_inputs()
     settings = dict(FAST, slq_steps=8, trace_iters=5, include_all=False)
-    new = analyze_classes(model, LOSS, x, y, [0, 2], tmp_path / "new", **settings)
+    new = analyze_classes(model, LOSS, x, y, classes=[0, 2], out_dir=tmp_path / "new", **settings)
     old_dir = tmp_path / "old"
     old_dir.mkdir()
     old = as_format_1(new)
@@ -621,7 +621,7 @@ def test_format_1_summaries_are_read_under_the_new_names_and_recomputed_on_rerun
     computed = []
     original = analysis.analyze_subset
     monkeypatch.setattr(analysis, "analyze_subset", lambda *a: computed.append(1) or original(*a))
-    again = analyze_classes(model, LOSS, x, y, [0, 2], old_dir, **settings)
+    again = analyze_classes(model, LOSS, x, y, classes=[0, 2], out_dir=old_dir, **settings)
     assert len(computed) == 2
     written = json.loads((old_dir / "summary.json").read_text())
     assert written["format"] == analysis.SUMMARY_FORMAT and written["entries"] == again["entries"]

@@ -38,6 +38,7 @@ from ltsam.optim.imbalance import class_radius_factors
 from tests.tolerances import rtol
 
 LR, MOMENTUM, WD, RHO = 0.1, 0.9, 5e-3, 0.3
+HYPER = dict(lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO)  # build_step's keywords
 COUNTS = [60, 25, 9, 3]  # C = 4 classes; tail (n < 20): classes 2 and 3
 C = len(COUNTS)
 ERM_ATOL = rtol(torch.float32, n=12, stages=20)
@@ -153,7 +154,7 @@ def _kind(variant: str) -> str:
 
 def _step(variant: str, params, adaptive: bool = False):
     options, _ = VARIANTS[variant]
-    step = build_step(_kind(variant), params, LR, MOMENTUM, WD, RHO, adaptive, config=SimpleNamespace(**options),
+    step = build_step(_kind(variant), params, **HYPER, adaptive=adaptive, config=SimpleNamespace(**options),
                       cls_num_list=COUNTS)
     if variant == "sse_sam_after_switch":
         step.set_progress(1, 2, 10)  # epoch 1 of 2 >= gamma * epochs: the head radius is 0
@@ -188,7 +189,7 @@ def test_erm_update_equals_the_independent_computation(variant: str, adaptive: b
             torch.testing.assert_close(p.detach(), ws[k], atol=ERM_ATOL, rtol=0, msg=f"{variant}: {k}")
     # and the variant is not SAM: a SAM step from the same start ends elsewhere
     sam_model = TinyNet().double()
-    sam = build_step("sam", sam_model.parameters(), LR, MOMENTUM, WD, RHO, adaptive)
+    sam = build_step("sam", sam_model.parameters(), **HYPER, adaptive=adaptive)
     for _ in range(2):
         sam(sam_model, supervised_objective(x, y, criterion, per_sample=True))
     assert max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), sam_model.parameters(),
@@ -268,8 +269,8 @@ def test_unit_class_weights_are_sam_bit_for_bit(variant: str, options: dict) -> 
     x, y = _batch()
     criterion = WeightedCrossEntropy(effective_number_weights(COUNTS, 0.99))
     a, b = TinyNet().double(), TinyNet().double()
-    sam = build_step("sam", a.parameters(), LR, MOMENTUM, WD, RHO)
-    mine = build_step(variant, b.parameters(), LR, MOMENTUM, WD, RHO, config=SimpleNamespace(**options),
+    sam = build_step("sam", a.parameters(), **HYPER)
+    mine = build_step(variant, b.parameters(), **HYPER, config=SimpleNamespace(**options),
                       cls_num_list=COUNTS)
     assert mine.is_sam()
     for _ in range(3):
@@ -279,7 +280,7 @@ def test_unit_class_weights_are_sam_bit_for_bit(variant: str, options: dict) -> 
             assert torch.equal(p, q)
     # The general split (L_rest = 0, L_asc = the loss) is SAM too, up to the summation order of the split.
     c = TinyNet().double()
-    split = build_step(variant, c.parameters(), LR, MOMENTUM, WD, RHO, config=SimpleNamespace(**options),
+    split = build_step(variant, c.parameters(), **HYPER, config=SimpleNamespace(**options),
                        cls_num_list=COUNTS)
     for _ in range(3):
         split.split_step(c, supervised_objective(x, y, criterion, per_sample=True))
@@ -292,7 +293,7 @@ def test_an_empty_tail_set_is_warned() -> None:
     model = TinyNet().double()
 
     def imbsam(counts: list[int], eta: float):
-        return build_step("imbsam", model.parameters(), LR, MOMENTUM, WD, RHO, cls_num_list=counts,
+        return build_step("imbsam", model.parameters(), **HYPER, cls_num_list=counts,
                           config=SimpleNamespace(imbsam_eta=eta))
 
     cifar10_if100 = [int(5000 * 0.01 ** (k / 9)) for k in range(10)]  # 5000 ... 50: no class under 20
@@ -301,7 +302,7 @@ def test_an_empty_tail_set_is_warned() -> None:
     assert imbsam(cifar10_if100, 100).warnings() == []  # 83 and 50 form the tail
     (note,) = imbsam(cifar10_if100, 6000).warnings()
     assert "every class" in note
-    (note,) = build_step("sse_sam", model.parameters(), LR, MOMENTUM, WD, RHO, cls_num_list=cifar10_if100,
+    (note,) = build_step("sse_sam", model.parameters(), **HYPER, cls_num_list=cifar10_if100,
                          config=SimpleNamespace(sse_eta=10)).warnings()
     assert "tail set is empty" in note
 
@@ -359,8 +360,8 @@ def test_sam_every_k_is_sam_on_every_kth_step_and_sgd_otherwise() -> None:
     x, y = _batch()
     criterion = WeightedCrossEntropy()
     a, b = TinyNet().double(), TinyNet().double()
-    step = build_step("sam", a.parameters(), LR, MOMENTUM, WD, RHO, config=SimpleNamespace(sam_every=3))
-    sam = build_step("sam", b.parameters(), LR, MOMENTUM, WD, RHO)
+    step = build_step("sam", a.parameters(), **HYPER, config=SimpleNamespace(sam_every=3))
+    sam = build_step("sam", b.parameters(), **HYPER)
     sgd = SGDStep(sam.optimizer.base_optimizer)
     objective = CountingObjective(x, y, criterion)
     passes = []
@@ -419,10 +420,10 @@ def test_adaptive_trigger_follows_ae_sam_rule() -> None:
     criterion = WeightedCrossEntropy()
     a, b = TinyNet().double(), TinyNet().double()
     delta, lam1, lam2, steps = 0.6, -0.5, 1.5, 24
-    step = build_step("sam", a.parameters(), LR, MOMENTUM, WD, RHO, config=SimpleNamespace(
+    step = build_step("sam", a.parameters(), **HYPER, config=SimpleNamespace(
         sam_adaptive_trigger=True, ae_sam_delta=delta, ae_sam_lambda1=lam1, ae_sam_lambda2=lam2))
     step.set_progress(0, 1, steps)
-    sam = build_step("sam", b.parameters(), LR, MOMENTUM, WD, RHO)
+    sam = build_step("sam", b.parameters(), **HYPER)
     sgd = SGDStep(sam.optimizer.base_optimizer)
     objective = CountingObjective(x, y, criterion)
     mu = var = 0.0
@@ -448,7 +449,7 @@ def test_frequency_options_wrap_the_variants() -> None:
     x, y = _batch()
     criterion = WeightedCrossEntropy()
     model = TinyNet().double()
-    step = build_step("imbsam", model.parameters(), LR, MOMENTUM, WD, RHO, cls_num_list=COUNTS,
+    step = build_step("imbsam", model.parameters(), **HYPER, cls_num_list=COUNTS,
                       config=SimpleNamespace(sam_every=2))
     objective = CountingObjective(x, y, criterion)
     objective.inner = supervised_objective(x, y, criterion, per_sample=True)
@@ -468,8 +469,8 @@ def test_steps_that_retain_graphs_say_so() -> None:
     params = list(TinyNet().parameters())
     for variant in ("imbsam", "focal_sam", "sse_sam", "cc_sam"):
         assert _step(variant, params).retains_graph
-    assert not build_step("sam", params, LR, MOMENTUM, WD, RHO).retains_graph
-    assert build_step("sam", params, LR, MOMENTUM, WD, RHO,
+    assert not build_step("sam", params, **HYPER).retains_graph
+    assert build_step("sam", params, **HYPER,
                       config=SimpleNamespace(sam_adaptive_trigger=True)).retains_graph
 
 

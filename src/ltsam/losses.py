@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltsam.errors import UserError
-from ltsam.registry import Option, Registry, option_kwargs
+from ltsam.registry import Option, Registry, Settings, option_kwargs
 
 
 def effective_number_weights(cls_num_list: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
@@ -253,8 +253,8 @@ def has_per_sample(name: str) -> bool | None:
     return hasattr(entry.obj, "per_sample") if isinstance(entry.obj, type) else None
 
 
-def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None, config: Any = None,
-               **kwargs: Any) -> nn.Module:
+def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None,
+               config: Settings | None = None, **kwargs: Any) -> nn.Module:
     """A registered loss by name, its options from ``config`` (else their defaults) or ``kwargs``."""
     entry = LOSSES.entry(name)
     return entry.obj(cls_num_list, weight=weight, **(option_kwargs(entry, config) | kwargs))

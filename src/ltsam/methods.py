@@ -93,9 +93,10 @@ class Method:
         """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
         cfg = self.ctx.cfg
         name = cfg.optimizer if cfg.uses_sam else "sgd"
-        step = build_step(name, self.ctx.model.parameters() if params is None else params, cfg.lr, cfg.momentum,
-                          cfg.wd, cfg.rho, cfg.adaptive, self.ctx.autocast, self.ctx.scaler if scaled else None,
-                          cfg, cls_num_list=self.ctx.data.cls_num_list, seed=cfg.seed)
+        step = build_step(name, self.ctx.model.parameters() if params is None else params, lr=cfg.lr,
+                          momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho, adaptive=cfg.adaptive,
+                          autocast=self.ctx.autocast, scaler=self.ctx.scaler if scaled else None, config=cfg,
+                          cls_num_list=self.ctx.data.cls_num_list, seed=cfg.seed)
         if self.ctx.world > 1 and not step.supports_ddp:
             trigger = getattr(getattr(step, "frequency", None), "trigger", False) and not step.needs_per_sample
             what = f"--optimizer {name}" + (" --sam-adaptive-trigger" if trigger else "")

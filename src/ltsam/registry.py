@@ -28,10 +28,13 @@ T = TypeVar("T")
 
 class Settings(Protocol):
     """A run's settings as registered entries read them: every field and option by its config key
-    (``ltsam.config.TrainConfig`` is one). Entries are typed against this, not ``TrainConfig`` itself,
-    because the configuration is built from their registrations: the dependency points one way."""
+    (``ltsam.config.TrainConfig`` is one); a registration's ``resolve`` hook may also set them (DRW's
+    switch epoch). Entries are typed against this, not ``TrainConfig`` itself, because the configuration
+    is built from their registrations: the dependency points one way."""
 
     def __getattr__(self, name: str) -> Any: ...
+
+    def __setattr__(self, name: str, value: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class Registry(Generic[T]):
         return tuple(seen.values())
 
 
-def option_kwargs(entry: Entry[Any], config: Any = None) -> dict[str, Any]:
+def option_kwargs(entry: Entry[Any], config: Settings | None = None) -> dict[str, Any]:
     """The keyword arguments an entry's object takes for its options: the config's values (an object
     with the options as attributes), or the declared defaults."""
     return {o.keyword: getattr(config, o.name, o.default) if config is not None else o.default

@@ -14,7 +14,7 @@ import torch
 
 from ltsam.data.catalog import native_schedule
 from ltsam.losses import effective_number_weights
-from ltsam.registry import Option, Registry, option_kwargs
+from ltsam.registry import Option, Registry, Settings, option_kwargs
 
 TRAIN_RULES: Registry[type] = Registry("train rule", "train_rule")
 
@@ -64,7 +64,7 @@ def default_drw_epoch(dataset: str, epochs: int) -> int:
     return schedule.at(schedule.drw, epochs)
 
 
-def _resolve_drw(cfg: Any) -> None:
+def _resolve_drw(cfg: Settings) -> None:
     if cfg.drw_epoch is None:
         cfg.drw_epoch = default_drw_epoch(cfg.dataset, cfg.epochs)
 
@@ -85,7 +85,7 @@ class DeferredReweight(TrainRule):
         return effective_number_weights(cls_num_list, self.beta) if epoch >= self.drw_epoch else None
 
 
-def build_rule(name: str, config: Any = None, **kwargs: Any) -> TrainRule:
+def build_rule(name: str, config: Settings | None = None, **kwargs: Any) -> TrainRule:
     """A registered train rule by name, its options from ``config`` (else their defaults) or ``kwargs``."""
     entry = TRAIN_RULES.entry(name)
     return entry.obj(**(option_kwargs(entry, config) | kwargs))

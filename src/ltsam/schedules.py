@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ltsam.registry import Registry
+from ltsam.registry import Registry, Settings
 
 CIFAR_NATIVE_EPOCHS = 200
 LR_SCHEDULES: Registry[Callable[[int, float, int], float]] = Registry("LR schedule", "lr_schedule")
@@ -132,9 +132,9 @@ def linear_rho(epoch: int, epochs: int, rho: float, min_rho: float = 0.05, max_r
 STEP_RHO_DEFAULT = [0.05, 0.1, 0.5, 0.6]  # the reference CIFAR script's hard-coded step rho values
 
 
-def _resolve_step_rho(cfg: object) -> None:
-    if cfg.rho_steps is None:  # type: ignore[attr-defined]
-        cfg.rho_steps = list(STEP_RHO_DEFAULT)  # type: ignore[attr-defined]
+def _resolve_step_rho(cfg: Settings) -> None:
+    if cfg.rho_steps is None:
+        cfg.rho_steps = list(STEP_RHO_DEFAULT)
 
 
 @RHO_SCHEDULES.register("step", help="--rho-steps a b c d after epochs 5, 160, 180 of 200", resolve=_resolve_step_rho)

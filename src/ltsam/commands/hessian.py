@@ -40,9 +40,10 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     loss_fn = hessian_loss(args.loss, args.train_rule, data.cls_num_list, cfg).to(device)
     model.eval()
     summary = analyze_classes(
-        model, loss_fn, inputs.to(device), targets.to(device), classes, out_dir, batch_size=args.batch_size,
-        power_iters=args.power_iters, power_tol=args.power_tol, trace_iters=args.trace_iters,
-        trace_tol=args.trace_tol, slq_steps=args.slq_steps, slq_runs=args.slq_runs, seed=args.seed,
+        model, loss_fn, inputs.to(device), targets.to(device), classes=classes, out_dir=out_dir,
+        batch_size=args.batch_size, power_iters=args.power_iters, power_tol=args.power_tol,
+        trace_iters=args.trace_iters, trace_tol=args.trace_tol, slq_steps=args.slq_steps, slq_runs=args.slq_runs,
+        seed=args.seed,
         method=args.method, class_sizes=data.cls_num_list, progress=not args.no_progress,
         include_all=every_class or not streaming)  # a list-file subset holds only the chosen classes
     print_hessian_table(summary, data.cls_num_list, title=f"Hessian of the {args.loss.upper()} loss, "

@@ -13,9 +13,9 @@ from ltsam.registry import Registry
 from ltsam.schedules import CIFAR_SCHEDULE, IMAGENET_SCHEDULE, NativeSchedule
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataRequest:
-    """Everything a data-set loader may use, from the run's configuration."""
+    """Everything a data-set loader may use, from the run's configuration (built by keyword only)."""
 
     root: Path
     imb_type: str = "exp"

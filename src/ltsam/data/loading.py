@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import ltsam.data.builtin  # noqa: F401  (registers the data sets ltsam ships)
 from ltsam.data.catalog import DATASETS, DataRequest
-from ltsam.data.lt_data import InMemoryLTData, StreamingLTData
+from ltsam.data.lt_data import InMemoryLTData, LTData, StreamingLTData
 from ltsam.data.profiles import lt_counts
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
@@ -37,11 +37,13 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
     if val_list and not DATASETS.entry(dataset).meta.get("streaming"):
         raise UserError(f"--val-list is for list-file data sets (imagenet_lt, inat18), not {dataset}; hold out a "
                         f"validation split with --val-per-class N")
-    return loader(DataRequest(Path(data_root), imb_type, imb_factor, rand_number, download, image_size, norm, pad,
-                              flip, train_list, test_list, lt_generator, seed, val_per_class, val_fraction, val_list))
+    return loader(DataRequest(root=Path(data_root), imb_type=imb_type, imb_factor=imb_factor, rand_number=rand_number,
+                              download=download, image_size=image_size, norm=norm, pad=pad, flip=flip,
+                              train_list=train_list, test_list=test_list, lt_generator=lt_generator, seed=seed,
+                              val_per_class=val_per_class, val_fraction=val_fraction, val_list=val_list))
 
 
-def load_data(cfg: TrainConfig) -> InMemoryLTData | StreamingLTData:
+def load_data(cfg: TrainConfig) -> LTData:
     """The data set a training configuration describes; a validation split asked for must hold images."""
     data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
                          cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,

@@ -76,8 +76,8 @@ class StageRunner(ProgressAttributes):
             weights = balanced_weights(self.data.cls_num_list) if self.stage.balanced else None
             self.source = self.data.train_source(self.stage.batch_size, settings.seed, self.device, weights, False,
                                                  cfg.workers, self.ctx.rank, self.ctx.world)
-            self.step = build_step("sgd", params, self.stage.lr, self.stage.momentum, self.stage.wd,
-                                   autocast=self.autocast, scaler=self.scaler)
+            self.step = build_step("sgd", params, lr=self.stage.lr, momentum=self.stage.momentum,
+                                   wd=self.stage.wd, autocast=self.autocast, scaler=self.scaler)
             self.criterion = self.stage.criterion(self.data.cls_num_list).to(self.device)
             self.net: nn.Module = data_parallel(self.model, self.ctx, self.device)
         if resume and self.stage.trains:  # tau-norm has nothing to resume: it runs again

@@ -21,11 +21,12 @@ Both sources yield ((A1, A2, y_A), (B1, B2, y_B)):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ltsam.data.lt_data import InMemoryLTData, LTData, StreamingLTData
 from ltsam.data.sources import InMemoryBatchSource, epoch_generator
 from ltsam.data.streaming import EpochSampler, worker_errors
 from ltsam.glmc.weights import sample_weights
@@ -129,17 +130,20 @@ class GLMCStreamSource:
             yield self._move(views_a, y_a), self._move([v[:m] for v in views_b], y_b[:m])
 
 
-def glmc_source(data: Any, batch_size: int, seed: int, device: torch.device | str, resample_q: float,
+def glmc_source(data: LTData, batch_size: int, seed: int, device: torch.device | str, resample_q: float,
                 channels_last: bool = False, workers: int = 0, rank: int = 0,
                 world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
     """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
-    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation."""
-    if not data.streaming:  # InMemoryLTData
-        return GLMCBatchSource(data.train.images, data.train.targets, batch_size, data.mean, data.std, data.pad,
-                               data.flip, seed, device, resample_q, data.cls_num_list, channels_last=channels_last,
+    augmentation), or decoded in DataLoader workers with GLMC's ImageNet augmentation. ``data.streaming``
+    tells the two kinds apart."""
+    if not data.streaming:
+        held = cast(InMemoryLTData, data)
+        return GLMCBatchSource(held.train.images, held.train.targets, batch_size, held.mean, held.std, held.pad,
+                               held.flip, seed, device, resample_q, held.cls_num_list, channels_last=channels_last,
                                rank=rank, world=world)
     from ltsam.glmc.transforms import TwoViews, glmc_train_transform
 
-    ds = data.files("train", TwoViews(glmc_train_transform(data.image_size, data.mean, data.std)))
-    return GLMCStreamSource(ds, data.train_labels, batch_size, seed, device, resample_q, data.cls_num_list,
+    listed = cast(StreamingLTData, data)
+    ds = listed.files("train", TwoViews(glmc_train_transform(listed.image_size, listed.mean, listed.std)))
+    return GLMCStreamSource(ds, listed.train_labels, batch_size, seed, device, resample_q, listed.cls_num_list,
                             workers, channels_last, rank, world)

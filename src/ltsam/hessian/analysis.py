@@ -244,8 +244,8 @@ def _plot_class(entry: dict[str, Any], key: str, out_dir: Path, redraw: bool) ->
         plots.plot_esd(*_spectrum(entry), path, title=f"class {key} (n={entry['count']})")
 
 
-def analyze_classes(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
-                    classes: Sequence[int], out_dir: str | Path, *, batch_size: int = 128,
+def analyze_classes(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, *,
+                    classes: Sequence[int], out_dir: str | Path, batch_size: int = 128,
                     power_iters: int = 100, power_tol: float = 1e-3, trace_iters: int = 100,
                     trace_tol: float = 1e-3, slq_steps: int = 100, slq_runs: int = 1,
                     seed: int = 0, method: str = "fast",
@@ -268,9 +268,10 @@ def analyze_classes(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    settings = AnalysisSettings(method, batch_size, power_iters, power_tol, trace_iters,
-                                trace_tol, slq_steps, slq_runs, seed, _sha(params),
-                                _sha([inputs, targets]))
+    settings = AnalysisSettings(method=method, batch_size=batch_size, power_iters=power_iters,
+                                power_tol=power_tol, trace_iters=trace_iters, trace_tol=trace_tol,
+                                slq_steps=slq_steps, slq_runs=slq_runs, seed=seed, model_sha=_sha(params),
+                                data_sha=_sha([inputs, targets]))
     summary_path = out / "summary.json"
     keys = [str(int(c)) for c in classes] + ([ALL] if include_all else [])
     kept = _resumable(summary_path, settings)

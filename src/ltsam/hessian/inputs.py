@@ -4,11 +4,11 @@ the results go by default."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ltsam.errors import UserError
+from ltsam.registry import Settings
 
 # The epoch at which a train rule's class weights are taken: past every switch (DRW's re-weighted phase).
 FINAL_PHASE = 10**9
@@ -59,7 +59,7 @@ def hessian_inputs(data, split: str, augment: bool, seed: int, max_per_class: in
     return normalize(images, data.mean, data.std), targets
 
 
-def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Any = None) -> torch.nn.Module:
+def hessian_loss(name: str, rule: str, cls_num_list: list[int], config: Settings | None = None) -> torch.nn.Module:
     """The loss whose Hessian is taken: CE (default) or any registered loss, with the run's options
     (``config``), weighted as the train rule ``rule`` weights its last phase (``none``: unweighted; ``drw``:
     the effective-number weights it switches to).

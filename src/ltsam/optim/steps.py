@@ -18,7 +18,7 @@ from ltsam.optim.frequency import DECIDE, PLAIN, SAMFrequency, grad_sq_norm
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.optim.frequency import check_options as check_frequency
 from ltsam.optim.sam import SAM
-from ltsam.registry import Registry, option_kwargs
+from ltsam.registry import Registry, Settings, option_kwargs
 
 
 class StepLosses(NamedTuple):
@@ -76,7 +76,7 @@ class Step:
         self.optimizer, self.autocast, self.scaler = optimizer, autocast, scaler
 
     @classmethod
-    def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.0,
+    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.0,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
                scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
                seed: int = 0, **options: Any) -> Step:
@@ -160,7 +160,7 @@ class SAMStep(Step):
         self.frequency = SAMFrequency()
 
     @classmethod
-    def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
+    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
                scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
                seed: int = 0, **options: Any) -> Step:
@@ -262,11 +262,12 @@ class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 
     @classmethod
-    def create(cls, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
+    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = True, autocast: Callable = contextlib.nullcontext,
                scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
                seed: int = 0, **options: Any) -> Step:
-        return super().create(params, lr, momentum, wd, rho, True, autocast, scaler, cls_num_list, seed, **options)
+        return super().create(params, lr=lr, momentum=momentum, wd=wd, rho=rho, adaptive=True, autocast=autocast,
+                              scaler=scaler, cls_num_list=cls_num_list, seed=seed, **options)
 
 
 def step_label(name: str) -> str:
@@ -275,9 +276,9 @@ def step_label(name: str) -> str:
     return str(entry.meta.get("label", entry.name))
 
 
-def build_step(name: str, params: Iterable[Any], lr: float, momentum: float, wd: float, rho: float = 0.05,
+def build_step(name: str, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
                adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, config: Any = None,
+               scaler: torch.amp.GradScaler | None = None, config: Settings | None = None,
                cls_num_list: Sequence[int] | None = None, seed: int | None = None) -> Step:
     """A registered step and its optimizer; the step's own options come from ``config`` (or defaults).
     ``cls_num_list``: the training class counts (steps that weight or perturb per class need them);
@@ -285,5 +286,5 @@ def build_step(name: str, params: Iterable[Any], lr: float, momentum: float, wd:
     entry = STEPS.entry(name)
     if seed is None:
         seed = int(getattr(config, "seed", 0) or 0)
-    return entry.obj.create(params, lr, momentum, wd, rho, adaptive, autocast, scaler, cls_num_list=cls_num_list,
-                            seed=seed, **option_kwargs(entry, config))
+    return entry.obj.create(params, lr=lr, momentum=momentum, wd=wd, rho=rho, adaptive=adaptive, autocast=autocast,
+                            scaler=scaler, cls_num_list=cls_num_list, seed=seed, **option_kwargs(entry, config))
