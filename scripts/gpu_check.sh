@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The paper's CIFAR-10-LT (imbalance factor 0.01) table on one GPU: ONE `ltsam sweep` of the six recipes
-# cifar10-lt-{ce, ce-drw, ldam-drw, ce-sam, ce-drw-sam, ldam-drw-sam} on the JPEG CIFAR-10 copy, all of them at
-# once on the one GPU (submitit's local executor, --parallel 6), each with bf16 autocast, channels-last and
-# torch.compile, then `ltsam report` (mean ± std over SEEDS, the paper's figure beside its recipe).
+# The paper's CIFAR-10-LT (imbalance factor 0.01) table on one GPU: the six recipes
+# cifar10-lt-{ce, ce-drw, ldam-drw, ce-sam, ce-drw-sam, ldam-drw-sam} on the JPEG CIFAR-10 copy, each recipe's
+# SEEDS trained as ONE PACK (`ltsam train --recipe R --seeds ...`: one fused model in one process, bf16 autocast,
+# channels-last), the six packs at once on the one GPU, then `ltsam report` (mean ± std over the seeds, the
+# paper's figure beside its recipe). PACKED=0 runs the former path instead: one `ltsam sweep` of separate runs
+# (submitit's local executor, --parallel N, torch.compile).
 #
-# TIME. 200 epochs do NOT fit a 9-minute device call. Measured on one H200 with six runs at once: about
-# 3.2 s/epoch for the SGD recipes and 4.3-5 s/epoch for the SAM ones, after a start of ~40-130 s (data
-# decoding and compiling); 200 epochs take ~200 x 5 s + 2 min = about 19 minutes. EPOCHS scales every
+# TIME. Separate runs do NOT fit 200 epochs into a 9-minute device call: measured on one H200 with six runs
+# at once, about 3.2 s/epoch for the SGD recipes and 4.3-5 s/epoch for the SAM ones, after a start of
+# ~40-130 s; 200 epochs take ~19 minutes. Packs are not yet measured on a GPU (no device was lent when they
+# landed): benchmarks/packed.py gives their speed; size EPOCHS and SEEDS from it. EPOCHS scales every
 # schedule (LR warm-up and drops, the DRW switch) to a shorter run; a short run is a smoke test of the
 # pipeline, not the paper's number. The sweep is cut off at BUDGET_S; its runs keep their last.pt, so the
 # same command (same WORK) run again continues them, and the report says which runs are unfinished.
@@ -19,7 +22,8 @@
 #
 # Environment (all optional):
 #   EPOCHS=200         epochs per run (see TIME above)
-#   SEEDS=1            seeds per recipe: a count (3 = seeds 0 1 2) or a list "0 3 7"
+#   SEEDS=3            seeds per recipe (one pack each): a count (3 = seeds 0 1 2) or a list "0 3 7"
+#   PACKED=1           1: one pack per recipe; 0: one sweep of separate runs
 #   PARALLEL=          runs at once (default: all of them on a GPU, 2 on a CPU); they share the GPU
 #   VAL_PER_CLASS=0    N > 0 holds out N training images per class for best-validation selection; on this
 #                      folder copy they come from the training images before the profile (n_max = 5000 - N),
@@ -48,7 +52,7 @@ REPO=$(pwd -P)
 export PYTHONUNBUFFERED=1
 
 EPOCHS="${EPOCHS:-200}"
-SEEDS="${SEEDS:-1}"
+SEEDS="${SEEDS:-3}"
 VAL_PER_CLASS="${VAL_PER_CLASS:-0}"
 RECIPES="${RECIPES:-cifar10-lt-ce cifar10-lt-ce-drw cifar10-lt-ldam-drw cifar10-lt-ce-sam cifar10-lt-ce-drw-sam cifar10-lt-ldam-drw-sam}"
 BASE_EXTRA="${BASE_EXTRA:-}"
@@ -114,39 +118,75 @@ fi
 ROOT=$(cd "$ROOT" && pwd)
 say "data: $ROOT ($(find "$ROOT/train" -type f | wc -l) train files)"
 
-# ---------------------------------------------------------------- 3. the grid, and one sweep
-GRID="$WORK/cifar10-lt-table.yaml"
-N_RUNS=$(( $(wc -w <<<"$RECIPES") * $( [[ "$SEEDS" =~ ^[0-9]+$ ]] && echo "$SEEDS" || wc -w <<<"$SEEDS") ))
-PARALLEL="${PARALLEL:-$( [[ "$HAS_CUDA" == "1" ]] && echo "$N_RUNS" || echo 2)}"
-{
-    echo "name: cifar10-lt-table"
-    echo "base: {dataset: folder, data-root: '$ROOT', epochs: $EPOCHS, amp: bf16, channels-last: true, compile: true,"
-    echo "       val-per-class: $VAL_PER_CLASS${BASE_EXTRA:+, $BASE_EXTRA}}"
-    echo "recipes: [$(sed 's/ \+/, /g' <<<"$RECIPES")]"
-    if [[ "$SEEDS" =~ ^[0-9]+$ ]]; then echo "seeds: $SEEDS"; else echo "seeds: [$(sed 's/ \+/, /g' <<<"$SEEDS")]"; fi
-} > "$GRID"
-cat "$GRID" | tee -a "$LOG"
-left=$(( BUDGET_S - REPORT_S - ($(date +%s) - T0) ))
-(( left < 30 )) && left=30
-say "sweep: $N_RUNS runs, $EPOCHS epochs, $PARALLEL at once (stopped after ${left}s if still going)"
-# SIGINT to the sweep's process group at the budget: the sweep cancels its jobs, which keep their last.pt.
-timeout -s INT -k 30 "$left" "$PY" -m ltsam sweep "$GRID" --out "$WORK/sweep" --parallel "$PARALLEL" 2>&1 \
-    | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
-rc=${PIPESTATUS[0]}
-[[ $rc -eq 0 ]] || say "the sweep exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
-# What each run printed (its epochs, seconds per epoch, compile time): the job logs.
-for f in "$WORK"/sweep/logs/*_log.out; do
-    [[ -f "$f" ]] && grep -h -e "training " -e "compiled" -e "^epoch" "$f" | tail -n 3 >>"$LOG"
-done
+# ---------------------------------------------------------------- 3. the runs: one pack per recipe (default), or one sweep
+SEED_LIST=$( [[ "$SEEDS" =~ ^[0-9]+$ ]] && seq -s ' ' 0 $(( SEEDS - 1 )) || echo "$SEEDS")
+N_RUNS=$(( $(wc -w <<<"$RECIPES") * $(wc -w <<<"$SEED_LIST") ))
+if [[ "${PACKED:-1}" == "1" ]]; then
+    # Each recipe's seeds train as one pack (one fused model, one process: `ltsam train --seeds`); the packs of
+    # all recipes run at once and share the GPU. Stopped at the budget, each member keeps its last.pt and the
+    # same command continues it (`ltsam train --resume WORK/packs/RECIPE`).
+    left=$(( BUDGET_S - REPORT_S - ($(date +%s) - T0) ))
+    (( left < 30 )) && left=30
+    say "packs: $(wc -w <<<"$RECIPES") recipes x seeds [$SEED_LIST] = $N_RUNS runs, $EPOCHS epochs (stopped after ${left}s if still going)"
+    mkdir -p "$WORK/packs"
+    EXTRA=()
+    if [[ -n "$BASE_EXTRA" ]]; then  # "key: value, key: value" -> --key value
+        IFS=',' read -ra PAIRS <<<"$BASE_EXTRA"
+        for pair in "${PAIRS[@]}"; do
+            key=$(sed 's/^ *//; s/ *:.*//' <<<"$pair"); value=$(sed 's/^[^:]*: *//; s/ *$//' <<<"$pair")
+            EXTRA+=("--$key" "$value")
+        done
+    fi
+    pids=()
+    for recipe in $RECIPES; do
+        dir="$WORK/packs/$recipe"
+        if [[ -d "$dir" ]]; then how=(--resume "$dir"); else
+            how=(--recipe "$recipe" --dataset folder --data-root "$ROOT" --epochs "$EPOCHS" --amp bf16 --channels-last
+                 --val-per-class "$VAL_PER_CLASS" "${EXTRA[@]}" --seeds $SEED_LIST --out "$dir"); fi
+        timeout -s INT -k 30 "$left" "$PY" -m ltsam train "${how[@]}" --no-progress >"$WORK/packs/$recipe.log" 2>&1 &
+        pids+=($!)
+    done
+    rc=0
+    for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+    for recipe in $RECIPES; do grep -h -e "training " -e "^pack epoch" "$WORK/packs/$recipe.log" | tail -n 2 >>"$LOG"; done
+    [[ $rc -eq 0 ]] || say "a pack exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
+    RUNS_DIR="$WORK/packs"
+else
+    GRID="$WORK/cifar10-lt-table.yaml"
+    N_RUNS=$(( $(wc -w <<<"$RECIPES") * $( [[ "$SEEDS" =~ ^[0-9]+$ ]] && echo "$SEEDS" || wc -w <<<"$SEEDS") ))
+    PARALLEL="${PARALLEL:-$( [[ "$HAS_CUDA" == "1" ]] && echo "$N_RUNS" || echo 2)}"
+    {
+        echo "name: cifar10-lt-table"
+        echo "base: {dataset: folder, data-root: '$ROOT', epochs: $EPOCHS, amp: bf16, channels-last: true, compile: true,"
+        echo "       val-per-class: $VAL_PER_CLASS${BASE_EXTRA:+, $BASE_EXTRA}}"
+        echo "recipes: [$(sed 's/ \+/, /g' <<<"$RECIPES")]"
+        if [[ "$SEEDS" =~ ^[0-9]+$ ]]; then echo "seeds: $SEEDS"; else echo "seeds: [$(sed 's/ \+/, /g' <<<"$SEEDS")]"; fi
+    } > "$GRID"
+    cat "$GRID" | tee -a "$LOG"
+    left=$(( BUDGET_S - REPORT_S - ($(date +%s) - T0) ))
+    (( left < 30 )) && left=30
+    say "sweep: $N_RUNS runs, $EPOCHS epochs, $PARALLEL at once (stopped after ${left}s if still going)"
+    # SIGINT to the sweep's process group at the budget: the sweep cancels its jobs, which keep their last.pt.
+    timeout -s INT -k 30 "$left" "$PY" -m ltsam sweep "$GRID" --out "$WORK/sweep" --parallel "$PARALLEL" 2>&1 \
+        | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    [[ $rc -eq 0 ]] || say "the sweep exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
+    # What each run printed (its epochs, seconds per epoch, compile time): the job logs.
+    for f in "$WORK"/sweep/logs/*_log.out; do
+        [[ -f "$f" ]] && grep -h -e "training " -e "compiled" -e "^epoch" "$f" | tail -n 3 >>"$LOG"
+    done
+    RUNS_DIR="$WORK/sweep"
+fi
 
 # ---------------------------------------------------------------- 4. the report
-"$PY" -m ltsam report "$WORK/sweep" --partial --out "$WORK/report" 2>&1 | tee -a "$LOG"
-"$PY" - "$WORK/sweep" <<'EOF' 2>&1 | tee -a "$LOG"
+"$PY" -m ltsam report "$RUNS_DIR" --partial --out "$WORK/report" 2>&1 | tee -a "$LOG"
+"$PY" - "$RUNS_DIR" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, statistics, sys
 from pathlib import Path
 
 # Seconds per epoch as each run measured them (metrics.jsonl 'seconds', train + evaluation), epoch 1 left out.
-for run in sorted((Path(sys.argv[1]) / "runs").iterdir()):
+root = Path(sys.argv[1])
+for run in sorted(p.parent for p in root.glob("**/config.json") if "report" not in p.parts):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
     secs = [r["seconds"] for r in rows[1:]]
     done = "done" if (run / "final.json").exists() else "unfinished"
@@ -155,8 +195,8 @@ for run in sorted((Path(sys.argv[1]) / "runs").iterdir()):
 EOF
 if [[ -n "${OUT:-}" ]]; then
     cp "$WORK/report/report.md" "$WORK/report/report.csv" "$RES/" 2>/dev/null
-    tar -czf "$RES/report.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='tensorboard' report sweep/runs sweep/manifest.json \
-        cifar10-lt-table.yaml 2>/dev/null && say "packed the report and the run folders (no *.pt) into $RES/report.tar.gz"
+    tar -czf "$RES/report.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='tensorboard' report "$(basename "$RUNS_DIR")" \
+        2>/dev/null && say "packed the report and the run folders (no *.pt) into $RES/report.tar.gz"
 fi
 say "total $(( $(date +%s) - T0 ))s; results: $WORK/report (report.md, report.csv, figures)"
 exit "$rc"

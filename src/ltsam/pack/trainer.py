@@ -127,9 +127,7 @@ class PackTrainer:
             model.load_state_dict(m.model_state or {})
             models.append(model.to(self.device))
         first = members[0].cfg
-        net = PackedModel(models, mode=self.mode)
-        if first.channels_last:
-            net = net.to(memory_format=torch.channels_last)
+        net = PackedModel(models, mode=self.mode)  # stacked (5-D) weights: --channels-last shapes the inputs only
         step = packed_step(first, net.stacked_parameters(), len(members), self.autocast)
         states = [m.optimizer_state for m in members]
         if all(s is not None for s in states):
