@@ -136,6 +136,8 @@ def test_members_that_do_not_pack_are_refused():
         check_pack([resolve(dict(base, sam_every=2))])
     with pytest.raises(UserError, match="fp16"):
         check_pack([resolve(dict(base, amp="fp16"))])
+    with pytest.raises(UserError, match="--compile does not pack"):
+        check_pack([resolve(dict(base, compile=True))])
     check_pack([resolve(dict(base, **m)) for m in MEMBERS])  # what members may differ in
 
 

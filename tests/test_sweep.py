@@ -97,15 +97,18 @@ recipes: [cifar10-lt-ce]
     # the recipe's values under the base's (later layers win): dataset digits, epochs 5
     assert (c["recipe"], c["loss"], c["optimizer"], c["dataset"], c["epochs"]) == \
         ("cifar10-lt-ce", "ce", "sgd", "digits", 5)
-    assert by["sgd_wd0.002_seed7"].argv[-2:] == ["--seed", "7"]
-    assert "--imb-factor" in by["sam_wd0.001_seed3"].argv
+    # each run's settings are data: canonical keys, typed values, the layers merged
+    settings = dict(by["sgd_wd0.002_seed7"].settings)
+    assert settings.pop("data_root") and settings == {"dataset": "digits", "epochs": 4, "imb_factor": 0.2,
+                                                      "optimizer": "sgd", "wd": 0.002, "seed": 7}
+    assert by["cifar10-lt-ce_wd0.001_seed3"].settings["recipe"] == "cifar10-lt-ce"
     assert len({r.config_hash for r in sweep.runs}) == len(sweep.runs)
 
 
 @pytest.mark.parametrize("body, words", [
     ("configs: {a: {rho: -1}}", ["run a_seed0", "--rho", "non-negative"]),
     ("configs: {a: {loss: nosuch}}", ["run a_seed0", "--loss", "nosuch"]),
-    ("configs: {a: {colour: red}}", ["config a", "'colour' is not an `ltsam train` flag"]),
+    ("configs: {a: {colour: red}}", ["config a", "'colour' is not an `ltsam train` setting"]),
     ("configs: {a: {}}\ngrid: {epochs: [2, 0]}", ["run a_epochs0_seed0", "--epochs"]),
     ("configs: {a: {out: x}}", ["'out' is set by the sweep"]),
     ("recipes: [nosuch-recipe]", ["run nosuch-recipe_seed0", "unknown recipe"]),
@@ -152,7 +155,7 @@ def test_local_executor_runs_three_runs_two_at_a_time(swept) -> None:
     assert {n: e["state"] for n, e in manifest["runs"].items()} == {n: "done" for n in runs}
     for name, entry in manifest["runs"].items():
         saved = json.loads((out / "runs" / name / "config.json").read_text())
-        assert entry["seed"] == saved["seed"] and entry["argv"][-2:] == ["--seed", str(saved["seed"])]
+        assert entry["seed"] == saved["seed"] and entry["settings"]["seed"] == saved["seed"]
     spans = sorted(_job_spans(out / "logs"))
     assert len(spans) == 3
     # never more than two at once; the first two overlapped; the third began after one of them ended
@@ -243,7 +246,9 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes(swept, tmp_path: Pa
     run = tmp_path / "runs" / spec.name
     executor = submitit.LocalExecutor(folder=tmp_path / "logs", max_num_timeout=3)
     executor.update_parameters(timeout_min=60)
-    job = executor.submit(TrainJob(), str(run), spec.argv, 0)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(spec.settings))
+    job = executor.submit(TrainJob(), str(run), str(settings), spec.plugins, 0)
     deadline = time.time() + 300
     while not (run / "last.pt").is_file():
         assert not job.done() and time.time() < deadline, "the job ended before its first epoch"
@@ -274,7 +279,8 @@ def test_emit_sbatch_writes_one_array_line_per_run(swept, tmp_path: Path) -> Non
     assert len(lines) == 3
     for k, name in enumerate(["sam_seed0", "sam_seed1", "sam_seed2"]):
         fresh = shlex.split(lines[k].split("fresh=(", 1)[1].rstrip(")"))
-        assert fresh[:3] == ["train", "--dataset", "digits"] and fresh[-6:-4] == ["--seed", str(k)]
+        settings = (out / "settings" / f"{name}.json").resolve()
+        assert fresh[:3] == ["train", "--config", str(settings)] and json.loads(settings.read_text())["seed"] == k
         assert fresh[-4:] == ["--out", str((out / "runs" / name).resolve()), "--overwrite", "--no-progress"]
     for directive in ("--array=0-2%2", "--partition=gpu", "--gpus-per-node=1", "--time=90", "--requeue",
                       "--account=proj"):

@@ -62,7 +62,7 @@ def test_a_grid_at_the_cap_expands_and_one_run_more_is_refused(tmp_path: Path, m
 
 
 # ---------------------------------------------------------------- H: a dry run runs no code of the grid's
-def test_dry_run_imports_no_plugin_and_lists_shell_quoted_commands(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_dry_run_imports_no_plugin_and_lists_each_runs_settings(tmp_path: Path, capsys, monkeypatch) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     marker = tmp_path / "imported"
@@ -81,9 +81,8 @@ def test_dry_run_imports_no_plugin_and_lists_shell_quoted_commands(tmp_path: Pat
     assert "[not checked: names plugin(s) evil_plugin]" in lines["plugged_seed0"]
     assert "not checked" not in lines["plain_seed0"]
     for run in sweep.runs:
-        command = lines[run.name].split("]  ", 1)[1]
-        assert shlex.split(command) == ["ltsam", "train", *run.argv]
-    assert "a dir/with 'quotes'" in next(r for r in sweep.runs if r.name == "odd_seed0").argv
+        assert json.loads(lines[run.name].split("]  ", 1)[1]) == run.settings  # the settings, as data
+    assert next(r for r in sweep.runs if r.name == "odd_seed0").settings["data_root"] == "a dir/with 'quotes'"
 
 
 # ---------------------------------------------------------------- A: the sweep's name
@@ -185,7 +184,9 @@ def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp
     assert not marker.exists()
     run = load_sweep(grid, out).runs[0]
     folder = str(out.resolve() / "runs" / run.name)
-    expected = ltsam_command(start_args(folder, run.argv), str(stub))
+    settings = out.resolve() / "settings" / f"{run.name}.json"
+    assert json.loads(settings.read_text()) == run.settings  # the run's settings, written beside the script
+    expected = ltsam_command(start_args(folder, settings), str(stub))
     assert record.read_bytes().split(b"\0")[:-1] == [a.encode() for a in expected[1:]]  # the stub's own argv
 
 
@@ -193,11 +194,13 @@ def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp
 def test_a_resumed_run_is_given_its_own_plugin_flags(tmp_path: Path) -> None:
     from ltsam.sweep.launch import train_args
 
-    argv = ["--dataset", "digits", "--plugin", "my.plugin", "--epochs", "2", "--plugin", "other"]
-    assert train_args(tmp_path, argv)[:2] == ["train", "--dataset"]  # no last.pt: a fresh start, all flags
+    settings, plugins = tmp_path / "run.json", ["my.plugin", "other"]
+    # no last.pt: a fresh start from the settings file
+    assert train_args(tmp_path, settings, plugins) == ["train", "--config", str(settings), "--out", str(tmp_path),
+                                                       "--overwrite", "--no-progress"]
     (tmp_path / "last.pt").write_bytes(b"")
-    assert train_args(tmp_path, argv) == ["train", "--resume", str(tmp_path), "--plugin", "my.plugin",
-                                          "--plugin", "other", "--no-progress"]
+    assert train_args(tmp_path, settings, plugins) == ["train", "--resume", str(tmp_path), "--plugin", "my.plugin",
+                                                       "--plugin", "other", "--no-progress"]
 
 
 # ---------------------------------------------------------------- C: the sweep folder
@@ -277,7 +280,8 @@ def test_a_stopped_after_run_is_resumed_by_the_sweep_and_finishes(tmp_path: Path
     assert _sweep([str(grid), "--out", str(out), "--emit-sbatch", str(tmp_path / "j.sh")], capsys)[0] == 0
     run = load_sweep(grid, out).runs[0]
     folder = out / "runs" / run.name
-    assert main(["train", *run.argv, "--out", str(folder), "--stop-after", "1", "--no-progress"]) == 0
+    settings = out / "settings" / f"{run.name}.json"
+    assert main(["train", "--config", str(settings), "--out", str(folder), "--stop-after", "1", "--no-progress"]) == 0
     capsys.readouterr()
     final = json.loads((folder / "final.json").read_text())
     assert (final["epochs_done"], final["epochs"]) == (1, 3) and not run_finished(folder)

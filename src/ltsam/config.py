@@ -91,12 +91,24 @@ class TrainConfig:
         raise AttributeError(f"TrainConfig has no field or registered option {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"this configuration is frozen (its run has started); cannot set {name!r} — "
+                                 f"change a copy: dataclasses.replace(cfg, ...)")
         if name in _FIELDS:
             object.__setattr__(self, name, value)
         elif name in self.__dict__.get("options", {}) or name in all_options():
             self.options[name] = value
         else:
             raise AttributeError(f"TrainConfig has no field or registered option {name!r}")
+
+    def freeze(self) -> TrainConfig:
+        """Refuse every later change: the settings a run started with are the ones its ``config.json`` states."""
+        self.__dict__["_frozen"] = True
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.__dict__.get("_frozen"))
 
     @property
     def uses_sam(self) -> bool:

@@ -1,16 +1,30 @@
-"""``ltsam train``'s flags, built from the registries, and the configuration overrides they give.
+"""``ltsam train``'s flags, built from the registries, and the settings they give.
 
-Library code, not a command: ``ltsam train`` parses with it, sweeps check a grid's runs with the same
-parser, and ``ltsam finetune`` shares its plugin flag.
+Library code, not a command: ``ltsam train`` parses with it, and ``--config`` files and sweep grids give
+the same settings as data (:func:`setting_key`, :func:`typed_setting`), without building a command line.
+Every flag either sets one configuration key (its ``dest``; :data:`ALIASES` for the four spelled
+otherwise) or steers the command (:data:`COMMAND_FLAGS`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
 from ltsam.argtypes import OneLineParser, flag_bool, lower
+from ltsam.errors import UserError
+
+# Flags that steer the command (where it writes, whether it resumes) rather than set the run's configuration.
+COMMAND_FLAGS = ("out", "overwrite", "resume", "stop_after", "no_progress", "seeds", "config", "exp_str")
+# Flags whose value sets a configuration key of another name (or shape): flag dest -> config key.
+ALIASES = {"head": "use_norm", "gpu": "device", "log_results": "wandb", "plugin": "plugins"}
+# Keys of a run's config.json that record where it was written, not what it computes: a --config file
+# may hold them (a config.json passed back in) and they are left out.
+RECORD_KEYS = ("out", "pack")
 
 
 def _choices_flag(g, registry, *names: str, **kw) -> None:
@@ -102,6 +116,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
     g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
     g.add_argument("--recipe", type=lower, help="start from a named recipe (`ltsam recipes`)")
+    g.add_argument("--config", metavar="FILE",
+                   help="start from the settings of a JSON or YAML file (configuration keys or flag names, e.g. a "
+                        "run's config.json); flags given too override it")
     g.add_argument("--wandb", action="store_true", default=None, help="also log to Weights & Biases")
     g.add_argument("--log_results", action="store_true",
                    help="reference spelling: log to Weights & Biases when it is installed (else the run folder only)")
@@ -116,37 +133,20 @@ def add_plugin_flag(p: argparse.ArgumentParser) -> None:
 
 
 def config_keys() -> tuple[str, ...]:
-    """The configuration keys a ``train`` flag can set: the config's fields and every registered option."""
+    """The configuration keys a ``train`` flag sets under the key's own name: the config's fields and every
+    registered option."""
     from ltsam.config import TrainConfig
     from ltsam.extensions import all_options
 
-    internal = {"use_norm", "out", "recipe", "extra", "options", "plugins"}
+    internal = {"use_norm", "out", "recipe", "extra", "options", "plugins", "pack"}
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in internal]
     return tuple(fields) + tuple(all_options())
 
 
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {k: getattr(args, k, None) for k in config_keys()}
-    if args.plugin:
-        values["plugins"] = list(args.plugin)
-    if args.head is not None:
-        values["use_norm"] = None if args.head == "auto" else args.head == "cosine"
-    if args.gpu is not None and args.device is None:
-        import torch
-
-        values["device"] = f"cuda:{args.gpu}" if torch.cuda.is_available() else "cpu"
-        if not torch.cuda.is_available():
-            print(f"ltsam: --gpu {args.gpu}: no CUDA GPU on this machine; training on the CPU", flush=True)
-    if args.log_results and args.wandb is None:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is not None:
-            values["wandb"] = True
-        else:
-            print("ltsam: --log_results: wandb is not installed; results go to the run folder only")
-    if values.get("rho") == 0:
-        values["optimizer"] = "sgd"
-    return values
+def setting_names() -> tuple[str, ...]:
+    """Every settings key (a flag's ``dest``) that shapes a run: the configuration keys, the aliases and
+    ``recipe``."""
+    return config_keys() + tuple(ALIASES) + ("recipe",)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -155,3 +155,176 @@ def train_parser() -> argparse.ArgumentParser:
     add_train_flags(parser)
     add_plugin_flag(parser)
     return parser
+
+
+class _Recorder:
+    """Stands in for a parser or group while the flags are added, keeping every action ``add_argument``
+    returns (argparse's public way to learn a flag's spellings, type and choices)."""
+
+    def __init__(self) -> None:
+        self.actions: list[argparse.Action] = []
+        self._parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _Recorder:
+        return self
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self._parser.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
+
+
+@functools.lru_cache(maxsize=8)
+def _flags(registered: tuple[str, ...]) -> dict[str, argparse.Action]:
+    recorder = _Recorder()
+    add_train_flags(recorder)  # type: ignore[arg-type]  # only add_argument(_group) is called
+    add_plugin_flag(recorder)  # type: ignore[arg-type]
+    table: dict[str, argparse.Action] = {}
+    for action in recorder.actions:
+        for spelling in action.option_strings:
+            table.setdefault(_norm(spelling), action)
+    for action in recorder.actions:
+        table.setdefault(action.dest, action)
+    return table
+
+
+def flag_table() -> dict[str, argparse.Action]:
+    """Every spelling of every ``train`` flag (``imb_factor``, ``imb-factor``, ``a`` for ``-a``, the dests) ->
+    its action; rebuilt when a plugin registers new options."""
+    from ltsam.extensions import all_options
+
+    return _flags(tuple(all_options()))
+
+
+def _norm(name: str) -> str:
+    return name.lstrip("-").replace("-", "_").lower()
+
+
+def setting_key(name: Any, where: str) -> str:
+    """The settings key of a name a file or grid uses (``imb-factor``, ``--imb-factor``, ``imb_factor``,
+    ``loss_type``): the flag's ``dest``. A name no flag has, or a flag that steers the command, is a UserError."""
+    action = flag_table().get(_norm(str(name)))
+    if action is None:
+        raise UserError(f"{where}: {name!r} is not an `ltsam train` setting (configuration keys and flags: "
+                        f"`ltsam train --help`)")
+    if action.dest in COMMAND_FLAGS:
+        raise UserError(f"{where}: {name!r} steers the command, it is not a setting of the run; pass it as a flag")
+    return action.dest
+
+
+def typed_setting(name: str, value: Any, where: str) -> Any:
+    """``value`` of the setting ``name`` (any spelling :func:`setting_key` takes) as the flag would read it:
+    words through the flag's own type (``LDAM`` -> ``ldam``, ``1e-3`` -> 0.001), switches as booleans, a flag's
+    choices enforced; numbers, booleans and lists of them pass through (the configuration checks their types)."""
+    action = flag_table()[_norm(name)]
+    flag = _long(action)
+    if action.nargs == 0:  # a switch (store_true; store_const: --cos_lr is --lr-schedule cosine)
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
+        if action.const is not None:
+            return action.const if value else None
+        return value
+    if isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
+        raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
+    many = action.nargs in ("*", "+") or isinstance(action.nargs, int) or isinstance(action, argparse._AppendAction)
+    if many:
+        items = value if isinstance(value, list) else [value]
+        return [_typed_word(action, v, flag, where) for v in items]
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{where}: {flag} takes one value, got {value!r}")
+    return _typed_word(action, value, flag, where)
+
+
+def _typed_word(action: argparse.Action, value: Any, flag: str, where: str) -> Any:
+    if isinstance(value, (dict, list)):
+        raise UserError(f"{where}: {flag} takes numbers or words, got {value!r}")
+    if isinstance(value, str) and callable(action.type):
+        try:
+            value = action.type(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise UserError(f"{where}: {flag}: {exc or 'bad value'} (got {value!r})") from None
+    if action.choices is not None and value is not None and value not in action.choices:
+        raise UserError(f"{where}: {flag} {value!r}: choose one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _long(action: argparse.Action) -> str:
+    """A flag's first ``--long`` spelling (``--arch`` rather than ``-a``)."""
+    return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+
+
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line gave: ``{dest: value}`` for every setting flag that was given."""
+    return {k: getattr(args, k) for k in setting_names() if getattr(args, k, None) is not None}
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The settings of a ``--config`` file: a JSON or YAML mapping of configuration keys or flag names (a run's
+    config.json too, whose ``out`` and ``pack`` say where it was written and are left out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path} does not exist; give a JSON or YAML file of settings")
+    text = path.read_text(errors="replace")
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    else:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"--config {path} must hold a mapping of settings (key: value), got {type(doc).__name__}")
+    if doc.get("extra"):
+        raise UserError(f"--config {path}: 'extra' holds {sorted(doc['extra'])}; ltsam reads no settings there")
+    settings: dict[str, Any] = {}
+    for name, value in doc.items():
+        if name in RECORD_KEYS or name == "extra":
+            continue
+        if name == "use_norm":  # config.json's spelling of --head
+            if value not in (None, True, False):
+                raise UserError(f"--config {path}: use_norm must be true, false or null, got {value!r}")
+            name, value = "head", {True: "cosine", False: "linear"}.get(value)
+        name = "plugin" if name == "plugins" else name
+        key = setting_key(name, f"--config {path}")
+        if key in settings:
+            raise UserError(f"--config {path}: {name!r} sets {key!r}, which another key of the file sets too")
+        settings[key] = value if value is None else typed_setting(name, value, f"--config {path}: {name}")
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def settings_overrides(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Settings (flag dests) -> the configuration overrides they give (every key, None where not set) and the
+    recipe they name."""
+    values: dict[str, Any] = {k: settings.get(k) for k in config_keys()}
+    if settings.get("plugin"):
+        values["plugins"] = list(settings["plugin"])
+    head = settings.get("head")
+    if head is not None:
+        values["use_norm"] = None if head == "auto" else head == "cosine"
+    if settings.get("gpu") is not None and values["device"] is None:
+        import torch
+
+        gpu = settings["gpu"]
+        values["device"] = f"cuda:{gpu}" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            print(f"ltsam: --gpu {gpu}: no CUDA GPU on this machine; training on the CPU", flush=True)
+    if settings.get("log_results") and values["wandb"] is None:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is not None:
+            values["wandb"] = True
+        else:
+            print("ltsam: --log_results: wandb is not installed; results go to the run folder only")
+    if values.get("rho") == 0:
+        values["optimizer"] = "sgd"
+    return values, settings.get("recipe")
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration overrides of a parsed ``train`` command line (every key; None where not given)."""
+    return settings_overrides(flag_settings(args))[0]

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ltsam.acceleration import should_compile
 from ltsam.config import TrainConfig, resolve_derived
 from ltsam.data.catalog import DATASETS
 from ltsam.data.loading import load_data
@@ -26,7 +25,7 @@ from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler
 from ltsam.run.health import check_finite
 from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
 from ltsam.run.records import EpochTally, Progress, training_summary
-from ltsam.run.runtime import compiled, data_parallel, precision, seed_everything, start_runtime
+from ltsam.run.runtime import compiled, data_parallel, precision, seed_everything, settle, start_runtime
 from ltsam.runs import model_from_meta
 
 
@@ -35,10 +34,12 @@ class Trainer(ProgressAttributes):
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                  data=None):
-        self.cfg, self.run_dir = resolve_derived(cfg), Path(run_dir)
+        cfg = cfg if cfg.frozen else resolve_derived(cfg)
+        self.run_dir = Path(run_dir)
         self.ctx, self.device = start_runtime(cfg.device, cfg, cfg.seed)
         self.progress = progress and self.ctx.is_main
         self.data = data if data is not None else load_data(cfg)
+        self.cfg = cfg = settle(cfg, self.data.train_size)  # compile decided, then frozen: what config.json says
         seed_everything(cfg.seed)  # the model's initialisation never depends on what loading the data drew
         self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
         method = METHODS.get(cfg.method)
@@ -63,8 +64,6 @@ class Trainer(ProgressAttributes):
         """The module the steps call: compiled where asked for (or auto) and working, DDP-wrapped
         under torchrun."""
         net: torch.nn.Module = self.model
-        total_steps = len(self.source) * self.cfg.epochs
-        self.cfg.compile = should_compile(self.cfg.compile, self.device, total_steps)  # recorded in config.json
         if self.cfg.compile:  # GLMC too, by the same rule (measured: docs/speed.md)
             net = compiled(self.model, self.method.compile_trial, self.method.built_step().retains_graph,
                            self.ctx.is_main)

@@ -4,7 +4,7 @@ write it as a plain sbatch array script."""
 from __future__ import annotations
 
 import argparse
-import shlex
+import json
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         for run in sweep.runs:
             what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
-            print(f"  {run.name}  [{what}]  {shlex.join(['ltsam', 'train', *run.argv])}")
+            print(f"  {run.name}  [{what}]  {json.dumps(run.settings, default=str)}")
         return 0
     held = open_sweep_dir(sweep.out)  # marked ours, and locked until this command ends
     try:
@@ -104,8 +104,9 @@ def _sweep(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions) -> int:
     """Write the sbatch script, or run (or submit) what is not done, with the sweep folder locked."""
     from ltsam.sweep.launch import gpus_per_run, run_local, still_queued, submit_slurm
     from ltsam.sweep.sbatch import write_sbatch
-    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest
+    from ltsam.sweep.state import DONE, INTERRUPTED, Manifest, write_settings
 
+    write_settings(sweep)  # each run's settings as data: the --config file of its `ltsam train`
     if args.emit_sbatch:
         manifest = Manifest(sweep)
         manifest.refresh()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ltsam.argtypes import flag_name, show
 from ltsam.errors import UserError
 from ltsam.run.files import BEST_VAL, CONFIG_NAME
-from ltsam.train_flags import add_plugin_flag, add_train_flags, train_overrides
+from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, read_settings, settings_overrides
 
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
@@ -60,14 +60,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ltsam.config import config_warnings, implied_defaults, resolve, run_name
+    from ltsam.config import config_warnings, implied_defaults, resolve, resolve_derived, run_name, validate
     from ltsam.console import print_results
+    from ltsam.io import write_json
     from ltsam.pack.folders import is_pack_dir
     from ltsam.recipes import get_recipe
+    from ltsam.run.runtime import settle
     from ltsam.runs import open_for_resume, prepare_run_dir, read_run_config, repair_best
     from ltsam.trainer import Trainer
 
-    overrides = train_overrides(args)
+    if args.resume and args.config:
+        raise UserError("--resume continues a run with its own config.json; leave --config out")
+    settings = (read_settings(args.config) if args.config else {}) | flag_settings(args)  # flags win
+    overrides, recipe_name = settings_overrides(settings)
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     if args.resume and args.seeds:
@@ -87,20 +92,16 @@ def _train(args: argparse.Namespace) -> int:
         for key in ("device", "workers", "epochs"):
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
-        from ltsam.config import resolve_derived, validate
-        from ltsam.io import write_json
-
         validate(cfg)
-        resolve_derived(cfg)
-        trainer = Trainer(cfg, run_dir, resume=has_checkpoint, progress=not args.no_progress)
+        trainer = Trainer(resolve_derived(cfg), run_dir, resume=has_checkpoint, progress=not args.no_progress)
         note = _resume_note(args, run_dir, trainer.start_epoch, saved_epochs, cfg)
         if trainer.ctx.is_main:
             repair_best(run_dir, trainer.start_epoch, (trainer.best_record or {}).get("epoch"))
             repair_best(run_dir, trainer.start_epoch, trainer.best_val_epoch, BEST_VAL)
             print(note, flush=True)
-            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())  # with --epochs / --device / --workers as resumed
     else:
-        recipe = get_recipe(args.recipe) if args.recipe else None
+        recipe = get_recipe(recipe_name) if recipe_name else None
         cfg = resolve(overrides, recipe)
         implied = implied_defaults(overrides, recipe)
         if implied and int(os.environ.get("RANK", "0")) == 0:
@@ -113,15 +114,13 @@ def _train(args: argparse.Namespace) -> int:
         cfg.out = str(run_dir)
         # Validate data and model before touching the run folder, so a bad flag changes nothing.
         from ltsam.data.loading import load_data
-        from ltsam.io import write_json
 
         data = load_data(cfg)
+        settle(cfg, data.train_size)  # every value decided (--compile auto included); frozen from here on
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
             prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
-            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())  # once: the trainer changes nothing in it
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
-        if trainer.ctx.is_main:  # now with what the trainer resolved (e.g. --compile auto)
-            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)

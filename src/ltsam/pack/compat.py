@@ -63,6 +63,9 @@ def refuse_unpackable(cfg: TrainConfig) -> None:
     if changed and STEPS.entry(name).obj.perturbs:
         raise UserError(f"{', '.join(changed)} (SAM on some steps only) does not pack: each member would decide "
                         f"its own steps; train these runs one by one (without --seeds or --pack)")
+    if cfg.compile:
+        raise UserError("--compile does not pack yet: a pack runs its fused model eagerly; leave --compile out (or "
+                        "train the runs one by one)")
     if cfg.amp == "fp16":
         raise UserError("--amp fp16 does not pack: one loss scaler would skip every member's step when one "
                         "overflows; use --amp bf16, or train the runs one by one")

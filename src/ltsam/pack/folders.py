@@ -35,6 +35,7 @@ def seed_members(cfg: TrainConfig, seeds: Sequence[int], out: Path) -> list[Trai
     for i, (seed, run_dir) in enumerate(zip(seeds, dirs)):
         member = dataclasses.replace(cfg, options=dict(cfg.options))
         member.seed, member.out = int(seed), str(run_dir)
+        member.compile = bool(cfg.compile)  # auto settles to off: a pack runs eagerly (--compile is refused)
         member.pack = {"folder": str(out), "size": len(seeds), "index": i, "members": [str(d) for d in dirs]}
         members.append(member)
     return members

@@ -3,6 +3,8 @@ the compiled and the DDP-wrapped module."""
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -11,7 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ltsam.acceleration import allow_retained_graphs, autocast_context, compile_with_fallback, grad_scaler
+from ltsam.acceleration import (
+    allow_retained_graphs,
+    autocast_context,
+    compile_with_fallback,
+    grad_scaler,
+    should_compile,
+)
 from ltsam.distributed import DistContext, init_distributed, resolve_device
 
 if TYPE_CHECKING:
@@ -33,6 +41,24 @@ def default_cpu_threads(arch: str | None) -> int | None:
     if arch is None or arch not in MODELS:
         return None
     return MODELS.entry(arch).meta.get("cpu_threads")
+
+
+def steps_per_epoch(train_size: int, batch_size: int, world: int = 1) -> int:
+    """Batches one rank takes per epoch: its equal share of the images (padded, as DistributedSampler does), the
+    last batch short (every batch source of ltsam and of the built-in methods)."""
+    return math.ceil(math.ceil(train_size / world) / batch_size)
+
+
+def settle(cfg: TrainConfig, train_size: int) -> TrainConfig:
+    """Fill in what only the machine and the size of the data decide (``--compile`` auto: on for CUDA and for
+    CPU runs long enough to repay compiling), then freeze ``cfg``: from here on it is what ``config.json``
+    says. A frozen configuration is returned as it is."""
+    if cfg.frozen:
+        return cfg
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = steps_per_epoch(train_size, cfg.batch_size, world) * cfg.epochs
+    cfg.compile = should_compile(cfg.compile, resolve_device(cfg.device), steps)
+    return cfg.freeze()
 
 
 def start_runtime(device: str, cfg: TrainConfig, seed: int) -> tuple[DistContext, torch.device]:

@@ -1,4 +1,4 @@
-"""A sweep's grid: a YAML file expanded into runs, each an ``ltsam train`` command line, all checked first.
+"""A sweep's grid: a YAML file expanded into runs, each the settings of one ``ltsam train``, all checked first.
 
 The file (every key optional except one of ``configs`` / ``recipes``)::
 
@@ -12,35 +12,31 @@ The file (every key optional except one of ``configs`` / ``recipes``)::
     seeds: [0, 1, 2]                  # or a count: 3 = seeds 0, 1, 2
 
 ``recipes: [cifar10-lt-ce, ...]`` is short for ``configs`` whose flag sets are ``{recipe: NAME}``.
-Keys are ``ltsam train`` flags, written as config keys (``imb_factor``) or flag names (``imb-factor``,
-``--imb-factor``). Later layers win: base, then the config, then the grid point, then the seed; a recipe's
-values give way to any flag the grid sets (as ``ltsam train --recipe`` does). A run is named
+Keys are ``ltsam train`` settings, written as config keys (``imb_factor``) or flag names (``imb-factor``,
+``--imb-factor``); a run receives its settings as data (``ltsam train --config FILE``), never as a command
+line. Later layers win: base, then the config, then the grid point, then the seed; a recipe's values give way
+to any flag the grid sets (as ``ltsam train --recipe`` does). A run is named
 ``<config>[_<key><value>...]_seed<seed>``.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import contextlib
 import hashlib
-import io
 import itertools
 import json
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ltsam.errors import UserError
+from ltsam.train_flags import setting_key, typed_setting
 
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
 
-# Flags the sweep sets itself for every run.
-RESERVED = {"out", "overwrite", "resume", "stop_after", "no_progress"}
 # Configuration keys that do not change what a run computes (where and how fast it runs, and where
 # it writes); left out of the configuration hash and of the report's grouping.
 VOLATILE = ("out", "compile", "device", "workers", "threads", "eval_batch_size", "wandb", "pack")
@@ -50,20 +46,21 @@ MAX_RUNS = 10_000  # the most runs a grid may expand to (counted before any list
 
 @dataclass
 class RunSpec:
-    """One run of a sweep: its name, the ``ltsam train`` flags that define it, its resolved configuration."""
+    """One run of a sweep: its name, the ``ltsam train`` settings that define it (flag dests -> typed values),
+    its resolved configuration."""
 
     name: str
     config: str  # the configs entry it comes from
     point: dict[str, Any]  # the grid values it takes
     seed: int
-    argv: list[str]
+    settings: dict[str, Any]
     resolved: dict[str, Any] = field(default_factory=dict)
     checked: bool = True  # False: a dry run left it unchecked (it names plugins, whose code a dry run never runs)
 
     @property
     def plugins(self) -> list[str]:
         """The ``--plugin`` modules the run names."""
-        return flag_values(self.argv, "--plugin")
+        return list(self.settings.get("plugin") or [])
 
     @property
     def group(self) -> str:
@@ -174,24 +171,23 @@ def _seeds(doc: dict[str, Any], where: str) -> list[int]:
 
 
 def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -> list[RunSpec]:
-    """Every run of a grid document, each validated as ``ltsam train`` validates its flags (a run naming
-    plugins only when ``run_plugins``: checking it imports them)."""
-    flags = TrainFlags()
+    """Every run of a grid document, each validated as ``ltsam train --config`` validates its settings (a run
+    naming plugins only when ``run_plugins``: checking it imports them)."""
     base = doc.get("base") or {}
     if not isinstance(base, dict):
         raise UserError(f"{where}: base must be a mapping of flags to values")
     grid = doc.get("grid") or {}
     if not isinstance(grid, dict):
         raise UserError(f"{where}: grid must map flags to lists of values")
-    axes: list[tuple[str, list[Any]]] = []
+    axes: list[tuple[str, str, list[Any]]] = []  # (settings key, the grid's spelling, values)
     for key, values in grid.items():
         values = values if isinstance(values, list) else [values]
         if not values:
             raise UserError(f"{where}: grid.{key} has no values")
-        axes.append((flags.key(key, f"{where}: grid.{key}"), values))
-    base = {flags.key(k, f"{where}: base.{k}"): v for k, v in base.items()}
+        axes.append((_key(key, f"{where}: grid.{key}"), str(key), values))
+    base_settings = _settings(base, f"{where}: base")
     configs = _configs(doc, where)
-    points, n_seeds = math.prod(len(v) for _, v in axes), _seed_count(doc, where)
+    points, n_seeds = math.prod(len(v) for _, _, v in axes), _seed_count(doc, where)
     if len(configs) * points * n_seeds > MAX_RUNS:
         raise UserError(f"{where}: the grid asks for {len(configs) * points * n_seeds:,} runs ({len(configs)} "
                         f"config(s) x {points:,} grid point(s) x {n_seeds:,} seed(s)); a sweep runs at most "
@@ -199,14 +195,14 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
     seeds = _seeds(doc, where)
     runs: list[RunSpec] = []
     for label, values in configs:
-        own = {flags.key(k, f"{where}: config {label}: {k}"): v for k, v in values.items()}
-        for combo in itertools.product(*(v for _, v in axes)):
-            point = dict(zip((k for k, _ in axes), combo))
+        own = _settings(values, f"{where}: config {label}")
+        for combo in itertools.product(*(v for _, _, v in axes)):
+            point = {k: v for (k, _, _), v in zip(axes, combo)}
+            typed = {k: typed_setting(spelling, v, f"{where}: grid.{spelling}")
+                     for (k, spelling, _), v in zip(axes, combo) if v is not None}
             for seed in seeds:
-                settings = {**base, **own, **point, "seed": seed}
-                name = _run_name(label, point, seed)
-                argv = flags.argv(settings, f"{where}: run {name}")
-                runs.append(RunSpec(name, label, point, seed, argv))
+                settings = {**base_settings, **own, **typed, "seed": seed}
+                runs.append(RunSpec(_run_name(label, point, seed), label, point, seed, settings))
     dupes = sorted(n for n, k in collections.Counter(r.name for r in runs).items() if k > 1)
     if dupes:
         raise UserError(f"{where}: run name(s) {', '.join(dupes[:3])} come out twice; make config names and grid "
@@ -215,8 +211,48 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
         if not run_plugins and run.plugins:
             run.checked = False
             continue
-        run.resolved = flags.resolve(run.argv, f"{where}: run {run.name}")
+        run.resolved = resolve_settings(run.settings, f"{where}: run {run.name}")
     return runs
+
+
+def _key(name: Any, where: str) -> str:
+    """The settings key of a grid key; a flag that steers the command is refused (the sweep gives each run its
+    own --out and resumes it from last.pt; ``seeds:`` is the grid's own key)."""
+    from ltsam.train_flags import COMMAND_FLAGS, flag_table
+
+    action = flag_table().get(str(name).lstrip("-").replace("-", "_").lower())
+    if action is not None and action.dest in COMMAND_FLAGS:
+        raise UserError(f"{where}: {name!r} is set by the sweep itself (each run gets its own --out and "
+                        f"resumes from last.pt; the grid's seeds: key gives the seeds); remove it")
+    return setting_key(name, where)
+
+
+def _settings(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Grid keys and values as typed settings: keys canonical, words read as the flags read them."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        key = _key(name, f"{where}: {name}")
+        if value is not None:
+            out[key] = typed_setting(str(name), value, f"{where}: {name}")
+    return out
+
+
+def resolve_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """A run's configuration as ``ltsam train --config`` resolves its settings (``config.json``'s layout,
+    before the run settles ``compile``), importing the plugins the run names."""
+    from ltsam.config import resolve
+    from ltsam.extensions import load_plugins
+    from ltsam.recipes import get_recipe
+    from ltsam.train_flags import settings_overrides
+
+    load_plugins(list(settings.get("plugin") or []))
+    try:
+        overrides, recipe = settings_overrides(settings)
+        cfg = resolve(overrides, get_recipe(recipe) if recipe else None)
+        _check_data_root(cfg)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return cfg.to_dict()
 
 
 def _run_name(label: str, point: dict[str, Any], seed: int) -> str:
@@ -231,87 +267,6 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-class TrainFlags:
-    """``ltsam train``'s own parser, used to turn settings into flags and to check them exactly as the
-    command does (so a grid entry that ``ltsam train`` would refuse is refused before any run starts)."""
-
-    def __init__(self) -> None:
-        from ltsam.train_flags import train_parser
-
-        self.parser: argparse.ArgumentParser = train_parser()
-        self.actions: dict[str, argparse.Action] = {}
-        for action in self.parser._actions:
-            if action.dest == "help":
-                continue
-            for opt in action.option_strings:
-                self.actions.setdefault(_norm(opt), action)
-            self.actions.setdefault(action.dest, action)
-
-    def key(self, name: Any, where: str) -> str:
-        """The canonical key (a flag's first spelling, as a config key) of a setting name."""
-        action = self.actions.get(_norm(str(name)))
-        if action is None:
-            raise UserError(f"{where}: {name!r} is not an `ltsam train` flag (see `ltsam train --help`)")
-        key = _norm(_long(action))
-        if key in RESERVED or action.dest in RESERVED:
-            raise UserError(f"{where}: {name!r} is set by the sweep itself (each run gets its own --out and "
-                            f"resumes from last.pt); remove it")
-        return key
-
-    def argv(self, settings: dict[str, Any], where: str) -> list[str]:
-        """The flags that give ``settings`` (keys from :meth:`key`)."""
-        out: list[str] = []
-        for key, value in settings.items():
-            action = self.actions[key]
-            flag = _long(action)
-            if value is None:
-                continue
-            if isinstance(action, argparse._AppendAction):
-                for item in value if isinstance(value, list) else [value]:
-                    out += [flag, _text(item)]
-            elif isinstance(action, argparse.BooleanOptionalAction):
-                _need_bool(value, flag, where)
-                out.append(flag if value else "--no-" + flag[2:])
-            elif action.nargs == 0:  # store_true / store_const
-                _need_bool(value, flag, where)
-                if value:
-                    out.append(flag)
-            elif action.nargs == "*" or action.nargs == "+" or isinstance(action.nargs, int):
-                items = value if isinstance(value, list) else [value]
-                out += [flag, *(_text(v) for v in items)]
-            elif action.nargs is None or action.nargs == "?":
-                if isinstance(value, (list, dict)):
-                    raise UserError(f"{where}: {flag} takes one value, got {value!r}")
-                out += [flag, _text(value)]
-            else:
-                out += [flag, _text(value)]
-        return out
-
-    def resolve(self, argv: list[str], where: str) -> dict[str, Any]:
-        """Parse ``argv`` with ``ltsam train``'s parser and resolve it as the command would: the run's
-        configuration (``config.json``'s layout, before the trainer fills in ``compile``)."""
-        from ltsam.config import resolve
-        from ltsam.extensions import load_plugins
-        from ltsam.recipes import get_recipe
-        from ltsam.train_flags import train_overrides
-
-        load_plugins(flag_values(argv, "--plugin"))
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                args = self.parser.parse_args(argv)
-        except SystemExit:
-            message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad flags"
-            raise UserError(f"{where}: {message.split('error: ', 1)[-1]}") from None
-        try:
-            recipe = get_recipe(args.recipe) if args.recipe else None
-            cfg = resolve(train_overrides(args), recipe)
-            _check_data_root(cfg)
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-        return cfg.to_dict()
-
-
 def _check_data_root(cfg: TrainConfig) -> None:
     """A data set that reads files needs its --data-root (CIFAR may download into it instead)."""
     from ltsam.data.catalog import DATASETS
@@ -319,31 +274,3 @@ def _check_data_root(cfg: TrainConfig) -> None:
     needs = DATASETS.entry(cfg.dataset).meta.get("needs_root", False)
     if needs and not cfg.download and not Path(cfg.data_root).exists():
         raise UserError(f"--data-root {cfg.data_root} does not exist ({cfg.dataset} reads its images there)")
-
-
-def flag_values(argv: Iterable[str], flag: str) -> list[str]:
-    """The values a flag takes on a command line (``--plugin A --plugin B`` -> ``[A, B]``)."""
-    argv = list(argv)
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
-
-
-def _long(action: argparse.Action) -> str:
-    """A flag's first ``--long`` spelling (``--arch`` rather than ``-a``)."""
-    return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
-
-
-def _norm(name: str) -> str:
-    return name.lstrip("-").replace("-", "_").lower()
-
-
-def _need_bool(value: Any, flag: str, where: str) -> None:
-    if not isinstance(value, bool):
-        raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        raise UserError(f"a flag value must be a number or a word, got {value!r}")
-    return str(value)

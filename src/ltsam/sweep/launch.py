@@ -1,7 +1,8 @@
 """Running a sweep's runs through submitit: on this machine (its LocalExecutor, several at once, sharing
 the GPUs), one after another from this process (its DebugExecutor), or as one SLURM job array (its SlurmExecutor).
 
-Every run is the same job, :class:`TrainJob`: it starts ``ltsam train`` into the run's folder, resumes it
+Every run is the same job, :class:`TrainJob`: it starts ``ltsam train --config SETTINGS`` (the run's settings
+as data, ``SWEEP/settings/<run>.json``) into the run's folder, resumes it
 from ``last.pt`` when the folder holds one, and does nothing when the run is done. It is checkpointable:
 on a SLURM time limit or pre-emption submitit calls :meth:`TrainJob.checkpoint` and requeues the job,
 which then resumes from the last finished epoch.
@@ -25,8 +26,8 @@ from ltsam.errors import UserError
 from ltsam.launcher import ltsam_command, submitit_python, torchrun_command
 from ltsam.run.files import FINAL_NAME, LAST
 from ltsam.runs import lock_holder, run_finished
-from ltsam.sweep.grid import RunSpec, Sweep, flag_values
-from ltsam.sweep.state import Manifest, folder_state, run_dir
+from ltsam.sweep.grid import RunSpec, Sweep
+from ltsam.sweep.state import Manifest, folder_state, run_dir, settings_file
 
 # SLURM job states in which a job still owns its run folder (a re-run of the sweep leaves it alone).
 QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -34,21 +35,21 @@ QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 MAX_REQUEUES = 30  # time limits a run may hit, each followed by a requeue that resumes it
 
 
-def start_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
-    """``ltsam`` arguments that start a run afresh (replacing a folder whose run never finished an epoch)."""
-    return ["train", *argv, "--out", str(run_dir), "--overwrite", "--no-progress"]
+def start_args(run_dir: str | Path, settings: str | Path) -> list[str]:
+    """``ltsam`` arguments that start a run afresh from its settings file (replacing a folder whose run never
+    finished an epoch)."""
+    return ["train", "--config", str(settings), "--out", str(run_dir), "--overwrite", "--no-progress"]
 
 
-def resume_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+def resume_args(run_dir: str | Path, plugins: Sequence[str]) -> list[str]:
     """``ltsam`` arguments that resume a run from its ``last.pt``, with the run's own ``--plugin`` modules (a
-    resumed run imports only the plugins its command line names, never those its config.json records)."""
-    plugins = [arg for module in flag_values(argv, "--plugin") for arg in ("--plugin", module)]
-    return ["train", "--resume", str(run_dir), *plugins, "--no-progress"]
+    resumed run imports only the plugins its settings name, never those its config.json records)."""
+    return ["train", "--resume", str(run_dir), *(a for m in plugins for a in ("--plugin", m)), "--no-progress"]
 
 
-def train_args(run_dir: str | Path, argv: Sequence[str]) -> list[str]:
+def train_args(run_dir: str | Path, settings: str | Path, plugins: Sequence[str]) -> list[str]:
     """``ltsam`` arguments for a run: resume it if the folder holds a ``last.pt``, else start it."""
-    return resume_args(run_dir, argv) if (Path(run_dir) / LAST).is_file() else start_args(run_dir, argv)
+    return resume_args(run_dir, plugins) if (Path(run_dir) / LAST).is_file() else start_args(run_dir, settings)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -67,12 +68,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._proc: subprocess.Popen | None = None
         self._orphaned = False
 
-    def __call__(self, run_dir: str, argv: list[str], gpus: int = 1) -> str:
+    def __call__(self, run_dir: str, settings: str, plugins: list[str], gpus: int = 1) -> str:
         if self.driver is not None and not _watch_driver(self.driver, self._driver_ended):
             raise RuntimeError(f"the `ltsam sweep` that started this job (pid {self.driver}) has ended")
         if run_finished(Path(run_dir)):
             return "done already"
-        args = train_args(run_dir, argv)
+        args = train_args(run_dir, settings, plugins)
         # as the installed `ltsam` starts: the working folder's files (a tqdm.py) are never imported
         cmd = torchrun_command(args, gpus) if gpus > 1 else ltsam_command(args)  # torchrun: one process per GPU
         self._proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
@@ -265,7 +266,8 @@ def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: 
     """Submit the run's job; ``watched``: the job (a process of its own) ends when this process ends."""
     folder = run_dir(sweep, run)
     how = "resuming" if (folder / LAST).is_file() else "starting"
-    job = executor.submit(TrainJob(os.getpid() if watched else None), str(folder), run.argv, gpus)
+    job = executor.submit(TrainJob(os.getpid() if watched else None), str(folder), str(settings_file(sweep, run)),
+                          run.plugins, gpus)
     manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
     say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
     return job
@@ -317,7 +319,8 @@ def submit_slurm(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: La
     try:
         executor.update_parameters(**params)
         with executor.batch():
-            jobs = [executor.submit(TrainJob(), str(run_dir(sweep, run)), run.argv, gpus) for run in todo]
+            jobs = [executor.submit(TrainJob(), str(run_dir(sweep, run)), str(settings_file(sweep, run)), run.plugins,
+                                    gpus) for run in todo]
     except (ValueError, OSError, subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as exc:
         raise UserError(f"--executor slurm: submission failed: {_last_line(str(exc))}") from None
     for run, job in zip(todo, jobs):

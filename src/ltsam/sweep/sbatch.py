@@ -22,7 +22,7 @@ from ltsam.errors import UserError
 from ltsam.launcher import FINISHED_SNIPPET, ltsam_command, torchrun_command
 from ltsam.sweep.grid import Sweep
 from ltsam.sweep.launch import LaunchOptions, gpus_per_run, resume_args, start_args
-from ltsam.sweep.state import run_dir
+from ltsam.sweep.state import run_dir, settings_file
 
 SLURM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # an sbatch long option's name
 PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(,[A-Za-z0-9][A-Za-z0-9._+-]*)*")  # one or several, comma-separated
@@ -111,8 +111,9 @@ def sbatch_script(sweep: Sweep, opts: LaunchOptions, python: str | None = None) 
               'case "${SLURM_ARRAY_TASK_ID:?submit this file with sbatch (or set SLURM_ARRAY_TASK_ID)}" in']
     for k, run in enumerate(sweep.runs):
         folder = str(run_dir(sweep, run).resolve())
-        lines.append(f"    {k}) fresh=({_bash(start_args(folder, run.argv))})")
-        lines.append(f"       resume=({_bash(resume_args(folder, run.argv))})")
+        settings = str(settings_file(sweep, run).resolve())
+        lines.append(f"    {k}) fresh=({_bash(start_args(folder, settings))})")
+        lines.append(f"       resume=({_bash(resume_args(folder, run.plugins))})")
         lines.append(f"       run {shlex.quote(folder)} ;;")
     lines += ['    *) echo "ltsam sweep: no run $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 The run folder is the truth: a ``final.json`` recording all epochs = done (:func:`ltsam.runs.run_finished`; a
 ``--stop-after`` run's final.json is not), else ``last.pt`` = interrupted (resumable),
 neither = not started (or stopped in its first epoch: started again). The manifest
-(``SWEEP/manifest.json``) records, per run, its configuration hash, its flags, the last known state and
-the job that ran it, so a person (or ``ltsam report``) can read the sweep without the grid file.
+(``SWEEP/manifest.json``) records, per run, its configuration hash, its settings, the last known state and
+the job that ran it, so a person (or ``ltsam report``) can read the sweep without the grid file. Each run's
+settings are also ``SWEEP/settings/<run>.json``: the file its ``ltsam train --config`` reads.
 """
 
 from __future__ import annotations
@@ -21,11 +22,23 @@ from ltsam.runs import run_finished
 from ltsam.sweep.grid import VOLATILE, RunSpec, Sweep, config_hash
 
 MANIFEST = "manifest.json"
+SETTINGS_DIR = "settings"
 DONE, INTERRUPTED, PENDING = "done", "interrupted", "pending"
 
 
 def run_dir(sweep: Sweep, run: RunSpec) -> Path:
     return sweep.out.absolute() / "runs" / run.name  # absolute: a job may start in another folder
+
+
+def settings_file(sweep: Sweep, run: RunSpec) -> Path:
+    """The run's settings as data: the ``--config`` file of its ``ltsam train``."""
+    return sweep.out.absolute() / SETTINGS_DIR / f"{run.name}.json"
+
+
+def write_settings(sweep: Sweep) -> None:
+    """Every run's settings file (atomically), before any job starts."""
+    for run in sweep.runs:
+        write_json(settings_file(sweep, run), run.settings)
 
 
 def folder_state(path: Path) -> str:
@@ -63,7 +76,7 @@ def check_folders(sweep: Sweep) -> None:
 
 
 class Manifest:
-    """``SWEEP/manifest.json``: run -> config hash -> state (and its flags, job and log)."""
+    """``SWEEP/manifest.json``: run -> config hash -> state (and its settings, job and log)."""
 
     def __init__(self, sweep: Sweep):
         self.sweep, self.path = sweep, sweep.out / MANIFEST
@@ -71,7 +84,8 @@ class Manifest:
         self.runs: dict[str, dict[str, Any]] = dict(old.get("runs", {})) if isinstance(old, dict) else {}
         for run in sweep.runs:
             entry = self.runs.setdefault(run.name, {})
-            entry.update(config=run.config, point=run.point, seed=run.seed, hash=run.config_hash, argv=run.argv,
+            entry.update(config=run.config, point=run.point, seed=run.seed, hash=run.config_hash,
+                         settings=run.settings,
                          folder=str(Path("runs") / run.name))
             entry.setdefault("state", folder_state(run_dir(sweep, run)))
 
