@@ -248,7 +248,7 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes(swept, tmp_path: Pa
     executor.update_parameters(timeout_min=60)
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps(spec.settings))
-    job = executor.submit(TrainJob(), str(run), str(settings), spec.plugins, 0)
+    job = executor.submit(TrainJob(), [str(run)], str(settings), spec.plugins, 0)
     deadline = time.time() + 300
     while not (run / "last.pt").is_file():
         assert not job.done() and time.time() < deadline, "the job ended before its first epoch"

@@ -19,7 +19,7 @@ from ltsam.argtypes import OneLineParser, flag_bool, lower
 from ltsam.errors import UserError
 
 # Flags that steer the command (where it writes, whether it resumes) rather than set the run's configuration.
-COMMAND_FLAGS = ("out", "overwrite", "resume", "stop_after", "no_progress", "seeds", "config", "exp_str")
+COMMAND_FLAGS = ("out", "overwrite", "resume", "stop_after", "no_progress", "seeds", "members", "config", "exp_str")
 # Flags whose value sets a configuration key of another name (or shape): flag dest -> config key.
 ALIASES = {"head": "use_norm", "gpu": "device", "log_results": "wandb", "plugin": "plugins"}
 # Keys of a run's config.json that record where it was written, not what it computes: a --config file

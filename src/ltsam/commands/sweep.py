@@ -49,7 +49,11 @@ def add_parser(sub: Any) -> None:
                    help="submit runs again whose earlier SLURM job's state cannot be read (no sacct)")
     g.add_argument("--emit-sbatch", metavar="FILE",
                    help="write a plain sbatch job-array script (one line per run) instead of running anything")
-    p.add_argument("--dry-run", action="store_true", help="check the grid and list the runs; start nothing")
+    p.add_argument("--pack", type=positive_int, metavar="N",
+                   help="train compatible runs (same architecture, data, schedule; see docs/packs.md) as packs of at "
+                        "most N, one fused model and one job each (default: the grid's pack:, else 1)")
+    p.add_argument("--dry-run", action="store_true", help="check the grid and list the runs (and packs); start "
+                                                          "nothing")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -81,7 +85,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          mem_gb=args.mem_gb, slurm_args=_slurm_args(args.slurm_arg), resubmit=args.resubmit)
     check_slurm_options(opts)  # a partition or --slurm-arg that no #SBATCH line can hold safely: one line
     # every entry checked here: nothing has started yet (a dry run imports no plugin: it runs no code of the grid's)
-    sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run)
+    sweep = load_sweep(args.grid, args.out, run_plugins=not args.dry_run, pack=args.pack)
+    if sweep.pack > 1 and (args.gpus_per_run or 0) > 1:
+        raise UserError(f"--gpus-per-run {args.gpus_per_run}: a pack trains in one process on one GPU; use "
+                        f"--gpus-per-run 1 with --pack, or leave --pack out")
     check_sweep_dir(sweep.out)  # the working folder, or someone else's: refused, untouched
     check_folders(sweep)
     configs = len({r.config for r in sweep.runs})
@@ -89,9 +96,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"ltsam sweep {sweep.name}: {len(sweep.runs)} runs ({configs} config(s) x "
           f"{len(sweep.runs) // (configs * seeds)} grid point(s) x {seeds} seed(s)) in {sweep.out}", flush=True)
     if args.dry_run:
-        for run in sweep.runs:
-            what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
-            print(f"  {run.name}  [{what}]  {json.dumps(run.settings, default=str)}")
+        packs = [j for j in sweep.jobs if j.packed]
+        if sweep.pack > 1:
+            print(f"  {len(sweep.jobs)} jobs: {len(packs)} pack(s) of at most {sweep.pack} runs, "
+                  f"{len(sweep.jobs) - len(packs)} run(s) alone", flush=True)
+        for job in sweep.jobs:
+            indent = "  "
+            if job.packed:
+                print(f"  {job.name}: {len(job.runs)} runs as one pack")
+                indent = "    "
+            for run in job.runs:
+                what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
+                print(f"{indent}{run.name}  [{what}]  {json.dumps(run.settings, default=str)}")
         return 0
     held = open_sweep_dir(sweep.out)  # marked ours, and locked until this command ends
     try:

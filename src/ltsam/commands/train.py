@@ -26,6 +26,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="train one run per seed as one pack (one fused model, ltsam.pack) into OUT/seed0, OUT/seed1, "
                         "...; ends with the mean ± std table of `ltsam report OUT`; `--resume OUT` continues the pack")
+    p.add_argument("--members", metavar="FILE",
+                   help="train the runs a members file lists (what `ltsam sweep --pack` writes) as one pack, each into "
+                        "its own folder: finished ones left alone, interrupted ones resumed, the others started")
     p.set_defaults(func=cmd_train)
 
 
@@ -71,6 +74,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.config:
         raise UserError("--resume continues a run with its own config.json; leave --config out")
+    if args.members:
+        return _train_members(args)
     settings = (read_settings(args.config) if args.config else {}) | flag_settings(args)  # flags win
     overrides, recipe_name = settings_overrides(settings)
     if args.stop_after is not None and args.stop_after < 1:
@@ -209,14 +214,31 @@ def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return _fit_pack(args, cfgs, dirs, out, resume=all(started))
 
 
-def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path, resume: bool) -> int:
+def _train_members(args: argparse.Namespace) -> int:
+    """``--members FILE``: the unfinished runs of a members file as one pack (``ltsam sweep --pack``'s job)."""
+    from ltsam.pack.folders import open_members
+
+    steering = ("members", "no_progress", "stop_after", "plugin", "func", "command")
+    given = [k for k, v in vars(args).items() if k not in steering and v not in (None, False)]
+    if given:
+        raise UserError(f"--members trains the runs as their settings files say; leave out "
+                        f"{', '.join(flag_name(k) for k in sorted(given))}")
+    cfgs, dirs, resume = open_members(Path(args.members))
+    if not cfgs:
+        print(f"ltsam: every run of {args.members} has finished", flush=True)
+        return 0
+    return _fit_pack(args, cfgs, dirs, None, resume)
+
+
+def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path | None,
+              resume: bool | list[bool]) -> int:
     from ltsam.errors import TrainingDiverged
     from ltsam.pack.folders import REPORT_DIR, repair_members
     from ltsam.pack.trainer import PackTrainer
     from ltsam.summary import build_report
 
     pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress)
-    if resume:
+    if resume is True or (isinstance(resume, list) and any(resume)):
         repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
                               for m in pack.members])
     first = cfgs[0]
@@ -224,7 +246,7 @@ def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path
           f"{pack.device}; run folders {', '.join(str(d) for d in dirs)}", flush=True)
     summaries = pack.fit(stop_after=args.stop_after)
     finished = [d for d, s in zip(dirs, summaries) if s is not None]
-    if finished:
+    if finished and out is not None:
         text, where = build_report(finished, out / REPORT_DIR, partial=True, figures=False)
         print(text)
         print(f"report in {where}/report.md")

@@ -105,3 +105,53 @@ def repair_members(dirs: Sequence[Path], states: Sequence[tuple[int, int | None,
 def diverged(run_dir: Path) -> bool:
     """Whether a member stopped on divergence in an earlier run of its pack (it is not trained again)."""
     return (run_dir / DIVERGED_NAME).is_file()
+
+
+def write_members(path: Path, members: Sequence[tuple[Path, Path]]) -> None:
+    """A members file: the runs of one pack, each its settings file (``ltsam train --config``'s) and its folder;
+    what ``ltsam sweep --pack`` hands ``ltsam train --members``."""
+    write_json(path, {"members": [{"config": str(config), "out": str(out)} for config, out in members]})
+
+
+def open_members(path: Path) -> tuple[list[TrainConfig], list[Path], list[bool]]:
+    """The unfinished runs of a members file as one pack: their configurations, folders, and whether each
+    continues from its ``last.pt``. All are resolved and checked before any folder is touched; then a run with a
+    checkpoint is opened as ``--resume`` opens it, one without is started afresh in its folder (replacing what a
+    run that never finished an epoch left), and a finished run is left alone."""
+    from ltsam.config import resolve
+    from ltsam.pack.compat import check_pack
+    from ltsam.recipes import get_recipe
+    from ltsam.runs import run_finished
+    from ltsam.train_flags import read_settings, settings_overrides
+
+    if not path.is_file():
+        raise UserError(f"--members {path} does not exist; `ltsam sweep --pack` writes such files")
+    doc = read_json(path)
+    entries = doc.get("members") if isinstance(doc, dict) else None
+    def well_formed(e: object) -> bool:
+        return isinstance(e, dict) and isinstance(e.get("config"), str) and isinstance(e.get("out"), str)
+
+    if not isinstance(entries, list) or not entries or not all(well_formed(e) for e in entries):
+        raise UserError(f"--members {path} must hold {{\"members\": [{{\"config\": FILE, \"out\": RUN_DIR}}, ...]}}")
+    dirs = [Path(e["out"]) for e in entries]
+    todo = [i for i, d in enumerate(dirs) if not run_finished(d)]
+    cfgs, started = [], []
+    for i in todo:
+        if (dirs[i] / LAST).is_file():
+            cfg, resume = read_run_config(dirs[i]), True
+        else:
+            overrides, recipe = settings_overrides(read_settings(entries[i]["config"]))
+            cfg, resume = resolve(overrides, get_recipe(recipe) if recipe else None), False
+            cfg.out, cfg.compile = str(dirs[i]), bool(cfg.compile)
+            cfg.pack = {"folder": str(path), "size": len(dirs), "index": i, "members": [str(d) for d in dirs]}
+        cfgs.append(cfg)
+        started.append(resume)
+    if cfgs:
+        check_pack(cfgs)  # before any folder is touched
+    for cfg, run_dir, resume in zip(cfgs, [dirs[i] for i in todo], started):
+        if resume:
+            open_for_resume(run_dir)
+        else:
+            prepare_run_dir(run_dir, overwrite=True)
+            write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+    return cfgs, [dirs[i] for i in todo], started

@@ -66,11 +66,13 @@ class PackMember:
 
 class PackTrainer:
     """Trains ``cfgs`` (each into its ``run_dirs`` entry) as one pack; ``resume=True`` continues every member
-    from its own ``last.pt``. ``mode``: how the fused model runs (``vmap``, ``loop`` or ``auto``: vmap on
-    CUDA, a loop over members on the CPU, where grouped convolutions are slower than separate ones)."""
+    from its own ``last.pt`` (a list of flags: the members marked true; the others start afresh). ``mode``:
+    how the fused model runs (``vmap``, ``loop`` or ``auto``: vmap on CUDA, a loop over members on the CPU,
+    where grouped convolutions are slower than separate ones)."""
 
-    def __init__(self, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False,
-                 progress: bool = True, datas: Sequence[LTData] | None = None, mode: str = "auto"):
+    def __init__(self, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path],
+                 resume: bool | Sequence[bool] = False, progress: bool = True,
+                 datas: Sequence[LTData] | None = None, mode: str = "auto"):
         check_pack(cfgs)
         first = cfgs[0]
         self.ctx, self.device = start_runtime(first.device, first, first.seed)
@@ -81,7 +83,8 @@ class PackTrainer:
         self.mode = mode if mode != "auto" else ("vmap" if self.device.type == "cuda" else "loop")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.members = [self._member(cfg, Path(d), resume, None if datas is None else datas[i])
+        each = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
+        self.members = [self._member(cfg, Path(d), each[i], None if datas is None else datas[i])
                         for i, (cfg, d) in enumerate(zip(cfgs, run_dirs, strict=True))]
         check_batches([len(m.source) for m in self.members], "numbers of training batches per epoch")
         check_batches([int(getattr(m.data, "val_size", 0)) for m in self.members], "validation set sizes")

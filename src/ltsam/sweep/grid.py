@@ -10,6 +10,7 @@ The file (every key optional except one of ``configs`` / ``recipes``)::
       sgd: {optimizer: sgd}
     grid: {rho: [0.05, 0.1]}          # further axes: every combination of these flag values
     seeds: [0, 1, 2]                  # or a count: 3 = seeds 0, 1, 2
+    pack: 3                           # train compatible runs as packs of at most 3 (one job each); --pack wins
 
 ``recipes: [cifar10-lt-ce, ...]`` is short for ``configs`` whose flag sets are ``{recipe: NAME}``.
 Keys are ``ltsam train`` settings, written as config keys (``imb_factor``) or flag names (``imb-factor``,
@@ -73,11 +74,74 @@ class RunSpec:
 
 
 @dataclass
+class JobSpec:
+    """What one job trains: one run, or a pack of compatible runs as one fused model (``pack:`` / ``--pack``)."""
+
+    name: str  # the run's own name, or pack<k> for a pack of several
+    runs: list[RunSpec]
+
+    @property
+    def packed(self) -> bool:
+        return len(self.runs) > 1
+
+
+@dataclass
 class Sweep:
     name: str
     out: Path
     runs: list[RunSpec]
     source: Path
+    pack: int = 1  # the most runs one job packs
+    jobs: list[JobSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.jobs:
+            self.jobs = group_jobs(self.runs, self.pack)
+
+    def jobs_of(self, runs: list[RunSpec]) -> list[JobSpec]:
+        """The jobs that hold any of ``runs`` (a pack runs whole: its finished members are left alone)."""
+        names = {r.name for r in runs}
+        return [j for j in self.jobs if any(r.name in names for r in j.runs)]
+
+
+def group_jobs(runs: list[RunSpec], size: int) -> list[JobSpec]:
+    """``runs`` as jobs: compatible runs (``ltsam.pack.compat.pack_key``) in packs of at most ``size``, in grid
+    order; a run that cannot pack (or a dry run left unchecked) alone."""
+    if size <= 1:
+        return [JobSpec(r.name, [r]) for r in runs]
+    from ltsam.config import TrainConfig
+    from ltsam.pack.compat import pack_key, refuse_unpackable
+
+    groups: dict[str, list[RunSpec]] = {}
+    alone: list[RunSpec] = []
+    order: list[str | RunSpec] = []
+    for run in runs:
+        key: str | None = None
+        if run.checked:
+            cfg = TrainConfig.from_dict(run.resolved)
+            try:
+                refuse_unpackable(cfg)
+                key = pack_key(cfg)
+            except UserError:
+                key = None
+        if key is None:
+            alone.append(run)
+            order.append(run)
+            continue
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(run)
+    jobs: list[JobSpec] = []
+    for item in order:
+        if isinstance(item, RunSpec):
+            jobs.append(JobSpec(item.name, [item]))
+            continue
+        members = groups[item]
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            jobs.append(JobSpec(chunk[0].name if len(chunk) == 1 else f"pack{len(jobs) + 1}", chunk))
+    return jobs
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -86,9 +150,11 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: bool = True) -> Sweep:
+def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: bool = True,
+               pack: int | None = None) -> Sweep:
     """Read, expand and validate a grid file; nothing is started. A bad entry is a UserError naming it.
-    ``run_plugins=False`` (a dry run) imports no plugin: a run that names one is left unchecked."""
+    ``run_plugins=False`` (a dry run) imports no plugin: a run that names one is left unchecked. ``pack``
+    (``--pack``) overrides the grid's ``pack:``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file {path} does not exist; write a YAML grid (see `ltsam sweep --help`)")
@@ -101,17 +167,21 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
     if not isinstance(doc, dict):
         raise UserError(f"{path}: a grid is a YAML mapping with configs (or recipes), and optionally base, grid, "
                         f"seeds, name, out")
-    unknown = sorted(set(doc) - {"name", "out", "base", "configs", "recipes", "grid", "seeds"})
+    unknown = sorted(set(doc) - {"name", "out", "base", "configs", "recipes", "grid", "seeds", "pack"})
     if unknown:
         raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; use name, out, base, configs, "
-                        f"recipes, grid, seeds")
+                        f"recipes, grid, seeds, pack")
+    size = pack if pack is not None else doc.get("pack", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserError(f"{path}: pack must be a whole number of at least 1 (the most runs one job packs), "
+                        f"got {size!r}")
     name = str(doc.get("name") or path.stem)
     if not SAFE_NAME.fullmatch(name) or ".." in name:
         raise UserError(f"{path}: sweep name {name!r} may hold only letters, digits and . _ + - (starting with a "
                         f"letter or digit, no '..'); set `name:` in the grid to such a name")
     folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
     runs = expand(doc, str(path), run_plugins)
-    return Sweep(name, folder, runs, path)
+    return Sweep(name, folder, runs, path, size)
 
 
 def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:

@@ -26,8 +26,8 @@ from ltsam.errors import UserError
 from ltsam.launcher import ltsam_command, submitit_python, torchrun_command
 from ltsam.run.files import FINAL_NAME, LAST
 from ltsam.runs import lock_holder, run_finished
-from ltsam.sweep.grid import RunSpec, Sweep
-from ltsam.sweep.state import Manifest, folder_state, run_dir, settings_file
+from ltsam.sweep.grid import JobSpec, RunSpec, Sweep
+from ltsam.sweep.state import Manifest, folder_state, job_file, run_dir
 
 # SLURM job states in which a job still owns its run folder (a re-run of the sweep leaves it alone).
 QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -52,6 +52,18 @@ def train_args(run_dir: str | Path, settings: str | Path, plugins: Sequence[str]
     return resume_args(run_dir, plugins) if (Path(run_dir) / LAST).is_file() else start_args(run_dir, settings)
 
 
+def pack_args(members: str | Path, plugins: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments for a pack: its members file (each member resumed, started or left alone by it)."""
+    return ["train", "--members", str(members), *(a for m in plugins for a in ("--plugin", m)), "--no-progress"]
+
+
+def job_args(run_dirs: Sequence[str | Path], settings: str | Path, plugins: Sequence[str]) -> list[str]:
+    """``ltsam`` arguments for a job: one run's (:func:`train_args`) or a pack's (:func:`pack_args`)."""
+    if len(run_dirs) == 1:
+        return train_args(run_dirs[0], settings, plugins)
+    return pack_args(settings, plugins)
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """One run as a submitit job (pickled by submitit and called in the job's process).
 
@@ -68,14 +80,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._proc: subprocess.Popen | None = None
         self._orphaned = False
 
-    def __call__(self, run_dir: str, settings: str, plugins: list[str], gpus: int = 1) -> str:
+    def __call__(self, run_dirs: list[str], settings: str, plugins: list[str], gpus: int = 1) -> str:
+        """Train ``run_dirs`` (one run, or a pack: ``settings`` is then its members file)."""
         if self.driver is not None and not _watch_driver(self.driver, self._driver_ended):
             raise RuntimeError(f"the `ltsam sweep` that started this job (pid {self.driver}) has ended")
-        if run_finished(Path(run_dir)):
+        if all(run_finished(Path(d)) for d in run_dirs):
             return "done already"
-        args = train_args(run_dir, settings, plugins)
+        args = job_args(run_dirs, settings, plugins)
         # as the installed `ltsam` starts: the working folder's files (a tqdm.py) are never imported
-        cmd = torchrun_command(args, gpus) if gpus > 1 else ltsam_command(args)  # torchrun: one process per GPU
+        # torchrun: one process per GPU (a pack trains in one process)
+        cmd = torchrun_command(args, gpus) if gpus > 1 and len(run_dirs) == 1 else ltsam_command(args)
         self._proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         if self._orphaned:  # the driver ended while the training started
             self._driver_ended()
@@ -210,32 +224,33 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     if gpus > n_gpus and opts.executor == "local":
         raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the CPU)")
     parallel = 1 if opts.executor == "debug" else opts.parallel
-    queue: list[RunSpec] = list(todo)
-    active: dict[Any, tuple[RunSpec, int]] = {}  # job -> (run, slot)
+    queue: list[JobSpec] = sweep.jobs_of(todo)
+    active: dict[Any, tuple[JobSpec, int]] = {}  # submitit job -> (what it trains, slot)
     failed: list[str] = []
     free = list(range(parallel))
-    waiting: dict[str, int] = {}  # runs still trained by a process of an earlier sweep -> its pid (said once)
+    waiting: dict[str, int] = {}  # jobs still trained by a process of an earlier sweep -> its pid (said once)
     t0 = time.time()
     try:
         while queue or active:
             busy = _still_trained(sweep, queue, waiting, say, t0)  # each holds a slot: --parallel counts it
-            for run in [r for r in queue if r.name not in busy and r.name in waiting]:
-                pid = waiting.pop(run.name)
-                if run_finished(run_dir(sweep, run)):  # that process finished it
-                    queue.remove(run)
-                    manifest.mark(run.name, folder_state(run_dir(sweep, run)))
-                    say(f"[+{time.time() - t0:.0f}s] done {run.name} (by pid {pid or '?'})")
-            startable = [r for r in queue if r.name not in busy]
+            for unit in [j for j in queue if j.name not in busy and j.name in waiting]:
+                pid = waiting.pop(unit.name)
+                if all(run_finished(run_dir(sweep, r)) for r in unit.runs):  # that process finished it
+                    queue.remove(unit)
+                    for run in unit.runs:
+                        manifest.mark(run.name, folder_state(run_dir(sweep, run)))
+                    say(f"[+{time.time() - t0:.0f}s] done {unit.name} (by pid {pid or '?'})")
+            startable = [j for j in queue if j.name not in busy]
             while startable and len(free) > len(busy):
-                run, slot = startable.pop(0), free.pop(0)
-                queue.remove(run)
+                unit, slot = startable.pop(0), free.pop(0)
+                queue.remove(unit)
                 if opts.executor == "local" and gpus:
                     executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
-                active[_start(sweep, manifest, executor, run, gpus, say, t0, opts.executor == "local")] = (run, slot)
+                active[_start(sweep, manifest, executor, unit, gpus, say, t0, opts.executor == "local")] = (unit, slot)
             for job in [j for j in active if j.done()]:
-                run, slot = active.pop(job)
+                unit, slot = active.pop(job)
                 free.append(slot)
-                _finished(sweep, manifest, run, job, failed, say, t0)
+                _finished(sweep, manifest, unit, job, failed, say, t0)
             if active or queue:
                 time.sleep(opts.poll_s)
     except BaseException:
@@ -245,53 +260,62 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
     return failed
 
 
-def _still_trained(sweep: Sweep, queue: list[RunSpec], waiting: dict[str, int], say: Callable[[str], None],
+def _still_trained(sweep: Sweep, queue: list[JobSpec], waiting: dict[str, int], say: Callable[[str], None],
                    t0: float) -> dict[str, int]:
-    """The queued runs whose folder another process still trains into (a job of an earlier ``ltsam sweep``
+    """The queued jobs with a run folder another process still trains into (a job of an earlier ``ltsam sweep``
     killed before it could stop it), by name -> pid; each is said once, and left to that process."""
     busy = {}
-    for run in queue:
-        pid = lock_holder(run_dir(sweep, run))
-        if pid is None:
+    for unit in queue:
+        pids = [p for p in (lock_holder(run_dir(sweep, r)) for r in unit.runs) if p is not None]
+        if not pids:
             continue
-        busy[run.name] = pid
-        if run.name not in waiting:
-            waiting[run.name] = pid
-            say(f"[+{time.time() - t0:.0f}s] waiting for {run.name}, still trained by pid {pid or '?'}")
+        busy[unit.name] = pids[0]
+        if unit.name not in waiting:
+            waiting[unit.name] = pids[0]
+            say(f"[+{time.time() - t0:.0f}s] waiting for {unit.name}, still trained by pid {pids[0] or '?'}")
     return busy
 
 
-def _start(sweep: Sweep, manifest: Manifest, executor: Any, run: RunSpec, gpus: int, say: Callable[[str], None],
+def _submit(executor: Any, job: TrainJob, sweep: Sweep, unit: JobSpec, gpus: int) -> Any:
+    return executor.submit(job, [str(run_dir(sweep, r)) for r in unit.runs], str(job_file(sweep, unit)),
+                           unit.runs[0].plugins, gpus)
+
+
+def _start(sweep: Sweep, manifest: Manifest, executor: Any, unit: JobSpec, gpus: int, say: Callable[[str], None],
            t0: float, watched: bool = False) -> Any:
-    """Submit the run's job; ``watched``: the job (a process of its own) ends when this process ends."""
-    folder = run_dir(sweep, run)
-    how = "resuming" if (folder / LAST).is_file() else "starting"
-    job = executor.submit(TrainJob(os.getpid() if watched else None), str(folder), str(settings_file(sweep, run)),
-                          run.plugins, gpus)
-    manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
-    say(f"[+{time.time() - t0:.0f}s] {how} {run.name} (job {job.job_id})")
+    """Submit the unit's job; ``watched``: the job (a process of its own) ends when this process ends."""
+    how = "resuming" if any((run_dir(sweep, r) / LAST).is_file() for r in unit.runs) else "starting"
+    job = _submit(executor, TrainJob(os.getpid() if watched else None), sweep, unit, gpus)
+    for run in unit.runs:
+        manifest.mark(run.name, "running", job=str(job.job_id), log=str(job.paths.stdout))
+    what = unit.name if not unit.packed else \
+        f"{unit.name} ({len(unit.runs)} runs as one pack: {', '.join(r.name for r in unit.runs)})"
+    say(f"[+{time.time() - t0:.0f}s] {how} {what} (job {job.job_id})")
     return job
 
 
-def _finished(sweep: Sweep, manifest: Manifest, run: RunSpec, job: Any, failed: list[str],
+def _finished(sweep: Sweep, manifest: Manifest, unit: JobSpec, job: Any, failed: list[str],
               say: Callable[[str], None], t0: float) -> None:
     try:
         job.result()
+        error = None
     except Exception as exc:  # the job's own error (its cause: the training's `ltsam: error:` line), with its log
-        failed.append(run.name)
-        cause = _error_line(job.paths.stderr) or _last_line(str(exc))
-        manifest.mark(run.name, "failed", error=cause)
-        say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {cause}; log {job.paths.stderr}")
-        return
-    final = run_dir(sweep, run) / FINAL_NAME
-    state = folder_state(run_dir(sweep, run))
-    manifest.mark(run.name, state)
-    top1 = ""
-    if final.is_file():
-        import json
+        error = _error_line(job.paths.stderr) or _last_line(str(exc))
+    for run in unit.runs:
+        state = folder_state(run_dir(sweep, run))
+        if error is not None and state != "done":  # a pack's member that finished stays done
+            failed.append(run.name)
+            manifest.mark(run.name, "failed", error=error)
+            say(f"[+{time.time() - t0:.0f}s] FAILED {run.name}: {error}; log {job.paths.stderr}")
+            continue
+        manifest.mark(run.name, state)
+        final = run_dir(sweep, run) / FINAL_NAME
+        top1 = ""
+        if final.is_file():
+            import json
 
-        top1 = f": last-epoch test top-1 {json.loads(final.read_text())['final']['top1']:.2f}"
-    say(f"[+{time.time() - t0:.0f}s] {state} {run.name}{top1}")
+            top1 = f": last-epoch test top-1 {json.loads(final.read_text())['final']['top1']:.2f}"
+        say(f"[+{time.time() - t0:.0f}s] {state} {run.name}{top1}")
 
 
 def submit_slurm(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: LaunchOptions,
@@ -319,14 +343,17 @@ def submit_slurm(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: La
     try:
         executor.update_parameters(**params)
         with executor.batch():
-            jobs = [executor.submit(TrainJob(), str(run_dir(sweep, run)), str(settings_file(sweep, run)), run.plugins,
-                                    gpus) for run in todo]
+            units = sweep.jobs_of(todo)
+            jobs = [_submit(executor, TrainJob(), sweep, unit, gpus) for unit in units]
     except (ValueError, OSError, subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as exc:
         raise UserError(f"--executor slurm: submission failed: {_last_line(str(exc))}") from None
-    for run, job in zip(todo, jobs):
-        manifest.mark(run.name, "submitted", job=str(job.job_id), log=str(job.paths.stdout))
+    for unit, job in zip(units, jobs):
+        for run in unit.runs:
+            manifest.mark(run.name, "submitted", job=str(job.job_id), log=str(job.paths.stdout))
     ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    say(f"submitted {len(jobs)} runs as SLURM job array {', '.join(ids)} (logs under {sweep.out / 'slurm'}); "
+    packed = f" in {len(jobs)} jobs (packs)" if len(jobs) != len(todo) else ""
+    say(f"submitted {len(todo)} runs{packed} as SLURM job array {', '.join(ids)} "
+        f"(logs under {sweep.out / 'slurm'}); "
         f"`ltsam sweep {sweep.source}` again later resumes what did not finish, `ltsam report {sweep.out}` "
         f"summarises")
     return [str(j.job_id) for j in jobs]

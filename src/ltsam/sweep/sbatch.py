@@ -21,8 +21,8 @@ from pathlib import Path
 from ltsam.errors import UserError
 from ltsam.launcher import FINISHED_SNIPPET, ltsam_command, torchrun_command
 from ltsam.sweep.grid import Sweep
-from ltsam.sweep.launch import LaunchOptions, gpus_per_run, resume_args, start_args
-from ltsam.sweep.state import run_dir, settings_file
+from ltsam.sweep.launch import LaunchOptions, gpus_per_run, pack_args, resume_args, start_args
+from ltsam.sweep.state import job_file, run_dir, settings_file
 
 SLURM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # an sbatch long option's name
 PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(,[A-Za-z0-9][A-Za-z0-9._+-]*)*")  # one or several, comma-separated
@@ -33,6 +33,9 @@ _RUN = r'''run() {  # run RUN_DIR: skip a finished run, resume an interrupted on
     local dir=$1
     if "$PY" -c "$FINISHED" "$dir"; then echo "ltsam sweep: $dir is done"; return 0; fi
     if [[ -f "$dir/last.pt" ]]; then exec "${LTSAM[@]}" "${resume[@]}"; fi
+    exec "${LTSAM[@]}" "${fresh[@]}"
+}
+pack() {  # a pack: its members file says which runs are done, interrupted or to start
     exec "${LTSAM[@]}" "${fresh[@]}"
 }
 '''
@@ -76,13 +79,14 @@ def _bash(words: list[str]) -> str:
 def sbatch_script(sweep: Sweep, opts: LaunchOptions, python: str | None = None) -> str:
     """The text of the job-array script for every run of ``sweep``."""
     check_slurm_options(opts)
-    n = len(sweep.runs)
+    n = len(sweep.jobs)
     gpus = gpus_per_run(LaunchOptions(**{**opts.__dict__, "executor": "slurm"}))
     out = sweep.out.resolve()
     log = str(out / "logs").replace("%", "%%") + "/%A_%a.out"  # sbatch expands %-patterns in --output
     launch = torchrun_command([], gpus, _PY) if gpus > 1 else ltsam_command([], _PY)  # torchrun: one process a GPU
     lines = ["#!/bin/bash",
-             f"# ltsam sweep {sweep.name}: {n} runs as one SLURM job array, written by `ltsam sweep --emit-sbatch`.",
+             f"# ltsam sweep {sweep.name}: {len(sweep.runs)} runs in {n} jobs as one SLURM job array, written by "
+             f"`ltsam sweep --emit-sbatch`.",
              "# Submit with `sbatch THIS_FILE`. A finished run is skipped and an interrupted one resumes from its",
              "# last.pt, so submitting again (or a requeue after pre-emption) continues the sweep.",
              f"#SBATCH --job-name=ltsam-{sweep.name}",
@@ -109,7 +113,12 @@ def sbatch_script(sweep: Sweep, opts: LaunchOptions, python: str | None = None) 
               f"mkdir -p {shlex.quote(str(out / 'logs'))}",
               _RUN.rstrip(),
               'case "${SLURM_ARRAY_TASK_ID:?submit this file with sbatch (or set SLURM_ARRAY_TASK_ID)}" in']
-    for k, run in enumerate(sweep.runs):
+    for k, job in enumerate(sweep.jobs):
+        if job.packed:
+            lines.append(f"    {k}) fresh=({_bash(pack_args(job_file(sweep, job).resolve(), job.runs[0].plugins))})")
+            lines.append("       pack ;;")
+            continue
+        run = job.runs[0]
         folder = str(run_dir(sweep, run).resolve())
         settings = str(settings_file(sweep, run).resolve())
         lines.append(f"    {k}) fresh=({_bash(start_args(folder, settings))})")

@@ -19,10 +19,11 @@ from ltsam.errors import UserError
 from ltsam.io import read_json, write_json
 from ltsam.run.files import CONFIG_NAME, LAST, METRICS_NAME
 from ltsam.runs import run_finished
-from ltsam.sweep.grid import VOLATILE, RunSpec, Sweep, config_hash
+from ltsam.sweep.grid import VOLATILE, JobSpec, RunSpec, Sweep, config_hash
 
 MANIFEST = "manifest.json"
 SETTINGS_DIR = "settings"
+PACKS_DIR = "packs"
 DONE, INTERRUPTED, PENDING = "done", "interrupted", "pending"
 
 
@@ -35,10 +36,22 @@ def settings_file(sweep: Sweep, run: RunSpec) -> Path:
     return sweep.out.absolute() / SETTINGS_DIR / f"{run.name}.json"
 
 
+def job_file(sweep: Sweep, job: JobSpec) -> Path:
+    """What a job's ``ltsam train`` reads: its run's settings file, or a pack's members file (``--members``)."""
+    if not job.packed:
+        return settings_file(sweep, job.runs[0])
+    return sweep.out.absolute() / PACKS_DIR / f"{job.name}.json"
+
+
 def write_settings(sweep: Sweep) -> None:
-    """Every run's settings file (atomically), before any job starts."""
+    """Every run's settings file and every pack's members file (atomically), before any job starts."""
+    from ltsam.pack.folders import write_members
+
     for run in sweep.runs:
         write_json(settings_file(sweep, run), run.settings)
+    for job in sweep.jobs:
+        if job.packed:
+            write_members(job_file(sweep, job), [(settings_file(sweep, r), run_dir(sweep, r)) for r in job.runs])
 
 
 def folder_state(path: Path) -> str:
