@@ -17,6 +17,7 @@ from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options
 from ltsam.methods import METHODS, uses_cosine_head
 from ltsam.optim import STEPS
+from ltsam.optim.steps import step_run_name
 from ltsam.registry import Option
 
 
@@ -331,6 +332,6 @@ def run_name(cfg: TrainConfig) -> str:
     """A readable default run-folder name."""
     if cfg.recipe:
         return cfg.recipe
-    opt = f"{'sam' if cfg.optimizer in ('sam', 'asam') else cfg.optimizer}{cfg.rho:g}" if cfg.uses_sam else "sgd"
+    opt = f"{step_run_name(cfg.optimizer)}{cfg.rho:g}" if cfg.uses_sam else "sgd"
     return (f"{cfg.dataset}_{cfg.arch}_{cfg.loss}_{cfg.train_rule}_{cfg.imb_type}{cfg.imb_factor:g}"
             f"_{opt}_seed{cfg.seed}")

@@ -57,14 +57,12 @@ class TauNormalisation(Stage):
         return tau_normalized(self.base, tau)
 
     def fit_without_epochs(self, run: StageRun) -> dict[str, Any]:
-        return fit_tau_norm(run)
+        return fit_tau_norm(run, self)
 
 
-def fit_tau_norm(runner: StageRun) -> dict[str, Any]:
+def fit_tau_norm(runner: StageRun, stage: TauNormalisation) -> dict[str, Any]:
     """tau-norm: one pass for the classifier's inputs, every tau of the grid scored on them, the chosen
     tau folded into the saved model."""
-    stage = runner.stage
-    assert isinstance(stage, TauNormalisation)
     t0 = time.perf_counter()
     sweep: list[dict[str, Any]] = []
     chosen_on = "given" if stage.tau is not None else "default"

@@ -257,7 +257,7 @@ class SAMStep(Step):
 
 
 @STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency, label="ASAM", packs=True)
+                resolve=check_frequency, label="ASAM", packs=True, run_name="sam")
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 
@@ -268,6 +268,13 @@ class ASAMStep(SAMStep):
                seed: int = 0, **options: Any) -> Step:
         return super().create(params, lr=lr, momentum=momentum, wd=wd, rho=rho, adaptive=True, autocast=autocast,
                               scaler=scaler, cls_num_list=cls_num_list, seed=seed, **options)
+
+
+def step_run_name(name: str) -> str:
+    """The step's word in a default run-folder name: its registration's ``run_name`` (ASAM's runs are named as
+    SAM's, with their radius), else its name."""
+    entry = STEPS.entry(name)
+    return str(entry.meta.get("run_name", entry.name))
 
 
 def step_label(name: str) -> str:
