@@ -235,3 +235,25 @@ def test_without_the_extra_ltsam_imports_and_trains(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "final.json").is_file()
+
+
+def test_hessian_of_a_lora_vit_takes_the_trainable_parameters():
+    """``ltsam hessian``'s operator on a LoRA ViT: its dimension is the trainable parameters', and the two
+    backends (double backward, forward-over-reverse: attention through the math kernel, as fused kernels have
+    no second derivative) agree in float64."""
+    from ltsam.hessian.operator import HessianOperator
+
+    torch.manual_seed(0)
+    options = dict(pretrained="none", tune="lora", lora_rank=2, lora_alpha=4.0, lora_targets="all-linear",
+                   input_size=32)
+    model = build_model("timm:test_vit", 10, False, 1, options=options).double().eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    batches = [(torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.arange(6) % 10)]
+    ops = [HessianOperator(model, F.cross_entropy, batches, backend=b) for b in ("double_backward",
+                                                                                 "forward_over_reverse")]
+    assert ops[0].dim == sum(p.numel() for p in trainable) < sum(p.numel() for p in model.parameters())
+    v = torch.randn(ops[0].dim, dtype=torch.float64)
+    hv, hv_fwd = (op.matvec(v) for op in ops)
+    assert hv.abs().max() > 0
+    # float64, one network's forward and two derivative passes: ~3 x 12 stages of sums of <= 800 terms
+    assert torch.allclose(hv, hv_fwd, rtol=0, atol=rtol(torch.float64, 800, 36) * float(hv.abs().max()))
