@@ -16,6 +16,7 @@ from ltsam.data.validation import check_request
 from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options
 from ltsam.methods import METHODS, uses_cosine_head
+from ltsam.models import MODELS
 from ltsam.optim import STEPS
 from ltsam.optim.steps import step_run_name
 from ltsam.registry import Option
@@ -306,9 +307,12 @@ def validate(cfg: TrainConfig) -> None:
     method = METHODS.get(cfg.method)
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
-        archs = method.archs()
-        if cfg.arch not in archs:
-            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(archs))}")
+        if not method.accepts_arch(cfg.arch):
+            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(method.archs()))}")
+        MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
+    if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:
+        raise UserError(f"--tune {cfg.tune} fine-tunes part of a pretrained backbone (--arch timm:NAME); "
+                        f"--arch {cfg.arch} trains whole (drop --tune)")
     method.validate(cfg)
     _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):

@@ -22,7 +22,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.losses import LOSSES, has_per_sample
-from ltsam.models import MODELS, build_model
+from ltsam.models import MODELS, arch_options, build_model
 from ltsam.objectives import supervised_objective
 from ltsam.optim import STEPS, Step, build_step
 from ltsam.registry import Registry, Settings
@@ -63,17 +63,27 @@ class Method:
 
     @classmethod
     def archs(cls) -> tuple[str, ...]:
-        return MODELS.names()
+        """The architectures it accepts, a family as ``prefix:NAME`` (for messages)."""
+        return MODELS.choices()
+
+    @classmethod
+    def accepts_arch(cls, name: str) -> bool:
+        return name in MODELS
 
     @classmethod
     def model_meta(cls, cfg: Settings, data: LTData) -> dict[str, Any]:
-        """What a checkpoint records to rebuild the model (``build_model`` reads it back)."""
-        return dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
+        """What a checkpoint records to rebuild the model (``build_model`` reads it back): plain data; an
+        architecture with options (``timm:``) adds their values as ``arch_options``."""
+        meta = dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
                     in_channels=data.in_channels)
+        options = arch_options(cfg.arch, cfg)
+        return dict(meta, arch_options=options) if options else meta
 
     @classmethod
-    def build_model(cls, meta: dict[str, Any]) -> nn.Module:
-        return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"])
+    def build_model(cls, meta: dict[str, Any], weights: bool = False) -> nn.Module:
+        """The model ``meta`` describes; ``weights``: with the pretrained weights its options name (a new run)."""
+        return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"],
+                           meta.get("arch_options"), weights)
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -93,7 +103,8 @@ class Method:
         """The configured ``--optimizer`` step over the model's parameters (SGD when rho is 0 everywhere)."""
         cfg = self.ctx.cfg
         name = cfg.optimizer if cfg.uses_sam else "sgd"
-        step = build_step(name, self.ctx.model.parameters() if params is None else params, lr=cfg.lr,
+        trainable = [p for p in self.ctx.model.parameters() if p.requires_grad]  # --tune froze the others
+        step = build_step(name, trainable if params is None else params, lr=cfg.lr,
                           momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho, adaptive=cfg.adaptive,
                           autocast=self.ctx.autocast, scaler=self.ctx.scaler if scaled else None, config=cfg,
                           cls_num_list=self.ctx.data.cls_num_list, seed=cfg.seed)

@@ -11,6 +11,11 @@ of the options are all read from the registries, so a name is typed once, where 
     @LOSSES.register("la", help="logit-adjusted CE", options=[Option("la_tau", float, 1.0, "its tau")])
     class LogitAdjusted(nn.Module): ...
 
+A *family* (``add_family``) is one entry standing for every name under a prefix: ``timm:NAME`` is any
+model timm can build. Looking up ``timm:resnet18`` gives an entry made for that member by the family's
+maker, with the family's help, options and facts, so a family's choices live in the library that
+defines them and are never listed here.
+
 Entries registered from a user's own module (``ltsam train --plugin mypkg.mylosses``, or the
 ``ltsam.plugins`` entry-point group of an installed package) are used exactly like the built-in ones.
 """
@@ -56,6 +61,7 @@ class Option:
     nargs: int | None = None
     metavar: tuple[str, ...] | str | None = None
     param: str | None = None  # the keyword the entry's object takes, when it is not ``name``
+    keep_case: bool = False  # a str option whose value is not lower-cased (a file path)
 
     @property
     def flag(self) -> str:
@@ -84,6 +90,7 @@ class Registry(Generic[T]):
         self.kind, self.key = kind, key
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
+        self._families: dict[str, Entry[Callable[[str], T]]] = {}
 
     @property
     def flag(self) -> str:
@@ -113,8 +120,25 @@ class Registry(Generic[T]):
         self._entries[key] = Entry(key, obj, help, tuple(options), dict(meta))
         return obj
 
+    def add_family(self, prefix: str, make: Callable[[str], T], *, help: str = "", options: Sequence[Option] = (),
+                   **meta: Any) -> None:
+        """Register every name ``prefix:MEMBER``: ``make(MEMBER)`` gives the member's object (and raises a
+        UserError for a member the family does not have). The member keeps its case (a library's names)."""
+        key = prefix.lower()
+        if key in self._entries or ":" in key:
+            raise ValueError(f"{self.kind} family {key!r} clashes with a registered name or holds ':'")
+        self._families[key] = Entry(key, make, help, tuple(options), dict(meta))
+
+    def family(self, name: str) -> Entry[Callable[[str], T]] | None:
+        """The family entry ``name`` (``prefix:MEMBER``) belongs to, or None."""
+        prefix, sep, member = str(name).partition(":")
+        return self._families.get(prefix.lower()) if sep and member else None
+
+    def families(self) -> tuple[str, ...]:
+        return tuple(self._families)
+
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._key(name) in self._entries
+        return isinstance(name, str) and (self._key(name) in self._entries or self.family(name) is not None)
 
     def _key(self, name: str) -> str:
         key = str(name).lower()
@@ -127,7 +151,12 @@ class Registry(Generic[T]):
         return len(self._entries)
 
     def names(self) -> tuple[str, ...]:
+        """The registered names (a family's members are not listed: see :meth:`choices`)."""
         return tuple(self._entries)
+
+    def choices(self) -> tuple[str, ...]:
+        """The names and, for each family, its ``prefix:NAME`` pattern (for messages and help)."""
+        return self.names() + tuple(f"{p}:NAME" for p in self._families)
 
     def entries(self) -> tuple[Entry[T], ...]:
         return tuple(self._entries.values())
@@ -135,9 +164,13 @@ class Registry(Generic[T]):
     def entry(self, name: str) -> Entry[T]:
         """The entry of ``name``; an unknown name is a UserError that lists the choices."""
         key = self._key(name)
-        if key not in self._entries:
-            raise UserError(f"unknown {self.flag} {name!r}; choose one of {', '.join(self._entries)}")
-        return self._entries[key]
+        if key in self._entries:
+            return self._entries[key]
+        family = self.family(name)
+        if family is not None:
+            prefix, _, member = str(name).partition(":")
+            return Entry(f"{family.name}:{member}", family.obj(member), family.help, family.options, family.meta)
+        raise UserError(f"unknown {self.flag} {name!r}; choose one of {', '.join(self.choices())}")
 
     def get(self, name: str) -> T:
         return self.entry(name).obj
@@ -147,6 +180,8 @@ class Registry(Generic[T]):
         groups: dict[str, list[str]] = {}
         for e in self._entries.values():
             groups.setdefault(e.help, []).append(e.name)
+        for f in self._families.values():
+            groups.setdefault(f.help, []).append(f"{f.name}:NAME")
         return "; ".join(f"{', '.join(names)} ({h})" if h else ", ".join(names) for h, names in groups.items())
 
     def remove(self, name: str) -> None:
@@ -156,8 +191,9 @@ class Registry(Generic[T]):
     def options(self) -> tuple[Option, ...]:
         """Every option its entries declare, each name once (entries may share an option)."""
         seen: dict[str, Option] = {}
-        for entry in self._entries.values():
-            for option in entry.options:
+        declared = [e.options for e in self._entries.values()] + [f.options for f in self._families.values()]
+        for options in declared:
+            for option in options:
                 seen.setdefault(option.name, option)
         return tuple(seen.values())
 

@@ -368,6 +368,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def model_from_meta(meta: dict[str, Any]) -> nn.Module:
-    """The architecture a checkpoint's ``model_meta`` describes (a method's models carry its heads)."""
-    return METHODS.get(meta.get("method", "erm")).build_model(meta)
+def model_from_meta(meta: dict[str, Any], weights: bool = False) -> nn.Module:
+    """The architecture a checkpoint's ``model_meta`` describes (a method's models carry its heads);
+    ``weights``: with the pretrained weights it names (a new run; a checkpoint brings its own)."""
+    return METHODS.get(meta.get("method", "erm")).build_model(meta, weights=weights)

@@ -38,7 +38,7 @@ def _option_flags(p: argparse.ArgumentParser, title: str, options) -> None:
         return
     g = p.add_argument_group(title)
     for o in options:
-        kind = lower if o.type is str else (flag_bool if o.type is bool else o.type)
+        kind = lower if o.type is str and not o.keep_case else (flag_bool if o.type is bool else o.type)
         # A bool option is a switch: the flag alone means true (``--flag false`` also works).
         switch = dict(nargs="?", const=True) if o.type is bool and o.nargs is None else dict(nargs=o.nargs)
         g.add_argument(*(o.flags or (o.flag,)), dest=o.name, type=kind, metavar=o.metavar,
@@ -62,7 +62,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-list", help="list file of training images (ImageNet-LT / iNat)")
     g.add_argument("--test-list", help="list file of test images (ImageNet-LT / iNat)")
     g.add_argument("--shot-split", type=lower, help="counts (>100/20-100/<20 images) or index (reference ranges)")
-    g.add_argument("--norm", type=lower, help="normalisation constants: cifar, imagenet or data")
+    g.add_argument("--norm", type=lower, help="normalisation constants: cifar, imagenet, data, or none (pixels in "
+                                            "[0, 1]: what pretrained backbones get, which normalise their own input)")
     g.add_argument("--lt-generator", type=lower, help="standard (the paper's image selection) or glmc (GLMC's)")
     g.add_argument("--val-per-class", type=int, metavar="N",
                    help="hold out N images per class for validation, evaluated every epoch (CIFAR/digits: from the "

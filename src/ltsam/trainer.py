@@ -44,7 +44,7 @@ class Trainer(ProgressAttributes):
         self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)
-        self.model = model_from_meta(self.meta).to(self.device)
+        self.model = model_from_meta(self.meta, weights=not resume).to(self.device)  # resuming: last.pt's
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":

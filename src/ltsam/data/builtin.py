@@ -27,12 +27,19 @@ NORMS = {
 }
 
 
+# ``none``: pixels handed over in [0, 1], for models that normalise their own input (pretrained backbones).
+NO_NORM = "none"
+
+
 def _norm(name: str, train: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == NO_NORM:
+        channels = int(train.images.shape[1])
+        return torch.zeros(channels), torch.ones(channels)
     if name == "data":
         x = train.images.double() / 255.0
         return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
     if name not in NORMS:
-        raise UserError(f"unknown --norm {name!r}; choose one of {', '.join([*NORMS, 'data'])}")
+        raise UserError(f"unknown --norm {name!r}; choose one of {', '.join([*NORMS, 'data', NO_NORM])}")
     mean, std = NORMS[name]
     if len(mean) != train.images.shape[1]:
         raise UserError(f"--norm {name} is for {len(mean)}-channel images, these have "
@@ -143,9 +150,14 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
     order = torch.argsort(torch.from_numpy(mapping))  # new label -> original id
     classes = [str(int(old)) for old in order]
     norm_name = norm or ("imagenet" if dataset == "imagenet_lt" else "inat")
-    if norm_name not in NORMS or len(NORMS[norm_name][0]) != 3:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    if norm_name == NO_NORM:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    elif norm_name not in NORMS or len(NORMS[norm_name][0]) != 3:
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
-    mean, std = NORMS[norm_name]
+    else:
+        mean, std = NORMS[norm_name]
     data = StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
                            mean, std, image_size, train.origins, test.origins)
     n = val_count(req.val_per_class, req.val_fraction, counts) if req is not None else 0

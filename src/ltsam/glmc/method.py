@@ -65,11 +65,15 @@ class GLMCMethod(Method):
         return MODELS.names() + GLMC_ARCHS.names()
 
     @classmethod
+    def accepts_arch(cls, name: str) -> bool:
+        return name in cls.archs()  # GLMC's heads need a backbone of ltsam's own (no timm: family)
+
+    @classmethod
     def model_meta(cls, cfg: Settings, data: LTData) -> dict[str, Any]:
         return dict(super().model_meta(cfg, data), method="glmc")
 
     @classmethod
-    def build_model(cls, meta: dict[str, Any]) -> nn.Module:
+    def build_model(cls, meta: dict[str, Any], weights: bool = False) -> nn.Module:
         return build_glmc_model(meta["arch"], meta["num_classes"], meta["in_channels"])
 
     def __init__(self, ctx: MethodContext):

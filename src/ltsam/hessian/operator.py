@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ltsam.hessian.batchnorm import batchnorm_as_affine
 
@@ -92,7 +93,8 @@ class HessianOperator:
         tangents = self._split(rows)
         out = torch.zeros_like(rows)
         context = batchnorm_as_affine(self.model) if self.affine_batchnorm else nullcontext()
-        with context:
+        # Attention (ViTs) through the math kernel: the fused ones have no second derivative.
+        with context, sdpa_kernel([SDPBackend.MATH]):
             for products, weight in self._batch_products(tangents):
                 out.add_(self._flatten(products), alpha=weight)
         self.passes += 1

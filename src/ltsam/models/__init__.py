@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from ltsam.models.normed_linear import NormedLinear
+from ltsam.models.pretrained import timm_models
 from ltsam.models.resnet_cifar import DEPTHS, ResNetCifar, resnet_cifar
 from ltsam.models.small_cnn import SmallCNN
 from ltsam.models.torchvision_resnets import BUILDERS as TV_BUILDERS
 from ltsam.models.torchvision_resnets import TorchvisionResNet
 from ltsam.registry import Registry
 
-ModelFactory = Callable[[int, bool, int], nn.Module]
+ModelFactory = Callable[..., nn.Module]
 
 MODELS: Registry[ModelFactory] = Registry("model", "arch")
-"""Architectures by name: ``obj(num_classes, use_norm, in_channels) -> nn.Module`` (``use_norm``: cosine head)."""
+"""Architectures by name: ``obj(num_classes, use_norm, in_channels) -> nn.Module`` (``use_norm``: cosine head).
+An entry with options (the ``timm:`` family) also takes them as keywords, and ``weights`` (load its
+pretrained weights: a new run; False: the architecture only, for a checkpoint's weights)."""
 
 
 def _cifar_resnet(depth: str) -> ModelFactory:
@@ -33,11 +37,24 @@ MODELS.add("small_cnn", lambda num_classes, use_norm, in_channels: SmallCNN(num_
            help="small CNN for the digits demo", cpu_threads=1)  # tiny kernels: one thread is fastest
 for _name in TV_BUILDERS:
     MODELS.add(_name, _torchvision_resnet(_name), help="torchvision")
+MODELS.add_family("timm", timm_models.timm_factory, help="any timm model, pretrained; the ltsam[pretrained] extra",
+                  options=timm_models.OPTIONS, resolve=timm_models.resolve, pretrained=True)
 
 
-def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3) -> nn.Module:
-    """Create a model by registry name; ``use_norm`` selects the cosine head (used with LDAM)."""
-    return MODELS.get(arch)(num_classes, use_norm, in_channels)
+def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3,
+                options: dict[str, Any] | None = None, weights: bool = False) -> nn.Module:
+    """Create a model by registry name; ``use_norm`` selects the cosine head (used with LDAM). ``options``: the
+    entry's option values (``arch_options`` of a checkpoint's meta); ``weights``: load pretrained weights."""
+    entry = MODELS.entry(arch)
+    if not entry.options:
+        return entry.obj(num_classes, use_norm, in_channels)
+    return entry.obj(num_classes, use_norm, in_channels, **(options or {}), weights=weights)
 
 
-__all__ = ["MODELS", "NormedLinear", "ResNetCifar", "SmallCNN", "TorchvisionResNet", "build_model", "resnet_cifar"]
+def arch_options(arch: str, config: Any) -> dict[str, Any]:
+    """The option values of ``arch``'s entry in ``config`` (plain data, for a checkpoint's ``model_meta``)."""
+    return {o.name: getattr(config, o.name, o.default) for o in MODELS.entry(arch).options}
+
+
+__all__ = ["MODELS", "NormedLinear", "ResNetCifar", "SmallCNN", "TorchvisionResNet", "arch_options", "build_model",
+           "resnet_cifar"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ltsam.errors import UserError
 from ltsam.losses import LOSSES
+from ltsam.models import MODELS
 from ltsam.optim import STEPS
 from ltsam.optim.frequency import OPTIONS as FREQUENCY_OPTIONS
 from ltsam.rules import TRAIN_RULES
@@ -54,6 +55,10 @@ def refuse_unpackable(cfg: TrainConfig) -> None:
     if cfg.method != "erm":
         raise UserError(f"--method {cfg.method} does not pack yet: packs train the losses and rules of `--method "
                         f"erm`; train the {cfg.method} runs one by one (without --seeds or --pack)")
+    if cfg.arch is not None and MODELS.family(cfg.arch) is not None:
+        raise UserError(f"--arch {cfg.arch} does not pack yet (a pack builds its members from ltsam's own "
+                        f"architectures, without pretrained weights); train the seeds one by one (without --seeds "
+                        f"or --pack)")
     name = step_name(cfg)
     if not STEPS.entry(name).meta.get("packs"):
         packing = ", ".join(n for n in STEPS.names() if STEPS.entry(n).meta.get("packs"))

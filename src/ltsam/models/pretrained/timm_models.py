@@ -1,0 +1,118 @@
+"""``--arch timm:NAME``: any model timm builds, its head replaced for the data set's classes.
+
+Weights (``--pretrained``) come through timm's own loader: ``hub`` (timm's default source for NAME, a
+``.tag`` in NAME picks one), a local file (a ``torch.save`` state dict, read with ``weights_only=True``, or a
+``.safetensors`` file) or a folder timm can read, or ``none`` (random initialisation). Only a new run loads
+them: a checkpoint rebuilds the architecture (with its ``--tune`` layers) and then loads its own weights, so
+``eval``, ``hessian``, ``finetune`` and ``--resume`` need no network and no weights file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ltsam.errors import UserError
+from ltsam.models.normed_linear import NormedLinear
+from ltsam.models.pretrained.extras import require
+from ltsam.models.pretrained.net import PretrainedNet
+from ltsam.models.pretrained.tuning import ALL_LINEAR, TUNE_MODES, apply_tune
+from ltsam.registry import Option, Settings
+
+HUB, NONE = "hub", "none"
+
+OPTIONS = (
+    Option("pretrained", str, HUB, "pretrained weights of a timm: model: hub (timm's own source; needs network "
+           "once, then its cache), none (random initialisation), or PATH (a state-dict .pt / .safetensors "
+           "file, or a folder timm reads)", keep_case=True, metavar="hub|none|PATH"),
+    Option("tune", str, "full", "what trains: full, linear (the new head on a frozen backbone), bias (biases + "
+           "head), lora (LoRA layers + head; peft)", choices=TUNE_MODES),
+    Option("lora_rank", int, 8, "LoRA rank r", minimum=1),
+    Option("lora_alpha", float, 16.0, "LoRA alpha (the update is scaled by alpha / r)", minimum=0.0),
+    Option("lora_targets", str, ALL_LINEAR, "layers LoRA adapts: all-linear (every linear layer but the head) or "
+           "comma-separated module names (qkv,proj,fc1,fc2)", keep_case=True),
+    Option("input_size", int, None, "the model's input size in pixels (default: its pretrained config's); "
+           "images are resized to it on the device", minimum=1),
+)
+
+
+def _timm(member: str) -> Any:
+    timm = require("timm", f"--arch timm:{member}")
+    if not timm.is_model(member):
+        raise UserError(f"timm has no model {member!r}; list them with: python -c \"import timm; "
+                        f"print(timm.list_models('*{member.partition('.')[0][:12]}*'))\"")
+    return timm
+
+
+def _create(timm: Any, member: str, num_classes: int, pretrained: str, input_size: int | None,
+            weights: bool) -> nn.Module:
+    kw: dict[str, Any] = dict(num_classes=num_classes)
+    if input_size is not None and _fixed_size(timm, member):
+        kw["img_size"] = input_size  # position embeddings sized for it (ViTs); others take any size
+    if not weights or pretrained == NONE:
+        return timm.create_model(member, pretrained=False, **kw)
+    if pretrained == HUB:
+        try:
+            return timm.create_model(member, pretrained=True, **kw)
+        except (OSError, ConnectionError, TimeoutError) as exc:  # hub unreachable, not cached
+            raise UserError(f"cannot fetch timm:{member}'s pretrained weights ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}); "
+                            f"without network pass --pretrained PATH (a state-dict .pt / .safetensors file) or "
+                            f"--pretrained none") from None
+    path = Path(pretrained).expanduser()
+    if not path.exists():
+        raise UserError(f"--pretrained {pretrained}: no such file or folder; give hub, none, or a weights file")
+    overlay = dict(source="local-dir", file=str(path)) if path.is_dir() else dict(file=str(path))
+    try:
+        return timm.create_model(member, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--pretrained {pretrained}: not weights of timm:{member} ({first})") from None
+
+
+def _fixed_size(timm: Any, member: str) -> bool:
+    cfg = timm.models.get_pretrained_cfg(member) or timm.models.get_pretrained_cfg(member.partition(".")[0])
+    return bool(getattr(cfg, "fixed_input_size", False))
+
+
+def _cosine_head(net: nn.Module, path: str, num_classes: int) -> None:
+    old = net.get_submodule(path)
+    if not isinstance(old, nn.Linear):
+        raise UserError(f"the cosine head (--head cosine, LDAM) replaces a linear classifier; this model's {path} is "
+                        f"a {type(old).__name__}; use --head linear")
+    parent, _, leaf = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, leaf, NormedLinear(old.in_features, num_classes))
+
+
+def timm_factory(member: str) -> Any:
+    """The model factory of ``timm:member`` (checked now: timm importable, the name known to it)."""
+    timm = _timm(member)
+
+    def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
+              lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
+              input_size: int | None = None, weights: bool = False) -> nn.Module:
+        net = _create(timm, member, num_classes, pretrained, input_size, weights)
+        data = timm.data.resolve_data_config(model=net)
+        head = getattr(net, "pretrained_cfg", {}).get("classifier", "head")
+        head = head[0] if isinstance(head, (tuple, list)) else head
+        if use_norm:
+            _cosine_head(net, head, num_classes)
+        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets)
+        size = input_size or int(data["input_size"][-1])
+        return PretrainedNet(net, head, size, str(data.get("interpolation", "bilinear")), data["mean"],
+                             data["std"], frozen_eval=tune == "linear")
+
+    return build
+
+
+def resolve(cfg: Settings) -> None:
+    """A pretrained model normalises its own input: the data hands it pixels in [0, 1]."""
+    if cfg.norm not in (None, "none"):
+        raise UserError(f"--arch {cfg.arch} normalises its input with its own mean and std; drop --norm {cfg.norm}")
+    cfg.norm = "none"
+    if cfg.tune not in TUNE_MODES:
+        raise UserError(f"unknown --tune {cfg.tune!r}; choose one of {', '.join(TUNE_MODES)}")
+    if cfg.tune == "lora":
+        require("peft", "--tune lora")  # before the run folder is made
