@@ -183,6 +183,15 @@ def test_text_head_is_the_prompts_normalised_text_features(tmp_path, suffix):
         logits = model(x)
     zero_shot = (image / image.norm(dim=-1, keepdim=True)) @ text.T
     assert torch.allclose(logits, zero_shot, rtol=0, atol=rtol(torch.float32, 64, 12))
+    if suffix == ".pt":  # --resume keeps the checkpoint's head: the text initialisation is a new run's only
+        trainer = Trainer(cfg, tmp_path / "run", progress=False)
+        with torch.no_grad():
+            trainer.model.net.head.weight.mul_(-1.0)
+        trainer.fit()
+        resumed = Trainer(resolve(BASE | dict(pretrained=str(path), head_init="text", use_norm=True, epochs=2)),
+                          tmp_path / "run", resume=True, progress=False)
+        assert torch.equal(resumed.model.net.head.weight, trainer.model.net.head.weight)
+        assert not torch.allclose(resumed.model.net.head.weight.detach().T, text, atol=1e-3)
 
 
 def test_names_resolve_without_case_and_hub_tags():
@@ -212,3 +221,34 @@ def test_refusals_are_one_line(tmp_path, capsys, flags, says):
     assert len(err.splitlines()) == 1 and says in err, err
     if "hub" in flags:
         assert "Network is unreachable" in err and "'openai'" in err
+
+
+def test_missing_open_clip_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails as if not installed
+    assert main([*ARGV, "--arch", ARCH, "--pretrained", "none", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'ltsam[pretrained]'" in err and "open_clip" in err
+
+
+def test_hessian_of_a_lora_clip_tower_takes_the_trainable_parameters():
+    """``ltsam hessian`` through the parametrized attention LoRA: the operator's dimension is the trainable
+    parameters', and the two backends agree in float64."""
+    from ltsam.hessian.operator import HessianOperator
+    from ltsam.models import build_model
+
+    torch.manual_seed(0)
+    options = dict(pretrained="none", tune="lora", lora_rank=2, lora_alpha=4.0, lora_targets="all-linear",
+                   input_size=None, head_init="random")
+    model = build_model(ARCH, 10, False, 1, options=options).double().eval()
+    batches = [(torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.arange(6) % 10)]
+    ops = [HessianOperator(model, torch.nn.functional.cross_entropy, batches, backend=b)
+           for b in ("double_backward", "forward_over_reverse")]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert ops[0].dim == sum(p.numel() for p in trainable) < sum(p.numel() for p in model.parameters())
+    v = torch.randn(ops[0].dim, dtype=torch.float64)
+    hv, hv_fwd = (op.matvec(v) for op in ops)
+    assert hv.abs().max() > 0
+    # float64, one network's forward and two derivative passes: ~3 x 12 stages of sums of <= 100 terms
+    assert torch.allclose(hv, hv_fwd, rtol=0, atol=rtol(torch.float64, 100, 36) * float(hv.abs().max()))
