@@ -311,8 +311,11 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(method.archs()))}")
         MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
     if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:
-        raise UserError(f"--tune {cfg.tune} fine-tunes part of a pretrained backbone (--arch timm:NAME); "
+        raise UserError(f"--tune {cfg.tune} fine-tunes part of a pretrained backbone (--arch timm:NAME, clip:NAME); "
                         f"--arch {cfg.arch} trains whole (drop --tune)")
+    if getattr(cfg, "head_init", "random") != "random" and not str(cfg.arch or "").startswith("clip:"):
+        raise UserError(f"--head-init {cfg.head_init} embeds class names with a CLIP text tower (--arch clip:NAME); "
+                        f"--arch {cfg.arch} has none (drop --head-init)")
     method.validate(cfg)
     _check_numbers(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):

@@ -74,7 +74,8 @@ class Method:
     def model_meta(cls, cfg: Settings, data: LTData) -> dict[str, Any]:
         """What a checkpoint records to rebuild the model (``build_model`` reads it back): plain data; an
         architecture with options (``timm:``) adds their values as ``arch_options``."""
-        meta = dict(arch=cfg.arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
+        arch = MODELS.entry(cfg.arch).name if MODELS.family(cfg.arch) else cfg.arch  # clip:ViT-B-16, open_clip's case
+        meta = dict(arch=arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
                     in_channels=data.in_channels)
         options = arch_options(cfg.arch, cfg)
         return dict(meta, arch_options=options) if options else meta

@@ -123,7 +123,8 @@ class Registry(Generic[T]):
     def add_family(self, prefix: str, make: Callable[[str], T], *, help: str = "", options: Sequence[Option] = (),
                    **meta: Any) -> None:
         """Register every name ``prefix:MEMBER``: ``make(MEMBER)`` gives the member's object (and raises a
-        UserError for a member the family does not have). The member keeps its case (a library's names)."""
+        UserError for a member the family does not have). The member keeps its case (a library's names); a
+        made object with a ``member`` attribute names the entry by it (the library's canonical spelling)."""
         key = prefix.lower()
         if key in self._entries or ":" in key:
             raise ValueError(f"{self.kind} family {key!r} clashes with a registered name or holds ':'")
@@ -169,7 +170,9 @@ class Registry(Generic[T]):
         family = self.family(name)
         if family is not None:
             prefix, _, member = str(name).partition(":")
-            return Entry(f"{family.name}:{member}", family.obj(member), family.help, family.options, family.meta)
+            made = family.obj(member)
+            member = getattr(made, "member", member)  # the library's own spelling, where the maker gives one
+            return Entry(f"{family.name}:{member}", made, family.help, family.options, family.meta)
         raise UserError(f"unknown {self.flag} {name!r}; choose one of {', '.join(self.choices())}")
 
     def get(self, name: str) -> T:

@@ -21,6 +21,7 @@ from ltsam.evaluate import evaluate
 from ltsam.faults import fault_point
 from ltsam.methods import METHODS, MethodContext
 from ltsam.metrics import index_groups
+from ltsam.models import MODELS
 from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state, training_checkpoint
 from ltsam.run.health import check_finite
 from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
@@ -44,7 +45,11 @@ class Trainer(ProgressAttributes):
         self.val_size = int(getattr(self.data, "val_size", 0))  # a plugin's data set may have no split
         method = METHODS.get(cfg.method)
         self.meta = method.model_meta(cfg, self.data)
-        self.model = model_from_meta(self.meta, weights=not resume).to(self.device)  # resuming: last.pt's
+        model = model_from_meta(self.meta, weights=not resume)  # resuming: last.pt's
+        init_model = MODELS.entry(cfg.arch).meta.get("init_model") if cfg.arch and cfg.arch in MODELS else None
+        if init_model is not None and not resume:  # a new run's model finished from the data (clip's text head)
+            init_model(model, cfg, list(self.data.classes))
+        self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ltsam.models.normed_linear import NormedLinear
-from ltsam.models.pretrained import timm_models
+from ltsam.models.pretrained import clip_models, timm_models
 from ltsam.models.resnet_cifar import DEPTHS, ResNetCifar, resnet_cifar
 from ltsam.models.small_cnn import SmallCNN
 from ltsam.models.torchvision_resnets import BUILDERS as TV_BUILDERS
@@ -20,7 +20,8 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "arch")
 """Architectures by name: ``obj(num_classes, use_norm, in_channels) -> nn.Module`` (``use_norm``: cosine head).
 An entry with options (the ``timm:`` family) also takes them as keywords, and ``weights`` (load its
-pretrained weights: a new run; False: the architecture only, for a checkpoint's weights)."""
+pretrained weights: a new run; False: the architecture only, for a checkpoint's weights). A registration's
+``init_model(model, cfg, class_names)`` hook finishes a new run's model (the ``clip:`` text head)."""
 
 
 def _cifar_resnet(depth: str) -> ModelFactory:
@@ -39,6 +40,9 @@ for _name in TV_BUILDERS:
     MODELS.add(_name, _torchvision_resnet(_name), help="torchvision")
 MODELS.add_family("timm", timm_models.timm_factory, help="any timm model, pretrained; the ltsam[pretrained] extra",
                   options=timm_models.OPTIONS, resolve=timm_models.resolve, pretrained=True)
+MODELS.add_family("clip", clip_models.clip_factory, help="an open_clip image tower (ViT-B-16, RN50), pretrained; the "
+                  "ltsam[pretrained] extra", options=clip_models.OPTIONS, resolve=clip_models.resolve,
+                  init_model=clip_models.init_model, pretrained=True)
 
 
 def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3,

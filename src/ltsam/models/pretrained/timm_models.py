@@ -24,9 +24,10 @@ from ltsam.registry import Option, Settings
 HUB, NONE = "hub", "none"
 
 OPTIONS = (
-    Option("pretrained", str, HUB, "pretrained weights of a timm: model: hub (timm's own source; needs network "
-           "once, then its cache), none (random initialisation), or PATH (a state-dict .pt / .safetensors "
-           "file, or a folder timm reads)", keep_case=True, metavar="hub|none|PATH"),
+    Option("pretrained", str, HUB, "pretrained weights of a timm: or clip: model: hub (the library's own source; "
+           "needs network once, then its cache; clip: open_clip's tag openai, else the model's first tag), none "
+           "(random initialisation), PATH (a state-dict .pt / .safetensors file; timm: also a folder it reads), "
+           "or an open_clip TAG (clip: laion2b_s34b_b88k)", keep_case=True, metavar="hub|none|PATH|TAG"),
     Option("tune", str, "full", "what trains: full, linear (the new head on a frozen backbone), bias (biases + "
            "head), lora (LoRA layers + head; peft)", choices=TUNE_MODES),
     Option("lora_rank", int, 8, "LoRA rank r", minimum=1),

@@ -1,14 +1,25 @@
 """``--tune``: which parameters of a pretrained model train.
 
 ``full`` every parameter; ``linear`` the new head only (the backbone frozen, and kept in eval mode by
-``PretrainedNet``); ``bias`` every bias and the head (BitFit); ``lora`` low-rank updates of linear layers
-through Hugging Face peft (W x + (alpha / r) B A x, A: r x in, B: out x r, B starting at zero) and the head.
+``PretrainedNet``); ``bias`` every bias (``*.bias``, ``*_bias``) and the head (BitFit); ``lora`` low-rank updates
+of linear layers through Hugging Face peft (W x + (alpha / r) B A x, A: r x in, B: out x r, B starting at zero)
+and the head.
 Frozen parameters get ``requires_grad = False``: the optimizer and SAM are handed only the others.
+
+``nn.MultiheadAttention`` (open_clip's ViTs) has no linear layer peft can wrap: its forward reads
+``in_proj_weight`` and ``out_proj.weight`` directly. peft's own MultiheadAttention LoRA merges the update into
+those weights before each forward and subtracts it after, which drifts the frozen weights by round-off and
+replaces their Parameter objects every call; ltsam adapts them instead with a parametrization
+(``torch.nn.utils.parametrize``): the weight read is W + (alpha / r) B A, W itself untouched.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ltsam.errors import UserError
 from ltsam.models.pretrained.extras import require
@@ -20,8 +31,10 @@ ALL_LINEAR = "all-linear"
 def lora_targets(net: nn.Module, head: str, targets: str) -> list[str]:
     """The modules LoRA adapts: ``all-linear`` (every ``nn.Linear`` but the head), or the modules whose name
     is, or ends with, one of the comma-separated ``targets`` (``qkv,proj``)."""
-    if targets == ALL_LINEAR:
-        names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and n != head]
+    if targets == ALL_LINEAR:  # nn.MultiheadAttention (open_clip's ViTs): its in_proj and out_proj (lora_attention)
+        attention = [n for n, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        names = attention + [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and n != head
+                             and not any(n.startswith(a + ".") for a in attention)]  # out_proj: inside the MHA
     else:
         wanted = [t.strip() for t in targets.split(",") if t.strip()]
         names = [n for n, m in net.named_modules() if n and n != head
@@ -30,6 +43,31 @@ def lora_targets(net: nn.Module, head: str, targets: str) -> list[str]:
         raise UserError(f"--lora-targets {targets}: no layer of this model to adapt; name its linear or conv "
                         f"layers (e.g. qkv,proj,fc1,fc2 for a ViT)")
     return names
+
+
+class LoRADelta(nn.Module):
+    """A parametrization ``W -> W + (alpha / r) B A`` (A: r x in, Kaiming-uniform as peft's; B: out x r, zero)."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, alpha: float):
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, dtype=weight.dtype, device=weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scaling * (self.lora_B @ self.lora_A)
+
+
+def lora_attention(attn: nn.MultiheadAttention, rank: int, alpha: float) -> None:
+    """LoRA on an attention layer's packed q/k/v projection and its output projection, in place."""
+    if not attn._qkv_same_embed_dim:
+        raise UserError("--tune lora: an attention layer with separate q/k/v sizes is not supported; name its other "
+                        "layers in --lora-targets")
+    parametrize.register_parametrization(attn, "in_proj_weight", LoRADelta(attn.in_proj_weight, rank, alpha))
+    out = attn.out_proj
+    parametrize.register_parametrization(out, "weight", LoRADelta(out.weight, rank, alpha))
 
 
 def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0,
@@ -42,14 +80,22 @@ def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_al
     head_params = {id(p) for p in net.get_submodule(head).parameters()}
     if mode == "lora":
         peft = require("peft", "--tune lora")
-        config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                 target_modules=lora_targets(net, head, targets), bias="none")
-        net = peft.inject_adapter_in_model(config, net)
+        names = lora_targets(net, head, targets)
+        attention = [n for n in names if isinstance(net.get_submodule(n), nn.MultiheadAttention)]
+        inside = [n for n in names if any(n.startswith(a + ".") for a in attention)]  # out_proj: done with its MHA
+        for name in attention:
+            lora_attention(net.get_submodule(name), lora_rank, lora_alpha)  # type: ignore[arg-type]
+        others = [n for n in names if n not in attention and n not in inside]
+        if others:
+            config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=others,
+                                     bias="none")
+            net = peft.inject_adapter_in_model(config, net)
     for name, p in net.named_parameters():
         if mode == "linear":
             train = id(p) in head_params
         elif mode == "bias":
-            train = id(p) in head_params or name.rpartition(".")[2] == "bias"
+            leaf = name.rpartition(".")[2]  # open_clip's attention: in_proj_bias
+            train = id(p) in head_params or leaf == "bias" or leaf.endswith("_bias")
         else:
             train = id(p) in head_params or "lora_" in name
         p.requires_grad_(train)
