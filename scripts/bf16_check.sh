@@ -4,7 +4,9 @@
 # stopped after $EPOCHS epochs. Six runs, one thread each, one after another:
 #   {ce_sgd, ldam_drw_sam} x {fp32_s0, fp32_s1, bf16cl_s0}
 # The runs advance in rounds of $CHUNK epochs (ltsam train --stop-after, then --resume), so that wherever the check
-# is stopped all six have the same number of epochs. Then scripts/bf16_table.py prints the per-epoch test top-1.
+# is stopped all six have about the same number of epochs; run again (with the same or a larger EPOCHS), it continues
+# each run from the epochs its metrics.jsonl holds. After each round scripts/bf16_table.py writes the per-epoch test
+# top-1 to $OUT/table.md.
 #
 # Environment:
 #   DATA_ROOT=            (required) the extracted copy: ROOT/train/<class>/*.jpg, ROOT/test/<class>/*.jpg
@@ -40,13 +42,16 @@ declare -A METHOD=([ce_sgd]="--loss ce --optimizer sgd" [ldam_drw_sam]="--loss l
 declare -A PREC=([fp32_s0]="--seed 0" [fp32_s1]="--seed 1" [bf16cl_s0]="--seed 0 --amp bf16 --channels-last")
 say "$ARCH, $EPOCHS epochs of the 200-epoch schedule in rounds of $CHUNK, $THREADS thread(s); $(nproc --all) CPUs"
 status=0
-for (( done=0; done < EPOCHS; done += CHUNK )); do
-    n=$(( EPOCHS - done < CHUNK ? EPOCHS - done : CHUNK ))
+epochs_done() { if [[ -f "$1/metrics.jsonl" ]]; then grep -c . "$1/metrics.jsonl"; else echo 0; fi; }
+for (( round=0; round * CHUNK < EPOCHS; round++ )); do
     for m in ce_sgd ldam_drw_sam; do
         for p in fp32_s0 bf16cl_s0 fp32_s1; do
             run="$OUT/${m}_${p}"
+            have=$(epochs_done "$run")
+            n=$(( EPOCHS - have < CHUNK ? EPOCHS - have : CHUNK ))
+            (( n > 0 )) || continue  # a restarted check skips what is done
             t=$(date +%s)
-            if [[ -f "$run/config.json" ]]; then
+            if [[ -f "$run/last.pt" ]]; then
                 # shellcheck disable=SC2086
                 "$PY" -m ltsam train --resume "$run" --stop-after "$n" --threads "$THREADS" --no-compile --no-progress \
                     >> "$run.log" 2>&1 || status=1
@@ -55,7 +60,7 @@ for (( done=0; done < EPOCHS; done += CHUNK )); do
                 "$PY" -m ltsam train "${COMMON[@]}" ${METHOD[$m]} ${PREC[$p]} --out "$run" --overwrite \
                     --stop-after "$n" $TRAIN_ARGS > "$run.log" 2>&1 || status=1
             fi
-            say "${m}_${p}: epochs $(( done + 1 ))-$(( done + n )) in $(( $(date +%s) - t ))s (log $run.log)"
+            say "${m}_${p}: epochs $(( have + 1 ))-$(( have + n )) in $(( $(date +%s) - t ))s (log $run.log)"
         done
     done
     "$PY" scripts/bf16_table.py "$OUT" > "$OUT/table.md" 2>> "$LOG" || status=1
