@@ -1,6 +1,6 @@
 """Training throughput: a reference-style pipeline (a) against ltsam's default path (b), SGD and SAM.
 
-    python benchmarks/train_epoch.py [--steps 20] [--rounds 3] [--no-compile] [--channels-last]
+    python benchmarks/train_epoch.py [--steps 20] [--rounds 3] [--no-compile] [--channels-last] [--amp bf16]
 
 Same process, model (resnet32 with the cosine head, LDAM loss), batch size (128), data and number of
 steps for both. The data are CIFAR-10-LT shaped (imbalance 0.01: 12,406 random uint8 3x32x32 images
@@ -15,7 +15,9 @@ with the exp long-tail counts), generated here, so no files are needed.
 (b) ltsam: ``InMemoryBatchSource`` (the uint8 set on the device, batched crop/flip/normalise),
     the registered step on the supervised objective (lean SAM) and ``torch.compile`` through ``compile_with_fallback``
     wherever the trainer's auto setting would compile a 200-epoch run (always on CUDA; on a CPU
-    from 3000 steps on).
+    from 3000 steps on); with ``--amp bf16`` (b) runs under bf16 autocast as ``ltsam train --amp bf16`` does
+    (parameters, gradients and SAM's perturbation stay fp32), while (a) stays fp32. On a CPU the device line
+    says whether it computes bf16 natively (``ltsam.cpu_features``); where it does not, bf16 is emulated.
 
 Each pipeline warms up first (untimed; for (b) this compiles, including the recompile for the short
 last batch of an epoch and for evaluation, as a real run does), then the four pipelines are timed in
@@ -34,6 +36,7 @@ The last line is ``sam_speedup=<b/a for SAM> sgd_speedup=<b/a for SGD>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -49,7 +52,8 @@ from step_timing import supervised_update  # a sibling script module (python ben
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ltsam.acceleration import compile_with_fallback, should_compile
+from ltsam.acceleration import autocast_context, compile_with_fallback, should_compile
+from ltsam.cpu_features import cpu_bf16_summary
 from ltsam.data.sources import InMemoryBatchSource, eval_batches
 from ltsam.evaluate import evaluate
 from ltsam.losses import LDAMLoss, build_loss
@@ -176,10 +180,10 @@ class LtsamPipeline:
     """ltsam's step on the next ``InMemoryBatchSource`` batch; statistics accumulate on the device."""
 
     def __init__(self, model: nn.Module, net: nn.Module, sam: bool, rho: float, batches: Iterator,
-                 device: torch.device):
+                 device: torch.device, autocast: Callable = contextlib.nullcontext):
         self.model, self.net, self.batches, self.device = model, net, batches, device
         self.step_fn = supervised_update(model, "sam" if sam else "sgd", lr=LR, momentum=MOMENTUM, wd=WD,
-                                         rho=rho)
+                                         rho=rho, autocast=autocast)
         self.criterion = build_loss("ldam", COUNTS).to(device)
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
@@ -255,6 +259,8 @@ def main() -> None:
     ap.add_argument("--rho", type=float, default=0.8)
     ap.add_argument("--no-compile", action="store_true", help="run (b) eagerly")
     ap.add_argument("--channels-last", action="store_true", help="(b) in channels-last memory format")
+    ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="(b) under autocast in this dtype (fp16: CUDA only); (a) stays fp32")
     ap.add_argument("--cold-compile", action="store_true",
                     help="compile into an empty inductor cache (what a fresh machine pays)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -264,6 +270,10 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ltsam-inductor-")
 
     device = torch.device(args.device)
+    amp = None if args.amp == "none" else args.amp
+    if amp == "fp16" and device.type != "cuda":
+        ap.error("--amp fp16 needs CUDA (ltsam trains fp16 only there)")
+    autocast = autocast_context(amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both the reference and ltsam's trainer set it
     torch.manual_seed(args.seed)
@@ -301,7 +311,7 @@ def main() -> None:
     def ours_eval(net: nn.Module, criterion: nn.Module) -> None:
         """The trainer's evaluation: in-memory test set, batches of 1000."""
         evaluate(net, eval_batches(test_images, test_targets, mean, std, 1000, device, args.channels_last),
-                 COUNTS, criterion)
+                 COUNTS, criterion, autocast=autocast if amp else None)
 
     pipes: dict[str, ReferencePipeline | LtsamPipeline] = {}
     startup: dict[str, float] = {}  # wall time of each pipeline's warm-up, compile included
@@ -333,7 +343,7 @@ def main() -> None:
                 build_loss("ce", COUNTS)(m(x0), y0).backward()
 
             net, compiled_ok = compile_with_fallback(model, trial)
-        pipe_b = LtsamPipeline(model, net, sam, args.rho, ours_batches, device)
+        pipe_b = LtsamPipeline(model, net, sam, args.rho, ours_batches, device, autocast)
         pipe_b.train()
         for _ in range(args.warmup):
             pipe_b.step()
@@ -366,7 +376,8 @@ def main() -> None:
                 lead_in = drain if side == "a" else 1
                 ips[f"{side}_{opt}"].append(images_per_second(pipe, args.steps, bs, device, lead_in))
 
-    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    threads = (f"{torch.get_num_threads()} threads; {cpu_bf16_summary()}" if device.type == "cpu"
+               else torch.cuda.get_device_name(device))
     print(f"device {device} ({threads}); resnet32 (cosine head, LDAM), batch {bs}, {n} CIFAR-10-LT-shaped "
           f"images ({steps_per_epoch} steps/epoch); {args.rounds} rounds x {args.steps} timed steps")
     print(f"(a) reference: PIL + torchvision transforms, DataLoader {args.workers} persistent workers, eager, "
@@ -374,7 +385,7 @@ def main() -> None:
     compile_note = ("torch.compile " + ("on" if compiled_ok else "FAILED, eager fallback")) if use_compile else (
         "eager (--no-compile)" if args.no_compile else f"eager (auto: {total_steps} steps do not warrant compiling)")
     print(f"(b) ltsam: InMemoryBatchSource, {compile_note}, lean SAM"
-          f"{', channels-last' if args.channels_last else ''}")
+          f"{', channels-last' if args.channels_last else ''}{f', {amp} autocast' if amp else ', fp32'}")
 
     def overhead(key: str) -> float:
         """Warm-up wall time beyond what its steps and evaluations cost once warm (compilation, ...)."""

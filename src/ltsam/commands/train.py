@@ -139,6 +139,10 @@ def _train(args: argparse.Namespace) -> int:
           f"with {cfg.method.upper() if cfg.method != 'erm' else cfg.loss.upper() + ' + ' + cfg.train_rule} + "
           f"{_optimizer_label(cfg)} on "
           f"{trainer.device}; run folder {run_dir}", flush=True)
+    from ltsam.cpu_features import cpu_precision_note
+
+    if precision_note := cpu_precision_note(cfg, trainer.device):  # bf16 native here, or emulated (docs/speed.md)
+        print(f"ltsam: {precision_note}", flush=True)
     if getattr(trainer.data, "val_note", ""):
         print(f"ltsam: {trainer.data.val_note}", flush=True)
     summary = trainer.fit(stop_after=args.stop_after)
