@@ -111,7 +111,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA and long CPU runs)")
-    g.add_argument("--amp", type=lower, help="mixed precision on GPU: bf16 or fp16")
+    g.add_argument("--amp", type=lower,
+                   help="mixed precision: bf16 (GPUs, and CPUs that compute it natively: AVX512-BF16 / AMX; "
+                        "elsewhere emulated and slow) or fp16 (GPUs)")
     g.add_argument("--out", help="run folder (default runs/<name>)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")

@@ -248,6 +248,10 @@ def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path
     first = cfgs[0]
     print(f"ltsam: training {len(cfgs)} runs of {first.arch} on {first.dataset} as one pack ({pack.mode} mode) on "
           f"{pack.device}; run folders {', '.join(str(d) for d in dirs)}", flush=True)
+    from ltsam.cpu_features import cpu_precision_note
+
+    if precision_note := cpu_precision_note(first, pack.device):  # as for a run alone
+        print(f"ltsam: {precision_note}", flush=True)
     summaries = pack.fit(stop_after=args.stop_after)
     finished = [d for d, s in zip(dirs, summaries) if s is not None]
     if finished and out is not None:
