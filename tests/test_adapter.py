@@ -37,7 +37,7 @@ TINY_RN = dict(TINY, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=8
 BASE = dict(dataset="digits", device="cpu", epochs=1, batch_size=64, loss="ce", optimizer="sgd", threads=1,
             pretrained="none", input_size=32, tune="adapter", adapter_dim=4)
 OPTIONS = dict(pretrained="none", tune="adapter", lora_rank=8, lora_alpha=16.0, lora_targets="all-linear",
-               input_size=32, adapter_dim=4, adapter_scale=0.1)
+               input_size=32, adapter_dim=4, adapter_scale=0.1, feature_cache=False)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -123,7 +123,7 @@ def clip_factory(member: str) -> Any:
     def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
               lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
               input_size: int | None = None, adapter_dim: int = 64, adapter_scale: float = 0.1,
-              head_init: str = "random", weights: bool = False) -> nn.Module:
+              feature_cache: bool = False, head_init: str = "random", weights: bool = False) -> nn.Module:
         model = create_clip(open_clip, name, pretrained, weights, input_size)
         visual: nn.Module = model.visual  # type: ignore[assignment]
         embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])  # type: ignore[index]
@@ -136,7 +136,7 @@ def clip_factory(member: str) -> Any:
         mean = cfg.get("mean", getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         std = cfg.get("std", getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
         return PretrainedNet(net, "head", input_size or int(size), str(cfg.get("interpolation", "bicubic")), mean,
-                             std, frozen_eval=tune == "linear")
+                             std, frozen_eval=tune == "linear", feature_input=feature_cache)
 
     build.member = name  # type: ignore[attr-defined]
     return build
