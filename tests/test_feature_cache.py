@@ -79,6 +79,7 @@ def test_training_epochs_never_call_the_backbone(tmp_path):
 @pytest.mark.parametrize("flags, says", [
     (["--tune", "full"], "needs --tune linear"),
     (["--tune", "adapter"], "needs --tune linear"),
+    (["--arch", "small_cnn"], "drop --feature-cache"),
 ])
 def test_misplaced_feature_cache_is_one_line(tmp_path, capsys, flags, says):
     argv = ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--threads", "1", "--arch", ARCH,
