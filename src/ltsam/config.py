@@ -313,6 +313,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:
         raise UserError(f"--tune {cfg.tune} fine-tunes part of a pretrained backbone (--arch timm:NAME, clip:NAME); "
                         f"--arch {cfg.arch} trains whole (drop --tune)")
+    if getattr(cfg, "feature_cache", False) and MODELS.family(cfg.arch or "") is None:
+        raise UserError(f"--feature-cache caches a frozen pretrained backbone's features (--arch timm:NAME, clip:NAME "
+                        f"with --tune linear); --arch {cfg.arch} trains whole (drop --feature-cache)")
     if getattr(cfg, "head_init", "random") != "random" and not str(cfg.arch or "").startswith("clip:"):
         raise UserError(f"--head-init {cfg.head_init} embeds class names with a CLIP text tower (--arch clip:NAME); "
                         f"--arch {cfg.arch} has none (drop --head-init)")

@@ -58,12 +58,28 @@ class Trainer(ProgressAttributes):
         self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast, self.scaler,
                                            self.ctx.rank, self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
+        if getattr(cfg, "feature_cache", False):  # a linear probe on the frozen backbone's features, computed once
+            self.source = self.method.source = self._feature_source()
         self.net = self._wrap_model()
         self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
                        if cfg.shot_split == "index" else None)
         self.state = Progress()  # best_val.pt: selected on the validation split
         if resume:
             self._restore(load_last(self.run_dir))
+
+    def _feature_source(self) -> Any:
+        """The training batches as the frozen backbone's features of the un-augmented images (``--feature-cache``)."""
+        from ltsam.data.sources import InMemoryBatchSource, cached_features
+
+        if not isinstance(self.source, InMemoryBatchSource):
+            raise UserError("--feature-cache needs an in-memory data set (its training images on the device)")
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            return cached_features(self.source, model.features, self.cfg.eval_batch_size)  # type: ignore[arg-type]
+        finally:
+            model.train(was_training)
 
     def _wrap_model(self) -> torch.nn.Module:
         """The module the steps call: compiled where asked for (or auto) and working, DDP-wrapped

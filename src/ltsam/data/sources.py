@@ -9,8 +9,9 @@ Other sources (streaming loaders, distributed samplers) only need ``__iter__``, 
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -97,6 +98,34 @@ class InMemoryBatchSource:
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self.view(idx, g), self.targets[idx.to(self.device)]
+
+
+class FeatureBatchSource(InMemoryBatchSource):
+    """``source``'s batches (the same order, re-sampling and sharding) with each training image replaced by its row
+    of ``features`` (``--feature-cache``): a frozen backbone's features of the un-augmented images, computed once
+    by :func:`cached_features`. Per-epoch augmentation is off: every epoch sees the same features."""
+
+    def __init__(self, source: InMemoryBatchSource, features: torch.Tensor):
+        vars(self).update(vars(source))
+        self.pad, self.flip = 0, False
+        self.features = features.to(self.device)
+
+    def view(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.features[idx.to(self.device)]
+
+
+def cached_features(source: InMemoryBatchSource, features: Callable[[torch.Tensor], torch.Tensor],
+                    batch_size: int) -> FeatureBatchSource:
+    """``source`` on ``features`` of its un-augmented, normalised training images (the view ``source`` gives with
+    no crop and no flip), computed once in batches of ``batch_size`` without gradients."""
+    plain = copy.copy(source)
+    plain.pad, plain.flip, plain.channels_last = 0, False, False
+    g = torch.Generator()  # no draws matter: no crop, no flip
+    n = len(source.targets)
+    with torch.no_grad():
+        rows = [features(plain.view(torch.arange(i, min(i + batch_size, n)), g)).float()
+                for i in range(0, n, batch_size)]
+    return FeatureBatchSource(source, torch.cat(rows))
 
 
 def eval_batches(images: torch.Tensor, targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -20,6 +20,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.models.normed_linear import NormedLinear
+from ltsam.models.pretrained.adapters import check_blocks
 from ltsam.models.pretrained.extras import require
 from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.timm_models import HUB, NONE
@@ -121,20 +122,21 @@ def clip_factory(member: str) -> Any:
 
     def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
               lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
-              input_size: int | None = None, head_init: str = "random", weights: bool = False) -> nn.Module:
+              input_size: int | None = None, adapter_dim: int = 64, adapter_scale: float = 0.1,
+              feature_cache: bool = False, head_init: str = "random", weights: bool = False) -> nn.Module:
         model = create_clip(open_clip, name, pretrained, weights, input_size)
         visual: nn.Module = model.visual  # type: ignore[assignment]
         embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])  # type: ignore[index]
         head = NormedLinear(embed_dim, num_classes) if use_norm else nn.Linear(embed_dim, num_classes)
         net = apply_tune(ClipImageClassifier(visual, head, embed_dim), "head", tune, lora_rank, lora_alpha,
-                         lora_targets)
+                         lora_targets, adapter_dim, adapter_scale)
         cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})  # open_clip's: size, mean, std, interpolation
         size = cfg.get("size", getattr(visual, "image_size", 224))
         size = size if isinstance(size, int) else max(size)
         mean = cfg.get("mean", getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         std = cfg.get("std", getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
         return PretrainedNet(net, "head", input_size or int(size), str(cfg.get("interpolation", "bicubic")), mean,
-                             std, frozen_eval=tune == "linear")
+                             std, frozen_eval=tune == "linear", feature_input=feature_cache)
 
     build.member = name  # type: ignore[attr-defined]
     return build
@@ -173,6 +175,10 @@ def resolve(cfg: Settings) -> None:
     from ltsam.models.pretrained.timm_models import resolve as timm_resolve
 
     timm_resolve(cfg)
+    if cfg.tune == "adapter":
+        open_clip = require("open_clip", f"--arch {cfg.arch}")
+        name = canonical_name(open_clip, str(cfg.arch).partition(":")[2])
+        check_blocks(lambda: open_clip.create_model(name, pretrained=None, device="meta").visual, cfg.arch)
     if cfg.head_init not in HEAD_INITS:
         raise UserError(f"unknown --head-init {cfg.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
     if cfg.head_init == "text":

@@ -23,10 +23,13 @@ class PretrainedNet(nn.Module):
 
     ``frozen_eval``: the parts that do not train stay in eval mode when the model trains (a linear probe:
     batch-norm statistics and dropout of the frozen backbone are those of the pretrained model).
+    ``feature_input`` (``--feature-cache``): a 2-D input is the backbone's cached features (``features``'s
+    output), and the model applies its head alone; images (4-D) take the whole model as always.
     """
 
     def __init__(self, net: nn.Module, classifier: str, input_size: int, interpolation: str,
-                 mean: Sequence[float], std: Sequence[float], frozen_eval: bool = False):
+                 mean: Sequence[float], std: Sequence[float], frozen_eval: bool = False,
+                 feature_input: bool = False):
         super().__init__()
         self.net = net
         self.classifier = classifier
@@ -38,6 +41,7 @@ class PretrainedNet(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         self.frozen_eval = frozen_eval
+        self.feature_input = feature_input
         self.feature_dim = int(getattr(net, "num_features", 0))
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +63,8 @@ class PretrainedNet(nn.Module):
         return net.forward_head(net.forward_features(self.preprocess(x)), pre_logits=True)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feature_input and x.dim() == 2:  # cached features: the head alone
+            return self.net.get_submodule(self.classifier)(x)
         return self.net(self.preprocess(x))
 
     def train(self, mode: bool = True) -> PretrainedNet:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.models.normed_linear import NormedLinear
+from ltsam.models.pretrained.adapters import check_blocks
 from ltsam.models.pretrained.extras import require
 from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.tuning import ALL_LINEAR, TUNE_MODES, apply_tune
@@ -29,11 +30,17 @@ OPTIONS = (
            "(random initialisation), PATH (a state-dict .pt / .safetensors file; timm: also a folder it reads), "
            "or an open_clip TAG (clip: laion2b_s34b_b88k)", keep_case=True, metavar="hub|none|PATH|TAG"),
     Option("tune", str, "full", "what trains: full, linear (the new head on a frozen backbone), bias (biases + "
-           "head), lora (LoRA layers + head; peft)", choices=TUNE_MODES),
+           "head), lora (LoRA layers + head; peft), adapter (AdaptFormer bottleneck adapters in each ViT block + head)",
+           choices=TUNE_MODES),
     Option("lora_rank", int, 8, "LoRA rank r", minimum=1),
     Option("lora_alpha", float, 16.0, "LoRA alpha (the update is scaled by alpha / r)", minimum=0.0),
     Option("lora_targets", str, ALL_LINEAR, "layers LoRA adapts: all-linear (every linear layer but the head) or "
            "comma-separated module names (qkv,proj,fc1,fc2)", keep_case=True),
+    Option("adapter_dim", int, 64, "--tune adapter: the adapters' bottleneck width r (AdaptFormer's 64)", minimum=1),
+    Option("adapter_scale", float, 0.1, "--tune adapter: the scale s of the adapters' output (AdaptFormer's 0.1)"),
+    Option("feature_cache", bool, False, "--tune linear: compute the frozen backbone's features of the "
+           "un-augmented training images once and train the head on them (turns off per-epoch crop and flip; "
+           "in-memory data sets)"),
     Option("input_size", int, None, "the model's input size in pixels (default: its pretrained config's); "
            "images are resized to it on the device", minimum=1),
 )
@@ -93,17 +100,18 @@ def timm_factory(member: str) -> Any:
 
     def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
               lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
-              input_size: int | None = None, weights: bool = False) -> nn.Module:
+              input_size: int | None = None, adapter_dim: int = 64, adapter_scale: float = 0.1,
+              feature_cache: bool = False, weights: bool = False) -> nn.Module:
         net = _create(timm, member, num_classes, pretrained, input_size, weights)
         data = timm.data.resolve_data_config(model=net)
         head = getattr(net, "pretrained_cfg", {}).get("classifier", "head")
         head = head[0] if isinstance(head, (tuple, list)) else head
         if use_norm:
             _cosine_head(net, head, num_classes)
-        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets)
+        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets, adapter_dim, adapter_scale)
         size = input_size or int(data["input_size"][-1])
         return PretrainedNet(net, head, size, str(data.get("interpolation", "bilinear")), data["mean"],
-                             data["std"], frozen_eval=tune == "linear")
+                             data["std"], frozen_eval=tune == "linear", feature_input=feature_cache)
 
     return build
 
@@ -117,3 +125,14 @@ def resolve(cfg: Settings) -> None:
         raise UserError(f"unknown --tune {cfg.tune!r}; choose one of {', '.join(TUNE_MODES)}")
     if cfg.tune == "lora":
         require("peft", "--tune lora")  # before the run folder is made
+    if cfg.feature_cache:
+        from ltsam.data.catalog import DATASETS
+
+        if cfg.tune != "linear":
+            raise UserError(f"--feature-cache caches a frozen backbone's features: it needs --tune linear, not "
+                            f"--tune {cfg.tune}")
+        if DATASETS.entry(cfg.dataset).meta.get("streaming"):
+            raise UserError(f"--feature-cache needs an in-memory data set; {cfg.dataset} streams from disk")
+    if cfg.tune == "adapter" and str(cfg.arch).startswith("timm:"):
+        timm = require("timm", f"--arch {cfg.arch}")
+        check_blocks(lambda: timm.create_model(str(cfg.arch).partition(":")[2], pretrained=False), cfg.arch)

@@ -3,7 +3,8 @@
 ``full`` every parameter; ``linear`` the new head only (the backbone frozen, and kept in eval mode by
 ``PretrainedNet``); ``bias`` every bias (``*.bias``, ``*_bias``) and the head (BitFit); ``lora`` low-rank updates
 of linear layers through Hugging Face peft (W x + (alpha / r) B A x, A: r x in, B: out x r, B starting at zero)
-and the head.
+and the head; ``adapter`` AdaptFormer's parallel bottleneck adapters in every ViT block (``adapters``) and the
+head.
 Frozen parameters get ``requires_grad = False``: the optimizer and SAM are handed only the others.
 
 ``nn.MultiheadAttention`` (open_clip's ViTs) has no linear layer peft can wrap: its forward reads
@@ -22,9 +23,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ltsam.errors import UserError
+from ltsam.models.pretrained.adapters import CHILD, add_adapters
 from ltsam.models.pretrained.extras import require
 
-TUNE_MODES = ("full", "linear", "bias", "lora")
+TUNE_MODES = ("full", "linear", "bias", "lora", "adapter")
 ALL_LINEAR = "all-linear"
 
 
@@ -71,7 +73,7 @@ def lora_attention(attn: nn.MultiheadAttention, rank: int, alpha: float) -> None
 
 
 def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0,
-               targets: str = ALL_LINEAR) -> nn.Module:
+               targets: str = ALL_LINEAR, adapter_dim: int = 64, adapter_scale: float = 0.1) -> nn.Module:
     """``net`` with ``mode``'s parameters trainable and the others frozen (LoRA layers injected in place)."""
     if mode not in TUNE_MODES:
         raise UserError(f"unknown --tune {mode!r}; choose one of {', '.join(TUNE_MODES)}")
@@ -90,12 +92,16 @@ def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_al
             config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=others,
                                      bias="none")
             net = peft.inject_adapter_in_model(config, net)
+    if mode == "adapter":
+        add_adapters(net, adapter_dim, adapter_scale)
     for name, p in net.named_parameters():
         if mode == "linear":
             train = id(p) in head_params
         elif mode == "bias":
             leaf = name.rpartition(".")[2]  # open_clip's attention: in_proj_bias
             train = id(p) in head_params or leaf == "bias" or leaf.endswith("_bias")
+        elif mode == "adapter":
+            train = id(p) in head_params or f".{CHILD}." in f".{name}"
         else:
             train = id(p) in head_params or "lora_" in name
         p.requires_grad_(train)
