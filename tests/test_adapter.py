@@ -10,7 +10,6 @@ checkpoint reloads offline to bitwise-equal logits; a model without transformer 
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -26,13 +25,13 @@ from ltsam.models import build_model  # noqa: E402
 from ltsam.models.pretrained.tuning import apply_tune  # noqa: E402
 from ltsam.runs import load_trained  # noqa: E402
 from ltsam.trainer import Trainer  # noqa: E402
+from tests.pretrained_helpers import TINY_CLIP, assert_hessian_backends_agree, registered_clip_configs  # noqa: E402
 from tests.test_pretrained import _no_network  # noqa: E402
 from tests.tolerances import rtol  # noqa: E402
 
 NAME = "ltsam-Adapter-Test"
 CLIP = "clip:" + NAME.lower()
-TINY = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
-            text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+TINY = TINY_CLIP
 TINY_RN = dict(TINY, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=8))  # a ModifiedResNet tower
 BASE = dict(dataset="digits", device="cpu", epochs=1, batch_size=64, loss="ce", optimizer="sgd", threads=1,
             pretrained="none", input_size=32, tune="adapter", adapter_dim=4)
@@ -42,13 +41,7 @@ OPTIONS = dict(pretrained="none", tune="adapter", lora_rank=8, lora_alpha=16.0, 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("open_clip")
-    for name, config in ((NAME, TINY), (NAME + "-RN", TINY_RN)):
-        (folder / f"{name}.json").write_text(json.dumps(config))
-        open_clip.add_model_config(folder / f"{name}.json")
-    yield
-    for name in (NAME, NAME + "-RN"):
-        open_clip.factory._MODEL_CONFIGS.pop(name, None)
+    yield from registered_clip_configs(tmp_path_factory.mktemp("open_clip"), {NAME: TINY, NAME + "-RN": TINY_RN})
 
 
 @pytest.fixture(autouse=True)
@@ -193,20 +186,10 @@ def test_a_model_without_transformer_blocks_is_refused(tmp_path, capsys, arch):
 def test_hessian_of_an_adapter_vit_takes_the_trainable_parameters():
     """``ltsam hessian`` through the adapters' hooks: the operator's dimension is the trainable parameters', and its
     two backends agree in float64 (the adapters' up projections set non-zero, so they take part)."""
-    from ltsam.hessian.operator import HessianOperator
 
     torch.manual_seed(0)
     model = build_model("timm:test_vit", 10, False, 1, options=OPTIONS).double().eval()
     for name, module in model.named_modules():
         if name.endswith(".adapter"):
             _randomise(module)
-    batches = [(torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.arange(6) % 10)]
-    ops = [HessianOperator(model, torch.nn.functional.cross_entropy, batches, backend=b)
-           for b in ("double_backward", "forward_over_reverse")]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert ops[0].dim == sum(p.numel() for p in trainable) < sum(p.numel() for p in model.parameters())
-    v = torch.randn(ops[0].dim, dtype=torch.float64)
-    hv, hv_fwd = (op.matvec(v) for op in ops)
-    assert hv.abs().max() > 0
-    # float64, one network's forward and two derivative passes: ~3 x 12 stages of sums of <= 800 terms
-    assert torch.allclose(hv, hv_fwd, rtol=0, atol=rtol(torch.float64, 800, 36) * float(hv.abs().max()))
+    assert_hessian_backends_agree(model, 800)  # sums of <= 800 terms

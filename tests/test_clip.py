@@ -10,8 +10,6 @@ unknown name and misplaced ``--head-init text`` are one line and exit 2.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -25,12 +23,17 @@ from ltsam.models import MODELS  # noqa: E402
 from ltsam.models.pretrained.clip_models import hub_tag  # noqa: E402
 from ltsam.runs import load_trained  # noqa: E402
 from ltsam.trainer import Trainer  # noqa: E402
+from tests.pretrained_helpers import (  # noqa: E402
+    TINY_CLIP,
+    assert_hessian_backends_agree,
+    registered_clip_configs,
+    save_weights,
+)
 from tests.tolerances import rtol  # noqa: E402
 
 NAME = "ltsam-Tiny-Test"  # mixed case: ltsam's lower-cased --arch must find it
 ARCH = "clip:" + NAME.lower()
-TINY = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
-            text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+TINY = TINY_CLIP
 BASE = dict(dataset="digits", device="cpu", epochs=1, batch_size=64, loss="ce", optimizer="sgd", threads=1,
             pretrained="none", arch=ARCH)
 ARGV = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--loss", "ce", "--no-progress",
@@ -39,11 +42,7 @@ ARGV = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("open_clip") / f"{NAME}.json"
-    path.write_text(json.dumps(TINY))
-    open_clip.add_model_config(path)
-    yield
-    open_clip.factory._MODEL_CONFIGS.pop(NAME, None)
+    yield from registered_clip_configs(tmp_path_factory.mktemp("open_clip"), {NAME: TINY})
 
 
 @pytest.fixture(autouse=True)
@@ -156,13 +155,7 @@ def test_text_head_is_the_prompts_normalised_text_features(tmp_path, suffix):
     torch.manual_seed(3)
     clip = open_clip.create_model(NAME, pretrained=None).eval()
     state = clip.state_dict()
-    path = tmp_path / f"clip{suffix}"
-    if suffix == ".pt":
-        torch.save(state, path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path = save_weights(state, tmp_path / f"clip{suffix}")
     cfg = resolve(BASE | dict(pretrained=str(path), head_init="text", use_norm=True))
     model = Trainer(cfg, tmp_path / "run", progress=False).model.eval()
     tokens = open_clip.get_tokenizer(NAME)([f"a photo of a {d}." for d in "0123456789"])
@@ -235,20 +228,10 @@ def test_missing_open_clip_is_one_line(tmp_path, monkeypatch, capsys):
 def test_hessian_of_a_lora_clip_tower_takes_the_trainable_parameters():
     """``ltsam hessian`` through the parametrized attention LoRA: the operator's dimension is the trainable
     parameters', and the two backends agree in float64."""
-    from ltsam.hessian.operator import HessianOperator
     from ltsam.models import build_model
 
     torch.manual_seed(0)
     options = dict(pretrained="none", tune="lora", lora_rank=2, lora_alpha=4.0, lora_targets="all-linear",
                    input_size=None, head_init="random")
     model = build_model(ARCH, 10, False, 1, options=options).double().eval()
-    batches = [(torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.arange(6) % 10)]
-    ops = [HessianOperator(model, torch.nn.functional.cross_entropy, batches, backend=b)
-           for b in ("double_backward", "forward_over_reverse")]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert ops[0].dim == sum(p.numel() for p in trainable) < sum(p.numel() for p in model.parameters())
-    v = torch.randn(ops[0].dim, dtype=torch.float64)
-    hv, hv_fwd = (op.matvec(v) for op in ops)
-    assert hv.abs().max() > 0
-    # float64, one network's forward and two derivative passes: ~3 x 12 stages of sums of <= 100 terms
-    assert torch.allclose(hv, hv_fwd, rtol=0, atol=rtol(torch.float64, 100, 36) * float(hv.abs().max()))
+    assert_hessian_backends_agree(model, 100)  # sums of <= 100 terms

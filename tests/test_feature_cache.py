@@ -9,7 +9,6 @@ epochs never call the backbone; misplaced ``--feature-cache`` is one line and ex
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -21,23 +20,19 @@ from ltsam.config import resolve  # noqa: E402
 from ltsam.data.loading import load_data  # noqa: E402
 from ltsam.data.sources import FeatureBatchSource  # noqa: E402
 from ltsam.trainer import Trainer  # noqa: E402
+from tests.pretrained_helpers import TINY_CLIP, registered_clip_configs  # noqa: E402
 from tests.tolerances import rtol  # noqa: E402
 
 NAME = "ltsam-Cache-Test"
 ARCH = "clip:" + NAME.lower()
-TINY = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
-            text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+TINY = TINY_CLIP
 BASE = dict(dataset="digits", device="cpu", epochs=1, batch_size=64, loss="ce", optimizer="sgd", threads=1,
             pretrained="none", arch=ARCH, tune="linear")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("open_clip") / f"{NAME}.json"
-    path.write_text(json.dumps(TINY))
-    open_clip.add_model_config(path)
-    yield
-    open_clip.factory._MODEL_CONFIGS.pop(NAME, None)
+    yield from registered_clip_configs(tmp_path_factory.mktemp("open_clip"), {NAME: TINY})
 
 
 def _trainer(run_dir, **settings) -> Trainer:

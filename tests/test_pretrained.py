@@ -28,6 +28,7 @@ from ltsam.models.pretrained.net import PretrainedNet  # noqa: E402
 from ltsam.models.pretrained.tuning import apply_tune  # noqa: E402
 from ltsam.runs import load_trained  # noqa: E402
 from ltsam.trainer import Trainer  # noqa: E402
+from tests.pretrained_helpers import save_weights  # noqa: E402
 from tests.tolerances import rtol  # noqa: E402
 
 # test_vit: 300k parameters, linear layers (LoRA); test_resnet: batch norm (a frozen backbone's statistics).
@@ -146,13 +147,7 @@ def test_pretrained_path_loads_the_file(tmp_path, monkeypatch, suffix):
     torch.manual_seed(1)
     source = timm.create_model("test_resnet", pretrained=False)
     state = source.state_dict()
-    path = tmp_path / f"weights{suffix}"
-    if suffix == ".pt":
-        torch.save(state, path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path = save_weights(state, tmp_path / f"weights{suffix}")
     options = dict(pretrained=str(path), tune="full", lora_rank=8, lora_alpha=16.0, lora_targets="all-linear",
                    input_size=32)
     model = build_model("timm:test_resnet", 10, False, 1, options=options, weights=True)
