@@ -253,6 +253,7 @@ def test_train_seeds_writes_ordinary_runs_and_the_report(tmp_path, capsys):
     assert main([*SEEDS_FLAGS, "--seeds", "0", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "± " in text and (out / "report" / "report.md").is_file()
+    assert "| pack | 2 |" in text  # the group is named for the pack's folder (OUT), not "runs"
     for i, seed in enumerate((0, 1)):
         config = json.loads((out / f"seed{seed}" / "config.json").read_text())
         assert config["seed"] == seed and config["pack"]["size"] == 2 and config["pack"]["index"] == i

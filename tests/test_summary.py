@@ -277,3 +277,11 @@ def test_stage_runs_on_parents_of_different_seeds_form_one_group(tmp_path: Path,
     assert (tau["epochs_done"], tau["epochs"]) == (0, 0)
     assert rows["ce_tau-norm"]["n"] == "1" and float(rows["ce_tau-norm"]["last_top1_mean"]) == tau["final"]["top1"]
     assert "Left out" not in text and "Warning" not in text
+
+
+def test_seedless_names_strip_the_seed_wherever_it_stands() -> None:
+    from ltsam.summary_runs import seedless
+
+    cases = {"ce_seed0": "ce", "ce_seed12_crt": "ce_crt", "seed3": "", "seed0_crt": "crt", "myseed0": "myseed0",
+             "seeds": "seeds", "a_seed3_b": "a_b"}
+    assert {name: seedless(name) for name in cases} == cases

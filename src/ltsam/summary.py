@@ -88,7 +88,8 @@ def group_runs(runs: Sequence[RunResult]) -> list[Group]:
     differing = sorted({k for g in groups for k in g.config if k not in GROUP_IGNORES
                         and len({json.dumps(h.config.get(k), default=str) for h in groups}) > 1})
     for g in groups:
-        stems = {seedless(r.path.name) for r in g.runs}
+        # a --seeds pack's members (OUT/seed0, OUT/seed1, ...) take their pack folder's name
+        stems = {seedless(r.path.name) or r.path.parent.name for r in g.runs}
         if len(stems) == 1:
             g.label = stems.pop()
         else:

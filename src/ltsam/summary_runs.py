@@ -331,5 +331,6 @@ def names(paths: Sequence[Path], most: int = 5) -> str:
 
 
 def seedless(name: str) -> str:
-    """A run-folder name without its ``_seed<N>`` part (``ce_seed0`` -> ``ce``, ``ce_seed0_crt`` -> ``ce_crt``)."""
-    return re.sub(r"_seed\d+(?=_|$)", "", name)
+    """A run-folder name without its ``_seed<N>`` part (``ce_seed0`` -> ``ce``, ``ce_seed0_crt`` -> ``ce_crt``);
+    a ``--seeds`` member's own name (``seed0``) leaves nothing: ``""``."""
+    return re.sub(r"(^|_)seed\d+(?=_|$)", "", name).lstrip("_")
