@@ -83,3 +83,18 @@ def test_misplaced_feature_cache_is_one_line(tmp_path, capsys, flags, says):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resumed_probe_caches_the_features_of_its_own_backbone(tmp_path):
+    """A resumed run builds its model without the pretrained weights and takes them from last.pt: its cache must be
+    computed from the restored backbone (a tower saved as a --pretrained file makes the two differ)."""
+    import open_clip
+
+    from tests.pretrained_helpers import save_weights
+
+    torch.manual_seed(5)
+    weights = save_weights(open_clip.create_model(NAME, pretrained=None).state_dict(), tmp_path / "clip.pt")
+    first = _trainer(tmp_path / "run", feature_cache=True, pretrained=str(weights), epochs=2)
+    first.fit(stop_after=1)
+    resumed = Trainer(first.cfg, tmp_path / "run", resume=True, progress=False, data=first.data)
+    assert torch.equal(resumed.source.features, first.source.features)

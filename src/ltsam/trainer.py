@@ -58,14 +58,14 @@ class Trainer(ProgressAttributes):
         self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast, self.scaler,
                                            self.ctx.rank, self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
-        if getattr(cfg, "feature_cache", False):  # a linear probe on the frozen backbone's features, computed once
-            self.source = self.method.source = self._feature_source()
-        self.net = self._wrap_model()
-        self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
-                       if cfg.shot_split == "index" else None)
         self.state = Progress()  # best_val.pt: selected on the validation split
         if resume:
             self._restore(load_last(self.run_dir))
+        if getattr(cfg, "feature_cache", False):  # a linear probe on the frozen backbone's features, computed once:
+            self.source = self.method.source = self._feature_source()  # after restoring (a resumed run's backbone)
+        self.net = self._wrap_model()
+        self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
+                       if cfg.shot_split == "index" else None)
 
     def _feature_source(self) -> Any:
         """The training batches as the frozen backbone's features of the un-augmented images (``--feature-cache``)."""
