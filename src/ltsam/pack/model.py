@@ -67,8 +67,13 @@ class PackedModel(nn.Module):
             return functional_call(self.template, (p, b), (xx,))
 
         if self.mode == "loop":
-            return torch.stack([one({n: t[g] for n, t in params.items()}, {n: t[g] for n, t in buffers.items()},
-                                    x if shared_input else x[g]) for g in range(self.size)])
+            # unbind: one view per member, and in the backward one stack per parameter (indexing t[g] would
+            # write a zero-filled (G, ...) gradient per member and add them: G times the memory traffic)
+            p_each = {n: t.unbind(0) for n, t in params.items()}
+            b_each = {n: t.unbind(0) for n, t in buffers.items()}
+            xs = [x] * self.size if shared_input else x.unbind(0)
+            return torch.stack([one({n: t[g] for n, t in p_each.items()}, {n: t[g] for n, t in b_each.items()},
+                                    xs[g]) for g in range(self.size)])
         return vmap(one, in_dims=(0, 0, None if shared_input else 0), randomness="different")(params, buffers, x)
 
     # ------------------------------------------------------------------ members in and out
