@@ -36,7 +36,8 @@ TINY_RN = dict(TINY, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=8
 BASE = dict(dataset="digits", device="cpu", epochs=1, batch_size=64, loss="ce", optimizer="sgd", threads=1,
             pretrained="none", input_size=32, tune="adapter", adapter_dim=4)
 OPTIONS = dict(pretrained="none", tune="adapter", lora_rank=8, lora_alpha=16.0, lora_targets="all-linear",
-               input_size=32, adapter_dim=4, adapter_scale=0.1, feature_cache=False)
+               input_size=32, adapter_dim=4, adapter_scale=0.1, adapter_style="adaptformer",
+               feature_cache=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,6 +128,54 @@ def test_block_output_equals_the_adaptformer_formula(library):
     assert {n for n, p in net.named_parameters() if p.requires_grad} == {
         "block.adapter.down.weight", "block.adapter.down.bias", "block.adapter.up.weight", "block.adapter.up.bias",
         "head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("library", ["timm", "open_clip"])
+def test_block_output_equals_lifts_formula(library):
+    """``--adapter-style lift``, one block in float64 with random adapter weights: out = x' + MLP(LN2(x')) +
+    s (ReLU(LN_a(x') Wd^T + bd) Wu^T + bu), LN_a the adapter's own layer norm (its weight and bias read here and
+    applied by hand: (v - mean) / sqrt(var + eps) g + b), s the adapter's learned scale; a new adapter's s is 1,
+    its down projection non-zero and its up projection zero."""
+    torch.manual_seed(0)
+    d, r = 16, 3
+    if library == "timm":
+        from timm.models.vision_transformer import Block
+
+        block: nn.Module = Block(dim=d, num_heads=2)
+    else:
+        from open_clip.transformer import ResidualAttentionBlock
+
+        block = ResidualAttentionBlock(d, 2, batch_first=True)
+    net = nn.Sequential()
+    net.add_module("block", block)
+    net.add_module("head", nn.Linear(d, 3))
+    net = apply_tune(net, "head", "adapter", adapter_dim=r, adapter_style="lift").double().eval()
+    adapter = block.adapter
+    assert float(adapter.scale) == 1.0 and not torch.equal(adapter.down.weight, torch.zeros_like(adapter.down.weight))
+    assert torch.equal(adapter.up.weight, torch.zeros_like(adapter.up.weight))
+    _randomise(adapter)
+    x = torch.randn(2, 5, d, dtype=torch.float64)
+    norm1, norm2 = (block.norm1, block.norm2) if library == "timm" else (block.ln_1, block.ln_2)
+    with torch.no_grad():
+        mid = x + (block.attn(norm1(x)) if library == "timm" else block.attention(q_x=norm1(x)))
+        centred = mid - mid.mean(-1, keepdim=True)
+        own = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + adapter.norm.eps)
+        own = own * adapter.norm.weight + adapter.norm.bias
+        hidden = torch.clamp(own @ adapter.down.weight.T + adapter.down.bias, min=0.0)
+        s = adapter.scale
+        expected = mid + block.mlp(norm2(mid)) + s * (hidden @ adapter.up.weight.T + adapter.up.bias)
+        got = net.block(x)
+        scale = float((mid.abs() + block.mlp(norm2(mid)).abs() + s.abs() * (hidden @ adapter.up.weight.T.abs())).max())
+    # float64; the layer norm's mean, variance and the adapter's two sums: <= 16 terms each
+    assert torch.allclose(got, expected, rtol=0, atol=rtol(torch.float64, 16, 8) * scale)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {
+        "block.adapter.norm.weight", "block.adapter.norm.bias", "block.adapter.scale", "block.adapter.down.weight",
+        "block.adapter.down.bias", "block.adapter.up.weight", "block.adapter.up.bias", "head.weight", "head.bias"}
+
+
+def test_unknown_adapter_style_is_one_line():
+    with pytest.raises(UserError, match="adapter-style"):
+        resolve(BASE | dict(arch="timm:test_vit", adapter_style="houlsby"))
 
 
 @pytest.mark.parametrize("arch, optimizer, blocks", [("timm:test_vit", "sam", ".blocks."),

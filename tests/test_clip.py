@@ -235,3 +235,47 @@ def test_hessian_of_a_lora_clip_tower_takes_the_trainable_parameters():
                    input_size=None, head_init="random")
     model = build_model(ARCH, 10, False, 1, options=options).double().eval()
     assert_hessian_backends_agree(model, 100)  # sums of <= 100 terms
+
+
+def test_lift_recipe_trains_on_a_tiny_tower(tmp_path):
+    """The ``lift-cifar100-lt-if100`` recipe's settings (LIFT's adapters, text-initialised cosine head of scale 30,
+    LA loss, SGD 0.01 with cosine LR), with the tiny tower, its weights file and the digits in place of CLIP
+    ViT-B/16 and CIFAR-100-LT: the untrained model's logits are 30 x CLIP's zero-shot cosines, and one epoch
+    trains exactly the adapters (layer norm, projections, scale) and the head."""
+    from ltsam.recipes import get_recipe
+
+    recipe = get_recipe("lift-cifar100-lt-if100")
+    assert {k: recipe[k] for k in ("arch", "pretrained", "tune", "adapter_style", "head_init", "use_norm",
+                                   "head_scale", "loss", "la_tau", "optimizer", "lr", "momentum", "wd",
+                                   "lr_schedule", "epochs", "batch_size", "adapter_dim")} == dict(
+        arch="clip:vit-b-16", pretrained="openai", tune="adapter", adapter_style="lift", head_init="text",
+        use_norm=True, head_scale=30.0, loss="la", la_tau=1.0, optimizer="sgd", lr=0.01, momentum=0.9, wd=5e-4,
+        lr_schedule="cosine", epochs=10, batch_size=128, adapter_dim=4)
+    torch.manual_seed(3)
+    clip = open_clip.create_model(NAME, pretrained=None).eval()
+    path = save_weights(clip.state_dict(), tmp_path / "clip.pt")
+    cfg = resolve(dict(dataset="digits", device="cpu", threads=1, arch=ARCH, pretrained=str(path), input_size=32,
+                       adapter_dim=2, epochs=1, batch_size=64), recipe)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = trainer.model.eval()
+    tokens = open_clip.get_tokenizer(NAME)([f"a photo of a {d}." for d in "0123456789"])
+    x = torch.rand(5, 1, 32, 32)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1)
+        image = torch.nn.functional.normalize(clip.encode_image((x.expand(-1, 3, -1, -1) - mean) / std), dim=-1)
+        logits = model(x)
+    # the adapters start at zero (bitwise the tower's output); 30 x a cosine of float32 16-term sums
+    assert torch.allclose(logits, 30.0 * image @ text.T, rtol=0, atol=30.0 * rtol(torch.float32, 64, 12))
+    before = _params(model)
+    trainer.fit()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    wanted = {n for n in before if n.startswith(HEAD) or ".adapter." in n}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == wanted
+    # every frozen tensor bitwise as it was; a parameter still at zero whose ReLU units stayed dead for the CLS
+    # token (the last block's only output used) may keep its value, so the changed ones are compared per block
+    assert changed <= wanted and {n for n in wanted if n.startswith(HEAD)} <= changed
+    for block in ("resblocks.0.", "resblocks.1."):
+        assert {n.rpartition(".adapter.")[2] for n in changed if block + "adapter." in n} >= {
+            "scale", "norm.weight", "down.weight", "up.bias"}

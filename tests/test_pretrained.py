@@ -101,7 +101,7 @@ def test_checkpoint_reloads_same_logits_offline(tmp_path, monkeypatch):
     meta = torch.load(run / "last.pt", weights_only=True)["model_meta"]
     assert meta["arch_options"] == dict(pretrained="none", tune="lora", lora_rank=2, lora_alpha=4.0,
                                         lora_targets="all-linear", adapter_dim=64, adapter_scale=0.1,
-                                        feature_cache=False, input_size=32)
+                                        adapter_style="adaptformer", feature_cache=False, input_size=32)
     model, cfg, _ = load_trained(run, "last")
     with torch.no_grad():
         assert torch.equal(model(x), expected)

@@ -15,6 +15,7 @@ from ltsam.data.catalog import DATASETS
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
 from ltsam.extensions import REGISTRIES, all_options
+from ltsam.losses import LOSSES
 from ltsam.methods import METHODS, uses_cosine_head
 from ltsam.models import MODELS
 from ltsam.optim import STEPS
@@ -47,6 +48,7 @@ class TrainConfig:
     # model
     arch: str | None = None  # None: the data set's (or method's) default
     use_norm: bool | None = None  # None: cosine head iff the loss asks for it (LDAM)
+    head_scale: float = 1.0  # the cosine head's logit scale s (logits = s cos); LDAM scales in its loss instead
     # method, loss and re-balancing
     method: str = "erm"
     loss: str = "ce"
@@ -249,8 +251,8 @@ def config_warnings(cfg: TrainConfig, explicit: set[str] | frozenset[str] = froz
 
 
 # Core float settings that must be finite, with the smallest value each accepts (None: any).
-_FINITE_MIN = {"imb_factor": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None, "momentum": None,
-               "wd": None, "val_fraction": 0.0}
+_FINITE_MIN = {"imb_factor": None, "head_scale": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None,
+               "momentum": None, "wd": None, "val_fraction": 0.0}
 # Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
 _INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
             "epochs": 1, "batch_size": 1, "val_per_class": 0}
@@ -289,6 +291,22 @@ def _check_numbers(cfg: TrainConfig) -> None:
                               option.below)
 
 
+def _check_head_scale(cfg: TrainConfig) -> None:
+    """``--head-scale`` multiplies a cosine head's logits: refused where there is none, or where the loss scales
+    them itself (LDAM's s: the two would multiply)."""
+    if cfg.head_scale == 1.0:
+        return
+    if not cfg.head_scale > 0:
+        raise UserError(f"--head-scale must be positive, got {cfg.head_scale}")
+    if cfg.loss in LOSSES and LOSSES.entry(cfg.loss).meta.get("cosine_head"):
+        raise UserError(f"--loss {cfg.loss} scales the cosine head's logits itself (its own s); drop --head-scale")
+    if cfg.method != "erm":
+        raise UserError(f"--head-scale scales the cosine head of `--method erm`'s models; --method {cfg.method} "
+                        "builds its own heads (drop --head-scale)")
+    if not uses_cosine_head(cfg):
+        raise UserError("--head-scale scales a cosine head's logits; add --head cosine")
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -321,6 +339,7 @@ def validate(cfg: TrainConfig) -> None:
                         f"--arch {cfg.arch} has none (drop --head-init)")
     method.validate(cfg)
     _check_numbers(cfg)
+    _check_head_scale(cfg)
     if not (0.0 < cfg.imb_factor <= 1.0):
         raise UserError(f"--imb-factor must lie in (0, 1] (smallest/largest class), got {cfg.imb_factor}")
     check_request(cfg.val_per_class, cfg.val_fraction, cfg.val_list)

@@ -77,6 +77,8 @@ class Method:
         arch = MODELS.entry(cfg.arch).name if MODELS.family(cfg.arch) else cfg.arch  # clip:ViT-B-16, open_clip's case
         meta = dict(arch=arch, num_classes=data.num_classes, use_norm=bool(cfg.use_norm),
                     in_channels=data.in_channels)
+        if getattr(cfg, "head_scale", 1.0) != 1.0:  # recorded only when set: older checkpoints read as before
+            meta["head_scale"] = float(cfg.head_scale)
         options = arch_options(cfg.arch, cfg)
         return dict(meta, arch_options=options) if options else meta
 
@@ -84,7 +86,7 @@ class Method:
     def build_model(cls, meta: dict[str, Any], weights: bool = False) -> nn.Module:
         """The model ``meta`` describes; ``weights``: with the pretrained weights its options name (a new run)."""
         return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"],
-                           meta.get("arch_options"), weights)
+                           meta.get("arch_options"), weights, float(meta.get("head_scale", 1.0)))
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx

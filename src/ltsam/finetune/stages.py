@@ -135,7 +135,8 @@ class ClassifierRetraining(Stage):
         return list(head.parameters())
 
     def output_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
-        return dict(meta, use_norm=False) if "use_norm" in meta else dict(meta)
+        linear = {k: v for k, v in meta.items() if k != "head_scale"}  # the cosine head's scale goes with it
+        return dict(linear, use_norm=False) if "use_norm" in meta else linear
 
 
 @STAGES.register("lws", help="learnable weight scaling: only a per-class scale f_k of w_k learned, class-balanced",

@@ -46,13 +46,22 @@ MODELS.add_family("clip", clip_models.clip_factory, help="an open_clip image tow
 
 
 def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3,
-                options: dict[str, Any] | None = None, weights: bool = False) -> nn.Module:
-    """Create a model by registry name; ``use_norm`` selects the cosine head (used with LDAM). ``options``: the
-    entry's option values (``arch_options`` of a checkpoint's meta); ``weights``: load pretrained weights."""
+                options: dict[str, Any] | None = None, weights: bool = False, head_scale: float = 1.0) -> nn.Module:
+    """Create a model by registry name; ``use_norm`` selects the cosine head (used with LDAM), ``head_scale`` its
+    logit scale (``--head-scale``; 1 for LDAM, whose loss scales). ``options``: the entry's option values
+    (``arch_options`` of a checkpoint's meta); ``weights``: load pretrained weights."""
     entry = MODELS.entry(arch)
     if not entry.options:
-        return entry.obj(num_classes, use_norm, in_channels)
-    return entry.obj(num_classes, use_norm, in_channels, **(options or {}), weights=weights)
+        model = entry.obj(num_classes, use_norm, in_channels)
+    else:
+        model = entry.obj(num_classes, use_norm, in_channels, **(options or {}), weights=weights)
+    if head_scale != 1.0:
+        heads = [m for m in model.modules() if isinstance(m, NormedLinear)]
+        if not heads:
+            raise ValueError(f"head_scale {head_scale} scales a cosine head; {arch} was built with a linear one")
+        for head in heads:
+            head.scale = float(head_scale)
+    return model
 
 
 def arch_options(arch: str, config: Any) -> dict[str, Any]:

@@ -12,10 +12,18 @@ as in AdaptFormer's code. The blocks' code is not copied: two forward hooks do i
 norm (computes the adapter's output from LN2(x')) and one on the block (adds it to the block's output).
 AdaptFormer's adapter dropout (0.1) is left out: the adapter is deterministic. Hugging Face peft (0.21) has no
 such tuner (its ``ia3`` rescales activations, ``adaption_prompt`` is LLaMA-Adapter's prompts), hence this module.
+
+``--adapter-style lift`` is LIFT's variant (Shi et al., ICML 2024, its ``AdaptFormer`` module): the adapter reads
+the block's residual stream x' itself through a layer norm of its own, and its scale is learned (from 1):
+
+    out = x' + MLP(LN2(x')) + s up(ReLU(down(LN_a(x')))),    s, LN_a, down, up trained
+
+with ``down``'s weight Kaiming-normal (a = sqrt 5) and bias zero, ``up`` zero as above.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,28 +37,42 @@ from ltsam.errors import UserError
 BLOCKS = {("timm.models.vision_transformer", "Block"): "norm2",
           ("open_clip.transformer", "ResidualAttentionBlock"): "ln_2"}
 CHILD = "adapter"  # the adapter's attribute name in its block (its parameters: ``...blocks.0.adapter.down.weight``)
+STYLES = ("adaptformer", "lift")
+"""``--adapter-style``: AdaptFormer's adapter (reads LN2's output, fixed scale) or LIFT's (own layer norm on the
+block's residual stream, learned scale)."""
 
 
 class Adapter(nn.Module):
-    """``s * up(ReLU(down(h)))``, ``h`` the block's LN2 output; hooked onto its block by :func:`add_adapters`."""
+    """``s * up(ReLU(down(h)))``, ``h`` the block's LN2 output (``style`` adaptformer) or its own layer norm of
+    the block's residual stream (``lift``, ``s`` learned); hooked onto its block by :func:`add_adapters`."""
 
-    def __init__(self, dim: int, bottleneck: int, scale: float, like: torch.Tensor | None = None):
+    def __init__(self, dim: int, bottleneck: int, scale: float, like: torch.Tensor | None = None,
+                 style: str = "adaptformer"):
         super().__init__()
+        if style not in STYLES:
+            raise UserError(f"unknown --adapter-style {style!r}; choose one of {', '.join(STYLES)}")
         kw: dict[str, Any] = {} if like is None else dict(dtype=like.dtype, device=like.device)
+        self.style = style
+        self.norm = nn.LayerNorm(dim, **kw) if style == "lift" else None
         self.down = nn.Linear(dim, bottleneck, **kw)
         self.up = nn.Linear(bottleneck, dim, **kw)
-        self.scale = float(scale)
+        self.scale: float | nn.Parameter = nn.Parameter(torch.ones(1, **kw)) if style == "lift" else float(scale)
+        if style == "lift":
+            nn.init.kaiming_normal_(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self._pending: torch.Tensor | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            h = self.norm(h)
         return self.scale * self.up(F.relu(self.down(h)))
 
     def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        """Forward hook on LN2: the adapter's output from LN2(x'), kept until the block returns."""
-        self._pending = self(output)
+        """Forward hook on LN2: the adapter's output from LN2(x') (LIFT's: from x', LN2's input), kept until the
+        block returns."""
+        self._pending = self(inputs[0] if self.norm is not None else output)
 
     def _add(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         """Forward hook on the block: its output plus the adapter's."""
@@ -87,8 +109,9 @@ def check_blocks(make: Callable[[], nn.Module], arch: str) -> None:
         raise _none(f"--arch {arch}")
 
 
-def add_adapters(net: nn.Module, bottleneck: int, scale: float) -> list[str]:
-    """An adapter in every transformer block of ``net``, in place; the blocks' names (one line if none)."""
+def add_adapters(net: nn.Module, bottleneck: int, scale: float, style: str = "adaptformer") -> list[str]:
+    """An adapter (of ``style``) in every transformer block of ``net``, in place; the blocks' names (one line if
+    none)."""
     blocks = adapted_blocks(net)
     if not blocks:
         raise _none("this model")
@@ -98,7 +121,7 @@ def add_adapters(net: nn.Module, bottleneck: int, scale: float) -> list[str]:
         weight = getattr(norm, "weight", None)
         shape = getattr(norm, "normalized_shape", None)
         dim = int(shape[-1]) if shape else int(weight.shape[-1])  # type: ignore[union-attr]
-        adapter = Adapter(dim, bottleneck, scale, weight if isinstance(weight, torch.Tensor) else None)
+        adapter = Adapter(dim, bottleneck, scale, weight if isinstance(weight, torch.Tensor) else None, style)
         block.add_module(CHILD, adapter)
         norm.register_forward_hook(adapter._capture)
         block.register_forward_hook(adapter._add)

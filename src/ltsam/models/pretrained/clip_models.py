@@ -123,13 +123,14 @@ def clip_factory(member: str) -> Any:
     def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
               lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
               input_size: int | None = None, adapter_dim: int = 64, adapter_scale: float = 0.1,
-              feature_cache: bool = False, head_init: str = "random", weights: bool = False) -> nn.Module:
+              adapter_style: str = "adaptformer", feature_cache: bool = False, head_init: str = "random",
+              weights: bool = False) -> nn.Module:
         model = create_clip(open_clip, name, pretrained, weights, input_size)
         visual: nn.Module = model.visual  # type: ignore[assignment]
         embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])  # type: ignore[index]
         head = NormedLinear(embed_dim, num_classes) if use_norm else nn.Linear(embed_dim, num_classes)
         net = apply_tune(ClipImageClassifier(visual, head, embed_dim), "head", tune, lora_rank, lora_alpha,
-                         lora_targets, adapter_dim, adapter_scale)
+                         lora_targets, adapter_dim, adapter_scale, adapter_style)
         cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})  # open_clip's: size, mean, std, interpolation
         size = cfg.get("size", getattr(visual, "image_size", 224))
         size = size if isinstance(size, int) else max(size)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.models.normed_linear import NormedLinear
-from ltsam.models.pretrained.adapters import check_blocks
+from ltsam.models.pretrained.adapters import STYLES, check_blocks
 from ltsam.models.pretrained.extras import require
 from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.tuning import ALL_LINEAR, TUNE_MODES, apply_tune
@@ -38,6 +38,9 @@ OPTIONS = (
            "comma-separated module names (qkv,proj,fc1,fc2)", keep_case=True),
     Option("adapter_dim", int, 64, "--tune adapter: the adapters' bottleneck width r (AdaptFormer's 64)", minimum=1),
     Option("adapter_scale", float, 0.1, "--tune adapter: the scale s of the adapters' output (AdaptFormer's 0.1)"),
+    Option("adapter_style", str, "adaptformer", "--tune adapter: adaptformer (reads the block's LN2 output, fixed "
+           "scale) or lift (LIFT's: its own layer norm of the block's input to the MLP, learned scale from 1)",
+           choices=STYLES),
     Option("feature_cache", bool, False, "--tune linear: compute the frozen backbone's features of the "
            "un-augmented training images once and train the head on them (turns off per-epoch crop and flip; "
            "in-memory data sets)"),
@@ -101,14 +104,15 @@ def timm_factory(member: str) -> Any:
     def build(num_classes: int, use_norm: bool, in_channels: int, *, pretrained: str = HUB, tune: str = "full",
               lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str = ALL_LINEAR,
               input_size: int | None = None, adapter_dim: int = 64, adapter_scale: float = 0.1,
-              feature_cache: bool = False, weights: bool = False) -> nn.Module:
+              adapter_style: str = "adaptformer", feature_cache: bool = False, weights: bool = False) -> nn.Module:
         net = _create(timm, member, num_classes, pretrained, input_size, weights)
         data = timm.data.resolve_data_config(model=net)
         head = getattr(net, "pretrained_cfg", {}).get("classifier", "head")
         head = head[0] if isinstance(head, (tuple, list)) else head
         if use_norm:
             _cosine_head(net, head, num_classes)
-        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets, adapter_dim, adapter_scale)
+        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets, adapter_dim, adapter_scale,
+                         adapter_style)
         size = input_size or int(data["input_size"][-1])
         return PretrainedNet(net, head, size, str(data.get("interpolation", "bilinear")), data["mean"],
                              data["std"], frozen_eval=tune == "linear", feature_input=feature_cache)
@@ -123,6 +127,8 @@ def resolve(cfg: Settings) -> None:
     cfg.norm = "none"
     if cfg.tune not in TUNE_MODES:
         raise UserError(f"unknown --tune {cfg.tune!r}; choose one of {', '.join(TUNE_MODES)}")
+    if cfg.adapter_style not in STYLES:
+        raise UserError(f"unknown --adapter-style {cfg.adapter_style!r}; choose one of {', '.join(STYLES)}")
     if cfg.tune == "lora":
         require("peft", "--tune lora")  # before the run folder is made
     if cfg.feature_cache:

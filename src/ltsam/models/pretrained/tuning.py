@@ -73,7 +73,8 @@ def lora_attention(attn: nn.MultiheadAttention, rank: int, alpha: float) -> None
 
 
 def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0,
-               targets: str = ALL_LINEAR, adapter_dim: int = 64, adapter_scale: float = 0.1) -> nn.Module:
+               targets: str = ALL_LINEAR, adapter_dim: int = 64, adapter_scale: float = 0.1,
+               adapter_style: str = "adaptformer") -> nn.Module:
     """``net`` with ``mode``'s parameters trainable and the others frozen (LoRA layers injected in place)."""
     if mode not in TUNE_MODES:
         raise UserError(f"unknown --tune {mode!r}; choose one of {', '.join(TUNE_MODES)}")
@@ -93,7 +94,7 @@ def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_al
                                      bias="none")
             net = peft.inject_adapter_in_model(config, net)
     if mode == "adapter":
-        add_adapters(net, adapter_dim, adapter_scale)
+        add_adapters(net, adapter_dim, adapter_scale, adapter_style)
     for name, p in net.named_parameters():
         if mode == "linear":
             train = id(p) in head_params
