@@ -63,6 +63,7 @@ class TrainConfig:
     adaptive: bool = False
     epochs: int = 200
     batch_size: int = 128
+    accumulate: int = 1  # micro-batches per batch (gradient accumulation; --accumulate)
     lr: float = 0.1
     lr_schedule: str = "step"
     momentum: float = 0.9
@@ -255,7 +256,7 @@ _FINITE_MIN = {"imb_factor": None, "head_scale": None, "rho": 0.0, "min_rho": 0.
                "momentum": None, "wd": None, "val_fraction": 0.0}
 # Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
 _INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
-            "epochs": 1, "batch_size": 1, "val_per_class": 0}
+            "epochs": 1, "batch_size": 1, "accumulate": 1, "val_per_class": 0}
 _SEED_MAX = 2**32 - 1
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -337,6 +338,9 @@ def validate(cfg: TrainConfig) -> None:
     if getattr(cfg, "head_init", "random") != "random" and not str(cfg.arch or "").startswith("clip:"):
         raise UserError(f"--head-init {cfg.head_init} embeds class names with a CLIP text tower (--arch clip:NAME); "
                         f"--arch {cfg.arch} has none (drop --head-init)")
+    if cfg.accumulate > 1 and not method.accumulates:
+        raise UserError(f"--accumulate splits the batches of `--method erm`; --method {cfg.method} steps on its own "
+                        "objective (drop --accumulate)")
     method.validate(cfg)
     _check_numbers(cfg)
     _check_head_scale(cfg)

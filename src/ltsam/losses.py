@@ -55,6 +55,19 @@ def _weight(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor |
     return None if weight is None else weight.to(logits.dtype)
 
 
+class WeightedMean(nn.Module):
+    """A loss that is the weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i} of its samples' losses (w: its class
+    weights, 1 without): ``mean_weights(targets)`` gives each sample's w, the share of a part of the batch in the
+    batch's loss (``--accumulate`` weighs its micro-batches by it)."""
+
+    weight: torch.Tensor | None
+
+    def mean_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return torch.ones(len(targets), dtype=torch.float32, device=targets.device)
+        return self.weight[targets]
+
+
 class FocalLoss(nn.Module):
     """Focal loss as the reference: l_i = w_{y_i} CE_i, p_i = exp(-l_i), loss = mean (1-p_i)^gamma l_i.
 
@@ -74,6 +87,10 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample(logits, targets).mean()
 
+    def mean_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """A plain batch mean: every sample weighs 1 (its class weight is inside its loss)."""
+        return torch.ones(len(targets), dtype=torch.float32, device=targets.device)
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(1 - p_i)^gamma l_i with l_i = w_{y_i} CE_i (its batch mean is the loss)."""
         ce = F.cross_entropy(logits, targets, weight=_weight(self.weight, logits), reduction="none")
@@ -81,7 +98,7 @@ class FocalLoss(nn.Module):
         return (1.0 - p) ** self.gamma * ce
 
 
-class LDAMLoss(nn.Module):
+class LDAMLoss(WeightedMean):
     """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019).
 
     m_c = max_m * (n_min / n_c) ** (1/4); logits z -> s * (z - m_y e_y); then weighted CE.
@@ -114,7 +131,7 @@ class LDAMLoss(nn.Module):
         return weighted_per_sample(self._scaled(logits, targets), targets, self.weight)
 
 
-class VSLoss(nn.Module):
+class VSLoss(WeightedMean):
     """Vector-scaling loss (Kini et al., NeurIPS 2021): z_c / Delta_c + iota_c, then weighted CE.
 
     Delta_c = (n_max / n_c) ** gamma (>= 1), iota_c = tau * log(n_c / sum n).
@@ -152,7 +169,7 @@ def log_prior(cls_num_list: Sequence[int]) -> torch.Tensor:
     return torch.log(n / n.sum())
 
 
-class LogitAdjustedLoss(nn.Module):
+class LogitAdjustedLoss(WeightedMean):
     """Logit-adjusted loss (Menon et al., ICLR 2021): CE(z + tau log pi, y), pi = n / sum n the training prior.
 
     Each logit z_c is shifted by tau log pi_c before the (weighted) cross-entropy, which asks the
@@ -175,7 +192,7 @@ class LogitAdjustedLoss(nn.Module):
         return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
 
 
-class BalancedSoftmaxLoss(nn.Module):
+class BalancedSoftmaxLoss(WeightedMean):
     """Balanced Softmax (Ren et al., NeurIPS 2020): CE(z + log n, y), every logit z_c shifted by log n_c.
 
     p(y | x) = n_y exp(z_y) / sum_c n_c exp(z_c); the same minimiser as the logit-adjusted loss at tau = 1
@@ -200,7 +217,7 @@ class BalancedSoftmaxLoss(nn.Module):
         return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
 
 
-class WeightedCrossEntropy(nn.Module):
+class WeightedCrossEntropy(WeightedMean):
     """Plain cross-entropy with optional per-class weights (registry name ``ce``)."""
 
     weight: torch.Tensor | None
@@ -218,39 +235,52 @@ class WeightedCrossEntropy(nn.Module):
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", "loss")
 """Losses by name. An entry is called as ``obj(cls_num_list, weight=None, **options)`` and returns an
-``nn.Module`` computing ``loss(logits, targets)``; ``cosine_head=True`` gives it the normalised head."""
+``nn.Module`` computing ``loss(logits, targets)``; ``cosine_head=True`` gives it the normalised head;
+``per_sample`` / ``mean_weights``: its module has those methods (known before any data is read)."""
 
 LOSSES.add("ce", lambda cls_num_list, weight=None: WeightedCrossEntropy(weight=weight), help="cross-entropy",
-           per_sample=True)
+           per_sample=True, mean_weights=True)
 LOSSES.add("focal", lambda cls_num_list, weight=None, focal_gamma=1.0: FocalLoss(weight, focal_gamma),
            help="focal loss", options=[Option("focal_gamma", float, 1.0, "focal loss gamma (default 1)", minimum=0.0)],
-           per_sample=True)
+           per_sample=True, mean_weights=True)
 LOSSES.add("ldam", lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0: LDAMLoss(
     cls_num_list, max_m=max_m, s=ldam_s, weight=weight), help="label-distribution-aware margin", cosine_head=True,
-    per_sample=True,
+    per_sample=True, mean_weights=True,
     options=[Option("margin", float, 0.5, "LDAM max margin (default 0.5)", param="max_m"),
              Option("ldam_s", float, 30.0, "LDAM logit scale s (default 30)")])
 LOSSES.add("vs", lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0: VSLoss(
-    cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling", per_sample=True,
+    cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling", per_sample=True, mean_weights=True,
     options=[Option("vs_gamma", float, 0.3, "VS loss gamma (default 0.3)", flags=("--gamma", "--vs-gamma")),
              Option("vs_tau", float, 1.0, "VS loss tau (default 1.0)", flags=("--tau", "--vs-tau"))])
 
 LOSSES.add("la", lambda cls_num_list, weight=None, la_tau=1.0: LogitAdjustedLoss(cls_num_list, la_tau, weight),
-           help="logit-adjusted CE (Menon et al., 2021)", aliases=("logit_adjusted", "logit-adjusted"), per_sample=True,
+           help="logit-adjusted CE (Menon et al., 2021)", aliases=("logit_adjusted", "logit-adjusted"),
+           per_sample=True, mean_weights=True,
            options=[Option("la_tau", float, 1.0, "logit-adjusted loss: tau of CE(z + tau log prior) (default 1)",
                            minimum=0.0)])
 LOSSES.add("balanced_softmax", lambda cls_num_list, weight=None: BalancedSoftmaxLoss(cls_num_list, weight),
-           help="Balanced Softmax (Ren et al., 2020)", aliases=("balanced-softmax", "bsce"), per_sample=True)
+           help="Balanced Softmax (Ren et al., 2020)", aliases=("balanced-softmax", "bsce"), per_sample=True,
+           mean_weights=True)
 
 
 def has_per_sample(name: str) -> bool | None:
     """Whether loss ``name`` gives per-sample losses, known before any data is read: the registration's
     ``per_sample`` flag, else a registered class's ``per_sample`` method; ``None`` when it cannot be told
     (a factory function: the check then happens when the loss is built)."""
+    return _declares(name, "per_sample")
+
+
+def has_mean_weights(name: str) -> bool | None:
+    """Whether loss ``name`` says how its batch mean weighs samples (``mean_weights``; ``--accumulate`` needs it),
+    as :func:`has_per_sample` tells."""
+    return _declares(name, "mean_weights")
+
+
+def _declares(name: str, method: str) -> bool | None:
     entry = LOSSES.entry(name)
-    if "per_sample" in entry.meta:
-        return bool(entry.meta["per_sample"])
-    return hasattr(entry.obj, "per_sample") if isinstance(entry.obj, type) else None
+    if method in entry.meta:
+        return bool(entry.meta[method])
+    return hasattr(entry.obj, method) if isinstance(entry.obj, type) else None
 
 
 def build_loss(name: str, cls_num_list: Sequence[int], weight: torch.Tensor | None = None,

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ltsam.errors import UserError
-from ltsam.losses import LOSSES, has_per_sample
+from ltsam.losses import LOSSES, has_mean_weights, has_per_sample
 from ltsam.models import MODELS, arch_options, build_model
-from ltsam.objectives import supervised_objective
+from ltsam.objectives import accumulated_objective, supervised_objective
 from ltsam.optim import STEPS, Step, build_step
 from ltsam.registry import Registry, Settings
 from ltsam.rules import build_rule
@@ -56,6 +56,8 @@ class Method:
     def defaults(cls, dataset: str) -> dict[str, Any]:
         """Configuration values the method needs unless the recipe or the user sets them."""
         return {}
+
+    accumulates = False  # its batches split into micro-batches (``--accumulate``)
 
     @classmethod
     def validate(cls, cfg: Settings) -> None:
@@ -136,6 +138,8 @@ METHODS: Registry[type[Method]] = Registry("method", "method")
 class ERMMethod(Method):
     """Empirical risk minimisation with the configured loss and train rule (any registered step)."""
 
+    accumulates = True
+
     @classmethod
     def validate(cls, cfg: Settings) -> None:
         """A class-splitting step needs a loss with per-sample losses: refused here, before the run folder."""
@@ -144,6 +148,18 @@ class ERMMethod(Method):
             raise UserError(f"--optimizer {cfg.optimizer} splits the loss by class and needs per-sample losses; "
                             f"--loss {cfg.loss} has no per_sample(logits, targets) method — choose another --loss "
                             f"(every built-in loss has one) or add the method to it")
+        if getattr(cfg, "accumulate", 1) > 1:
+            name = cfg.optimizer if cfg.uses_sam else "sgd"
+            if not STEPS.entry(name).meta.get("accumulates"):
+                takes = ", ".join(n for n in STEPS.names() if STEPS.entry(n).meta.get("accumulates"))
+                raise UserError(f"--accumulate: --optimizer {name} takes several backward passes of parts of the "
+                                f"loss, which micro-batches cannot give; use one of {takes}, or drop --accumulate")
+            if has_mean_weights(cfg.loss) is False:
+                raise UserError(f"--accumulate weighs micro-batches by the loss's per-sample weights; --loss "
+                                f"{cfg.loss} has no mean_weights(targets) method (add one, or drop --accumulate)")
+            if cfg.accumulate > cfg.batch_size:
+                raise UserError(f"--accumulate {cfg.accumulate} splits a batch of {cfg.batch_size} into more "
+                                "micro-batches than it has images; lower --accumulate")
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
@@ -168,7 +184,10 @@ class ERMMethod(Method):
     def __call__(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         step, criterion = self.built_step(), cast(nn.Module, self.criterion)  # set by prepare
-        out = step(net, supervised_objective(x, y, criterion, self.ctx.autocast, step.needs_per_sample)).last
+        parts = int(getattr(self.ctx.cfg, "accumulate", 1))
+        objective = (supervised_objective(x, y, criterion, self.ctx.autocast, step.needs_per_sample) if parts == 1
+                     else accumulated_objective(x, y, criterion, parts, step.backward, self.ctx.autocast))
+        out = step(net, objective).last
         return out.report.detach(), out.logits.detach(), y
 
 

@@ -95,6 +95,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adaptive", action="store_true", default=None, help="adaptive SAM (ASAM)")
     g.add_argument("--epochs", type=int)
     g.add_argument("-b", "--batch-size", dest="batch_size", type=int)
+    g.add_argument("--accumulate", type=int, metavar="K",
+                   help="gradient accumulation: each batch in K micro-batches, one forward/backward each, one step "
+                        "(the gradient of the whole batch's loss; batch norm sees the micro-batches; SAM perturbs "
+                        "along the accumulated gradient); SGD, SAM, ASAM with --method erm")
     g.add_argument("--lr", type=float)
     _choices_flag(g, R["lr_schedule"], "--lr-schedule")
     g.add_argument("--cos_lr", dest="lr_schedule", action="store_const", const="cosine",

@@ -55,6 +55,21 @@ class StepResult(NamedTuple):
 Objective = Callable[[nn.Module], StepLosses]
 
 
+_ACCUMULATED = "_ltsam_accumulated"
+
+
+def mark_accumulated(loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` (detached) marked as one whose gradients are already in the parameters' ``.grad``: an objective
+    that evaluates its batch in micro-batches (``--accumulate``) took their backward passes itself."""
+    loss = loss.detach()
+    setattr(loss, _ACCUMULATED, True)
+    return loss
+
+
+def is_accumulated(loss: torch.Tensor) -> bool:
+    return bool(getattr(loss, _ACCUMULATED, False))
+
+
 class Step:
     """One optimisation step on one objective. Subclasses register in ``STEPS``.
 
@@ -86,6 +101,10 @@ class Step:
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False,
                  inputs: Sequence[torch.Tensor] | None = None) -> None:
+        """The loss's gradients added to the parameters' (scaled under fp16). A loss an accumulating objective
+        already took its micro-batches' backward passes for (:func:`is_accumulated`) adds nothing more."""
+        if is_accumulated(loss):
+            return
         (loss if self.scaler is None else self.scaler.scale(loss)).backward(retain_graph=retain_graph,
                                                                              inputs=inputs)
 
@@ -118,7 +137,7 @@ def _with_counts(cls: type[Step], cls_num_list: Sequence[int] | None, options: d
 STEPS: Registry[type[Step]] = Registry("optimizer step", "optimizer")
 
 
-@STEPS.register("sgd", help="SGD with momentum", label="SGD", packs=True)
+@STEPS.register("sgd", help="SGD with momentum", label="SGD", packs=True, accumulates=True)
 class SGDStep(Step):
     """One forward/backward of the descent loss and one optimizer step."""
 
@@ -135,7 +154,7 @@ class SGDStep(Step):
 
 
 @STEPS.register("sam", help="sharpness-aware minimisation (ASAM with --adaptive)", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency, label="SAM", packs=True)
+                resolve=check_frequency, label="SAM", packs=True, accumulates=True)
 class SAMStep(Step):
     """Ascent pass, ``first_step``, descent pass at the perturbed weights, restore and base step.
 
@@ -257,7 +276,7 @@ class SAMStep(Step):
 
 
 @STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
-                resolve=check_frequency, label="ASAM", packs=True, run_name="sam")
+                resolve=check_frequency, label="ASAM", packs=True, run_name="sam", accumulates=True)
 class ASAMStep(SAMStep):
     """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
 

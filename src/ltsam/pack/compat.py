@@ -55,6 +55,9 @@ def refuse_unpackable(cfg: TrainConfig) -> None:
     if cfg.method != "erm":
         raise UserError(f"--method {cfg.method} does not pack yet: packs train the losses and rules of `--method "
                         f"erm`; train the {cfg.method} runs one by one (without --seeds or --pack)")
+    if getattr(cfg, "accumulate", 1) > 1:
+        raise UserError(f"--accumulate {cfg.accumulate} does not pack yet (a pack's step takes every member's whole "
+                        "batch); train the runs one by one, or drop --accumulate")
     if cfg.arch is not None and MODELS.family(cfg.arch) is not None:
         raise UserError(f"--arch {cfg.arch} does not pack yet (a pack builds its members from ltsam's own "
                         f"architectures, without pretrained weights); train the seeds one by one (without --seeds "
