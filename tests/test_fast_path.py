@@ -156,12 +156,13 @@ def _textbook_loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Te
 def _textbook_train(model: nn.Module, batches, loss_name: str, sam: bool) -> list[float]:
     """The reference loop: forward, loss, backward, SGD; SAM as davda54 does it (per-parameter
     clone of w, w += rho g / ||g||, second pass, w restored from the clone, base SGD step). The loss is
-    taken in float32, as ltsam's steps take it (``criterion(logits.float(), y)``, for mixed precision)."""
+    taken in the logits' dtype (float64 here), as ltsam's steps take it (``ltsam.objectives.for_loss`` raises only
+    half-precision logits to float32)."""
     params = list(model.parameters())
     sgd = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WD)
     losses = []
     for x, y in batches:
-        loss = _textbook_loss(loss_name, model(x).float(), y)
+        loss = _textbook_loss(loss_name, model(x), y)
         sgd.zero_grad()
         loss.backward()
         if sam:
@@ -174,7 +175,7 @@ def _textbook_train(model: nn.Module, batches, loss_name: str, sam: bool) -> lis
                     old[p] = p.data.clone()
                     p.add_(p.grad * (RHO / (norm + 1e-12)))
             sgd.zero_grad()
-            loss = _textbook_loss(loss_name, model(x).float(), y)
+            loss = _textbook_loss(loss_name, model(x), y)
             loss.backward()
             for p in params:
                 if p in old:

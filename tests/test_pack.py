@@ -294,9 +294,10 @@ def test_killed_pack_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--method", "glmc", "--seeds", "0", "1"], ["--method glmc", "does not pack"]),
-    (["--optimizer", "imbsam", "--seeds", "0", "1"], ["--optimizer imbsam", "does not pack"]),
     (["--seeds", "0", "0"], ["--seeds", "twice"]),
+    (["--seeds", "0", "1", "--dataset", "folder", "--data-root", "/nonexistent/imgs"], ["/nonexistent/imgs"]),
+    (["--seeds", "0", "1", "--method", "glmc", "--dataset", "folder", "--data-root", "/nonexistent/imgs"],
+     ["/nonexistent/imgs"]),  # runs that do not pack train one by one (test_seeds_one_by_one): data checked first
 ])
 def test_unpackable_seeds_are_one_line(tmp_path, capsys, flags, words):
     from tests.test_cli_errors import _assert_one_line, _run

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ltsam.argtypes import flag_name, show
 from ltsam.errors import UserError
-from ltsam.run.files import BEST_VAL, CONFIG_NAME
+from ltsam.run.files import BEST_VAL, CONFIG_NAME, DIVERGED_NAME
 from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, read_settings, settings_overrides
 
 if TYPE_CHECKING:
@@ -188,16 +188,76 @@ def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epoch
 
 
 def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
-    """``--seeds``: the seeds' runs as one pack into ``out/seedN``, then their mean ± std table."""
-    from ltsam.pack.compat import check_pack
+    """``--seeds``: the seeds' runs as one pack into ``out/seedN``, then their mean ± std table. Runs that do not
+    pack (a pretrained backbone, GLMC, ``--accumulate``) train one after another into the same folders."""
+    from ltsam.pack.compat import check_pack, unpackable_reason
     from ltsam.pack.folders import prepare_pack_dir, seed_members
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--seeds trains its runs as one pack in one process; run it without torchrun")
-    members = seed_members(cfg, args.seeds, out)
-    check_pack(members)  # before any folder is touched
+    reason = unpackable_reason(cfg)
+    members = seed_members(cfg, args.seeds, out, one_by_one=reason is not None)
+    if reason is None:
+        check_pack(members)  # before any folder is touched
+    _check_members_data(members)
+    if reason is not None:
+        print(f"ltsam: these runs do not pack ({reason.partition(';')[0]}); training the {len(members)} seeds one "
+              "after another", flush=True)
     dirs = prepare_pack_dir(out, members, args.overwrite)
+    if reason is not None:
+        return _fit_one_by_one(args, members, dirs, out, [False] * len(members))
     return _fit_pack(args, members, dirs, out, resume=False)
+
+
+def _check_members_data(members: list[TrainConfig]) -> None:
+    """A run trained alone reads its data before its folder is made; the seeds' runs read the first's (a bad
+    --data-root is one line, and nothing is created)."""
+    from ltsam.data.loading import load_data
+
+    load_data(members[0])
+
+
+def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path,
+                    started: list[bool]) -> int:
+    """Each run of an unpackable ``--seeds`` set in turn (a finished one recomputes its final results, a
+    diverged one is recorded and the others go on), then the mean ± std table of the finished ones."""
+    from ltsam.config import resolve_derived
+    from ltsam.data.loading import load_data
+    from ltsam.errors import TrainingDiverged
+    from ltsam.io import write_json
+    from ltsam.pack.folders import REPORT_DIR, diverged
+    from ltsam.run.runtime import settle
+    from ltsam.summary import build_report
+    from ltsam.trainer import Trainer
+
+    finished, failed = [], []
+    for cfg, run_dir, resume in zip(cfgs, dirs, started):
+        if diverged(run_dir):
+            failed.append(run_dir.name)
+            continue
+        print(f"ltsam: run {run_dir} ({cfg.arch} on {cfg.dataset}, seed {cfg.seed})", flush=True)
+        if resume:
+            trainer = Trainer(resolve_derived(cfg), run_dir, resume=True, progress=not args.no_progress)
+        else:
+            data = load_data(cfg)
+            settle(cfg, data.train_size)
+            trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+        try:
+            summary = trainer.fit(stop_after=args.stop_after)
+        except TrainingDiverged as exc:  # recorded as a pack member's is: a resume leaves it and trains the rest
+            write_json(run_dir / DIVERGED_NAME, {"message": str(exc)})
+            print(f"ltsam: {run_dir.name} stopped: {exc}", flush=True)
+            failed.append(run_dir.name)
+            continue
+        if summary.get("epochs_done") == cfg.epochs:
+            finished.append(run_dir)
+    if finished:
+        text, where = build_report(finished, out / REPORT_DIR, partial=True, figures=False)
+        print(text)
+        print(f"report in {where}/report.md")
+    if failed:
+        raise TrainingDiverged(f"{', '.join(failed)} diverged (see diverged.json in each); the other runs finished")
+    return 0
 
 
 def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -214,6 +274,9 @@ def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         for key in ("device", "workers"):
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
+    if any((cfg.pack or {}).get("one_by_one") for cfg in cfgs):
+        print(f"ltsam: resuming the {len(dirs)} runs in {out}, one after another", flush=True)
+        return _fit_one_by_one(args, cfgs, dirs, out, started)
     print(f"ltsam: resuming the pack of {len(dirs)} runs in {out}", flush=True)
     return _fit_pack(args, cfgs, dirs, out, resume=all(started))
 

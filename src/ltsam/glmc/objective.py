@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltsam.glmc.mixing import Box, cutmix, cutmix_box, mix_targets, mixup, sample_lambda
+from ltsam.objectives import for_loss
 from ltsam.optim import SAMStep, SGDStep, Step, StepLosses
 from ltsam.optim.sam import SAM
 
@@ -59,11 +60,6 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """Half-precision (autocast) outputs to float32; float32/float64 unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 class GLMCLosses(NamedTuple):
     bal: torch.Tensor    # L_bal: fc head, unweighted soft targets, MixUp + CutMix
     reb: torch.Tensor    # L_reb: fc_cb head, label-weighted soft targets, MixUp + CutMix
@@ -81,8 +77,8 @@ def glmc_losses(out_mix: Outputs, out_cut: Outputs, y_mix: torch.Tensor, y_mix_w
     Half-precision outputs are promoted to float32 and the targets cast to the logits' dtype.
     ``per_sample`` adds alpha (CE_i(fc mix) + CE_i(fc cut)) + (1 - alpha) (CE_i(fc_cb mix) + CE_i(fc_cb cut)).
     """
-    fc_mix, cb_mix, z_mix, p_mix = (_full(t) for t in out_mix)
-    fc_cut, cb_cut, z_cut, p_cut = (_full(t) for t in out_cut)
+    fc_mix, cb_mix, z_mix, p_mix = (for_loss(t) for t in out_mix)
+    fc_cut, cb_cut, z_cut, p_cut = (for_loss(t) for t in out_cut)
     y_mix, y_mix_w, y_cut, y_cut_w = (y.to(fc_mix.dtype) for y in (y_mix, y_mix_w, y_cut, y_cut_w))
     bal = soft_cross_entropy(fc_mix, y_mix) + soft_cross_entropy(fc_cut, y_cut)
     reb = soft_cross_entropy(cb_mix, y_mix_w) + soft_cross_entropy(cb_cut, y_cut_w)

@@ -79,6 +79,15 @@ def refuse_unpackable(cfg: TrainConfig) -> None:
                         "overflows; use --amp bf16, or train the runs one by one")
 
 
+def unpackable_reason(cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` cannot be a pack's member (:func:`refuse_unpackable`'s line), or None when it can."""
+    try:
+        refuse_unpackable(cfg)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def check_pack(cfgs: Sequence[TrainConfig]) -> None:
     """Refuse, in one line, configurations that cannot train as one pack."""
     if not cfgs:

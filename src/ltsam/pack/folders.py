@@ -26,8 +26,10 @@ def member_name(seed: int) -> str:
     return f"seed{seed}"
 
 
-def seed_members(cfg: TrainConfig, seeds: Sequence[int], out: Path) -> list[TrainConfig]:
-    """One configuration per seed, each naming its folder and its pack."""
+def seed_members(cfg: TrainConfig, seeds: Sequence[int], out: Path, one_by_one: bool = False
+                 ) -> list[TrainConfig]:
+    """One configuration per seed, each naming its folder and its pack (``one_by_one``: runs that do not pack,
+    trained one after another in the pack's folder, say so)."""
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))} names a seed twice; give each seed once")
     dirs = [out / member_name(s) for s in seeds]
@@ -37,6 +39,8 @@ def seed_members(cfg: TrainConfig, seeds: Sequence[int], out: Path) -> list[Trai
         member.seed, member.out = int(seed), str(run_dir)
         member.compile = bool(cfg.compile)  # auto settles to off: a pack runs eagerly (--compile is refused)
         member.pack = {"folder": str(out), "size": len(seeds), "index": i, "members": [str(d) for d in dirs]}
+        if one_by_one:
+            member.pack["one_by_one"] = True
         members.append(member)
     return members
 

@@ -28,6 +28,7 @@ from ltsam.faults import fault_point
 from ltsam.io import read_json, write_json
 from ltsam.methods import METHODS
 from ltsam.metrics import index_groups
+from ltsam.objectives import for_loss
 from ltsam.optim import StepLosses
 from ltsam.pack.compat import check_batches, check_pack
 from ltsam.pack.model import PackedModel
@@ -279,7 +280,7 @@ def packed_objective(x: torch.Tensor, y: torch.Tensor, criteria: Sequence[nn.Mod
     def objective(model: nn.Module) -> StepLosses:
         with autocast():
             logits = model(x)
-            full = logits.float()
+            full = for_loss(logits)
             losses = torch.stack([c(full[g], y[g]) for g, c in enumerate(criteria)])
         total = losses.sum()
         return StepLosses(total, total, losses, logits, y)
