@@ -9,6 +9,8 @@ weights; a missing extra and an unreachable hub are one line and exit 2.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -87,6 +89,24 @@ def test_tune_mode_changes_exactly_its_parameters(tmp_path, monkeypatch, tune, o
     if tune == "linear":  # the frozen backbone ran in eval mode: its batch-norm statistics are untouched
         bn = [n for n in buffers if "running_mean" in n]
         assert bn and all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+
+
+def test_lora_with_sam_in_bf16(tmp_path, monkeypatch):
+    """``--amp bf16`` with a LoRA ViT and SAM: the forward runs in bfloat16 (peft's layers inside autocast), the
+    weights stay float32, exactly the LoRA layers and the head move, and the epoch's loss is finite and not the
+    float32 run's (the precision took effect)."""
+    _no_network(monkeypatch)
+    trainer, before, _ = _train(tmp_path / "bf16", tune="lora", optimizer="sam", amp="bf16")
+    model = trainer.model
+    wanted = {n for n, _ in model.named_parameters() if n.startswith(HEAD) or ".lora_" in n}
+    assert _changed(model, before) == wanted
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad(), trainer.autocast():
+        assert model(torch.rand(2, 1, 8, 8)).dtype == torch.bfloat16
+    fp32, _, _ = _train(tmp_path / "fp32", tune="lora", optimizer="sam")
+    bf16_loss = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    fp32_loss = json.loads((tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    assert math.isfinite(bf16_loss) and bf16_loss != fp32_loss
 
 
 def test_checkpoint_reloads_same_logits_offline(tmp_path, monkeypatch):

@@ -328,7 +328,8 @@ def validate(cfg: TrainConfig) -> None:
         cfg.arch = cfg.arch.lower()
         if not method.accepts_arch(cfg.arch):
             raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(method.archs()))}")
-        MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
+        if MODELS.family(cfg.arch) is not None:  # a method's own architectures (GLMC's) are not MODELS entries
+            MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
     if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:
         raise UserError(f"--tune {cfg.tune} fine-tunes part of a pretrained backbone (--arch timm:NAME, clip:NAME); "
                         f"--arch {cfg.arch} trains whole (drop --tune)")
