@@ -110,7 +110,7 @@ def group_jobs(runs: list[RunSpec], size: int) -> list[JobSpec]:
     if size <= 1:
         return [JobSpec(r.name, [r]) for r in runs]
     from ltsam.config import TrainConfig
-    from ltsam.pack.compat import pack_key, refuse_unpackable
+    from ltsam.pack.compat import pack_key, unpackable_reason
 
     groups: dict[str, list[RunSpec]] = {}
     alone: list[RunSpec] = []
@@ -119,11 +119,7 @@ def group_jobs(runs: list[RunSpec], size: int) -> list[JobSpec]:
         key: str | None = None
         if run.checked:
             cfg = TrainConfig.from_dict(run.resolved)
-            try:
-                refuse_unpackable(cfg)
-                key = pack_key(cfg)
-            except UserError:
-                key = None
+            key = None if unpackable_reason(cfg) else pack_key(cfg)
         if key is None:
             alone.append(run)
             order.append(run)
