@@ -86,12 +86,9 @@ def _randomise(adapter: nn.Module) -> None:
             p.normal_()
 
 
-@pytest.mark.parametrize("library", ["timm", "open_clip"])
-def test_block_output_equals_the_adaptformer_formula(library):
-    """One block (float64, adapter weights random): x' = x + attn(LN1(x)), out = x' + MLP(LN2(x')) +
-    s (ReLU(LN2(x') Wd^T + bd) Wu^T + bu), with Wd, bd, Wu, bu read from the adapter and multiplied here."""
-    torch.manual_seed(0)
-    d, r, s = 16, 3, 0.7
+def _one_block(library: str, d: int, **adapter) -> tuple[nn.Module, nn.Module]:
+    """(block + linear head with ``--tune adapter``'s adapters, in float64 eval mode; the block): one timm or
+    open_clip transformer block of width ``d``."""
     if library == "timm":
         from timm.models.vision_transformer import Block
 
@@ -103,7 +100,16 @@ def test_block_output_equals_the_adaptformer_formula(library):
     net = nn.Sequential()
     net.add_module("block", block)
     net.add_module("head", nn.Linear(d, 3))
-    net = apply_tune(net, "head", "adapter", adapter_dim=r, adapter_scale=s).double().eval()
+    return apply_tune(net, "head", "adapter", **adapter).double().eval(), block
+
+
+@pytest.mark.parametrize("library", ["timm", "open_clip"])
+def test_block_output_equals_the_adaptformer_formula(library):
+    """One block (float64, adapter weights random): x' = x + attn(LN1(x)), out = x' + MLP(LN2(x')) +
+    s (ReLU(LN2(x') Wd^T + bd) Wu^T + bu), with Wd, bd, Wu, bu read from the adapter and multiplied here."""
+    torch.manual_seed(0)
+    d, r, s = 16, 3, 0.7
+    net, block = _one_block(library, d, adapter_dim=r, adapter_scale=s)
     adapter = block.adapter
     _randomise(adapter)
     x = torch.randn(2, 5, d, dtype=torch.float64)
@@ -138,18 +144,7 @@ def test_block_output_equals_lifts_formula(library):
     its down projection non-zero and its up projection zero."""
     torch.manual_seed(0)
     d, r = 16, 3
-    if library == "timm":
-        from timm.models.vision_transformer import Block
-
-        block: nn.Module = Block(dim=d, num_heads=2)
-    else:
-        from open_clip.transformer import ResidualAttentionBlock
-
-        block = ResidualAttentionBlock(d, 2, batch_first=True)
-    net = nn.Sequential()
-    net.add_module("block", block)
-    net.add_module("head", nn.Linear(d, 3))
-    net = apply_tune(net, "head", "adapter", adapter_dim=r, adapter_style="lift").double().eval()
+    net, block = _one_block(library, d, adapter_dim=r, adapter_style="lift")
     adapter = block.adapter
     assert float(adapter.scale) == 1.0 and not torch.equal(adapter.down.weight, torch.zeros_like(adapter.down.weight))
     assert torch.equal(adapter.up.weight, torch.zeros_like(adapter.up.weight))
