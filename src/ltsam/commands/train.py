@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     add_plugin_flag(p)
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="train one run per seed as one pack (one fused model, ltsam.pack) into OUT/seed0, OUT/seed1, "
-                        "...; ends with the mean ± std table of `ltsam report OUT`; `--resume OUT` continues the pack")
+                        "... (runs that do not pack, e.g. timm:/clip: or GLMC, one after another); ends with the "
+                        "mean ± std table of `ltsam report OUT`; `--resume OUT` continues them")
     p.add_argument("--members", metavar="FILE",
                    help="train the runs a members file lists (what `ltsam sweep --pack` writes) as one pack, each into "
                         "its own folder: finished ones left alone, interrupted ones resumed, the others started")

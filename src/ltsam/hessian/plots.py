@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from ltsam.hessian.density import density_grid
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (its import slowed every command's start)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FONT_SIZE = 14
 # Added before taking the log, as the reference does, so that empty parts of the grid show.
@@ -22,6 +24,9 @@ Spectrum = tuple[Tensor, Tensor]  # (nodes, weights), each [runs, m]
 
 
 def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig

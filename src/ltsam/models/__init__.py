@@ -11,7 +11,7 @@ from ltsam.models.normed_linear import NormedLinear
 from ltsam.models.pretrained import clip_models, timm_models
 from ltsam.models.resnet_cifar import DEPTHS, ResNetCifar, resnet_cifar
 from ltsam.models.small_cnn import SmallCNN
-from ltsam.models.torchvision_resnets import BUILDERS as TV_BUILDERS
+from ltsam.models.torchvision_resnets import NAMES as TV_NAMES
 from ltsam.models.torchvision_resnets import TorchvisionResNet
 from ltsam.registry import Registry
 
@@ -36,7 +36,7 @@ for _depth in DEPTHS:
     MODELS.add(_depth, _cifar_resnet(_depth), help="CIFAR ResNet")
 MODELS.add("small_cnn", lambda num_classes, use_norm, in_channels: SmallCNN(num_classes, use_norm, in_channels),
            help="small CNN for the digits demo", cpu_threads=1)  # tiny kernels: one thread is fastest
-for _name in TV_BUILDERS:
+for _name in TV_NAMES:
     MODELS.add(_name, _torchvision_resnet(_name), help="torchvision")
 MODELS.add_family("timm", timm_models.timm_factory, help="any timm model, pretrained; the ltsam[pretrained] extra",
                   options=timm_models.OPTIONS, resolve=timm_models.resolve, pretrained=True)

@@ -7,29 +7,29 @@ The classifier ``fc`` is a Linear or, for LDAM, a NormedLinear. ``resnet10`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tvr
 
 from ltsam.models.normed_linear import NormedLinear
 
-
-def _resnet10(**kw) -> tvr.ResNet:
-    return tvr.ResNet(tvr.BasicBlock, [1, 1, 1, 1], **kw)
-
-
-def _resnext152_32x4d(**kw) -> tvr.ResNet:
-    return tvr.ResNet(tvr.Bottleneck, [3, 8, 36, 3], groups=32, width_per_group=4, **kw)
+NAMES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+         "resnext101_32x8d", "resnext152_32x4d", "wide_resnet50_2", "wide_resnet101_2")
+"""The architectures, by name. torchvision is imported when one is built (its import costs ~1.5 s of every
+``ltsam`` command's start otherwise)."""
 
 
-BUILDERS: dict[str, Callable[..., tvr.ResNet]] = {
-    "resnet10": _resnet10, "resnet18": tvr.resnet18, "resnet34": tvr.resnet34,
-    "resnet50": tvr.resnet50, "resnet101": tvr.resnet101, "resnet152": tvr.resnet152,
-    "resnext50_32x4d": tvr.resnext50_32x4d, "resnext101_32x8d": tvr.resnext101_32x8d,
-    "resnext152_32x4d": _resnext152_32x4d, "wide_resnet50_2": tvr.wide_resnet50_2,
-    "wide_resnet101_2": tvr.wide_resnet101_2,
-}
+def builder(name: str) -> Callable[..., nn.Module]:
+    """torchvision's constructor of ``name`` (random weights); resnet10 and resnext152_32x4d from its blocks."""
+    from torchvision.models import resnet as tvr
+
+    if name == "resnet10":
+        return lambda **kw: tvr.ResNet(tvr.BasicBlock, [1, 1, 1, 1], **kw)
+    if name == "resnext152_32x4d":
+        return lambda **kw: tvr.ResNet(tvr.Bottleneck, [3, 8, 36, 3], groups=32, width_per_group=4, **kw)
+    make: Callable[..., Any] = getattr(tvr, name)
+    return lambda **kw: make(weights=None, **kw)
 
 
 class TorchvisionResNet(nn.Module):
@@ -39,7 +39,7 @@ class TorchvisionResNet(nn.Module):
 
     def __init__(self, name: str, num_classes: int, use_norm: bool = False, in_channels: int = 3):
         super().__init__()
-        net = BUILDERS[name](weights=None) if name in tvr.__dict__ else BUILDERS[name]()
+        net: Any = builder(name)()
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.feature_dim = net.fc.in_features
