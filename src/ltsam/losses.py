@@ -55,6 +55,11 @@ def _weight(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor |
     return None if weight is None else weight.to(logits.dtype)
 
 
+def unit_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Every sample weighing 1 in its batch's mean (a plain mean, or a weighted one without class weights)."""
+    return torch.ones(len(targets), dtype=torch.float32, device=targets.device)
+
+
 class WeightedMean(nn.Module):
     """A loss that is the weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i} of its samples' losses (w: its class
     weights, 1 without): ``mean_weights(targets)`` gives each sample's w, the share of a part of the batch in the
@@ -63,9 +68,7 @@ class WeightedMean(nn.Module):
     weight: torch.Tensor | None
 
     def mean_weights(self, targets: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
-            return torch.ones(len(targets), dtype=torch.float32, device=targets.device)
-        return self.weight[targets]
+        return unit_weights(targets) if self.weight is None else self.weight[targets]
 
 
 class FocalLoss(nn.Module):
@@ -89,7 +92,7 @@ class FocalLoss(nn.Module):
 
     def mean_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """A plain batch mean: every sample weighs 1 (its class weight is inside its loss)."""
-        return torch.ones(len(targets), dtype=torch.float32, device=targets.device)
+        return unit_weights(targets)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(1 - p_i)^gamma l_i with l_i = w_{y_i} CE_i (its batch mean is the loss)."""

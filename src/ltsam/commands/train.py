@@ -15,6 +15,7 @@ from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, r
 
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
+    from ltsam.data.lt_data import LTData
 
 
 def add_parser(sub: Any) -> None:
@@ -190,7 +191,9 @@ def _resume_note(args: argparse.Namespace, run_dir: Path, done: int, saved_epoch
 
 def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     """``--seeds``: the seeds' runs as one pack into ``out/seedN``, then their mean ± std table. Runs that do not
-    pack (a pretrained backbone, GLMC, ``--accumulate``) train one after another into the same folders."""
+    pack (a pretrained backbone, GLMC, ``--accumulate``) train one after another into the same folders. The data
+    is read before any folder is made, as for a run alone (a bad --data-root is one line, nothing created)."""
+    from ltsam.data.loading import load_data
     from ltsam.pack.compat import check_pack, unpackable_reason
     from ltsam.pack.folders import prepare_pack_dir, seed_members
 
@@ -200,39 +203,27 @@ def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     members = seed_members(cfg, args.seeds, out, one_by_one=reason is not None)
     if reason is None:
         check_pack(members)  # before any folder is touched
-    _check_members_data(members)
-    if reason is not None:
-        print(f"ltsam: these runs do not pack ({reason.partition(';')[0]}); training the {len(members)} seeds one "
-              "after another", flush=True)
+        datas = [load_data(m) for m in members]  # what the pack trains on: read once, here
+        return _fit_pack(args, members, prepare_pack_dir(out, members, args.overwrite), out, False, datas)
+    first = load_data(members[0])  # the first run's; the others read theirs in turn
+    print(f"ltsam: these runs do not pack ({reason.partition(';')[0]}); training the {len(members)} seeds one "
+          "after another", flush=True)
     dirs = prepare_pack_dir(out, members, args.overwrite)
-    if reason is not None:
-        return _fit_one_by_one(args, members, dirs, out, [False] * len(members))
-    return _fit_pack(args, members, dirs, out, resume=False)
-
-
-def _check_members_data(members: list[TrainConfig]) -> None:
-    """A run trained alone reads its data before its folder is made; the seeds' runs read the first's (a bad
-    --data-root is one line, and nothing is created)."""
-    from ltsam.data.loading import load_data
-
-    load_data(members[0])
+    return _fit_one_by_one(args, members, dirs, out, [False] * len(members), first)
 
 
 def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path,
-                    started: list[bool]) -> int:
+                    started: list[bool], first_data: LTData | None = None) -> int:
     """Each run of an unpackable ``--seeds`` set in turn (a finished one recomputes its final results, a
     diverged one is recorded and the others go on), then the mean ± std table of the finished ones."""
     from ltsam.config import resolve_derived
-    from ltsam.data.loading import load_data
     from ltsam.errors import TrainingDiverged
     from ltsam.io import write_json
-    from ltsam.pack.folders import REPORT_DIR, diverged
-    from ltsam.run.runtime import settle
-    from ltsam.summary import build_report
+    from ltsam.pack.folders import diverged
     from ltsam.trainer import Trainer
 
     finished, failed = [], []
-    for cfg, run_dir, resume in zip(cfgs, dirs, started):
+    for i, (cfg, run_dir, resume) in enumerate(zip(cfgs, dirs, started)):
         if diverged(run_dir):
             failed.append(run_dir.name)
             continue
@@ -240,9 +231,7 @@ def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: lis
         if resume:
             trainer = Trainer(resolve_derived(cfg), run_dir, resume=True, progress=not args.no_progress)
         else:
-            data = load_data(cfg)
-            settle(cfg, data.train_size)
-            trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+            trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=first_data if i == 0 else None)
         try:
             summary = trainer.fit(stop_after=args.stop_after)
         except TrainingDiverged as exc:  # recorded as a pack member's is: a resume leaves it and trains the rest
@@ -252,12 +241,22 @@ def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: lis
             continue
         if summary.get("epochs_done") == cfg.epochs:
             finished.append(run_dir)
-    if finished:
+    return _report_set(finished, failed, out, "runs")
+
+
+def _report_set(finished: list[Path], failed: list[str], out: Path | None, what: str) -> int:
+    """The end of a ``--seeds`` set or pack: the mean ± std table of its finished runs (in ``out/report``), then a
+    non-zero exit naming the diverged ones."""
+    from ltsam.errors import TrainingDiverged
+    from ltsam.pack.folders import REPORT_DIR
+    from ltsam.summary import build_report
+
+    if finished and out is not None:
         text, where = build_report(finished, out / REPORT_DIR, partial=True, figures=False)
         print(text)
         print(f"report in {where}/report.md")
     if failed:
-        raise TrainingDiverged(f"{', '.join(failed)} diverged (see diverged.json in each); the other runs finished")
+        raise TrainingDiverged(f"{', '.join(failed)} diverged (see diverged.json in each); the other {what} finished")
     return 0
 
 
@@ -299,13 +298,11 @@ def _train_members(args: argparse.Namespace) -> int:
 
 
 def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path | None,
-              resume: bool | list[bool]) -> int:
-    from ltsam.errors import TrainingDiverged
-    from ltsam.pack.folders import REPORT_DIR, repair_members
+              resume: bool | list[bool], datas: list[LTData] | None = None) -> int:
+    from ltsam.pack.folders import repair_members
     from ltsam.pack.trainer import PackTrainer
-    from ltsam.summary import build_report
 
-    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress)
+    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, datas=datas)
     if resume is True or (isinstance(resume, list) and any(resume)):
         repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
                               for m in pack.members])
@@ -317,13 +314,5 @@ def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path
     if precision_note := cpu_precision_note(first, pack.device):  # as for a run alone
         print(f"ltsam: {precision_note}", flush=True)
     summaries = pack.fit(stop_after=args.stop_after)
-    finished = [d for d, s in zip(dirs, summaries) if s is not None]
-    if finished and out is not None:
-        text, where = build_report(finished, out / REPORT_DIR, partial=True, figures=False)
-        print(text)
-        print(f"report in {where}/report.md")
-    failed = [d.name for d, s in zip(dirs, summaries) if s is None]
-    if failed:
-        raise TrainingDiverged(f"{', '.join(failed)} diverged (see diverged.json in each); the other members "
-                               f"finished")
-    return 0
+    return _report_set([d for d, s in zip(dirs, summaries) if s is not None],
+                       [d.name for d, s in zip(dirs, summaries) if s is None], out, "members")

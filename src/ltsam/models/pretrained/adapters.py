@@ -42,6 +42,12 @@ STYLES = ("adaptformer", "lift")
 block's residual stream, learned scale)."""
 
 
+def check_style(style: str) -> None:
+    """One line for an unknown ``--adapter-style`` (before a run starts, and where an adapter is built)."""
+    if style not in STYLES:
+        raise UserError(f"unknown --adapter-style {style!r}; choose one of {', '.join(STYLES)}")
+
+
 class Adapter(nn.Module):
     """``s * up(ReLU(down(h)))``, ``h`` the block's LN2 output (``style`` adaptformer) or its own layer norm of
     the block's residual stream (``lift``, ``s`` learned); hooked onto its block by :func:`add_adapters`."""
@@ -49,10 +55,8 @@ class Adapter(nn.Module):
     def __init__(self, dim: int, bottleneck: int, scale: float, like: torch.Tensor | None = None,
                  style: str = "adaptformer"):
         super().__init__()
-        if style not in STYLES:
-            raise UserError(f"unknown --adapter-style {style!r}; choose one of {', '.join(STYLES)}")
+        check_style(style)
         kw: dict[str, Any] = {} if like is None else dict(dtype=like.dtype, device=like.device)
-        self.style = style
         self.norm = nn.LayerNorm(dim, **kw) if style == "lift" else None
         self.down = nn.Linear(dim, bottleneck, **kw)
         self.up = nn.Linear(bottleneck, dim, **kw)

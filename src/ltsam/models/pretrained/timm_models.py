@@ -16,7 +16,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.models.normed_linear import NormedLinear
-from ltsam.models.pretrained.adapters import STYLES, check_blocks
+from ltsam.models.pretrained.adapters import STYLES, check_blocks, check_style
 from ltsam.models.pretrained.extras import require
 from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.tuning import ALL_LINEAR, TUNE_MODES, apply_tune
@@ -127,8 +127,7 @@ def resolve(cfg: Settings) -> None:
     cfg.norm = "none"
     if cfg.tune not in TUNE_MODES:
         raise UserError(f"unknown --tune {cfg.tune!r}; choose one of {', '.join(TUNE_MODES)}")
-    if cfg.adapter_style not in STYLES:
-        raise UserError(f"unknown --adapter-style {cfg.adapter_style!r}; choose one of {', '.join(STYLES)}")
+    check_style(cfg.adapter_style)
     if cfg.tune == "lora":
         require("peft", "--tune lora")  # before the run folder is made
     if cfg.feature_cache:
