@@ -7,15 +7,20 @@ For each case ARCH:G, G members (own seeds) train on random batches of 128 image
 architecture's data (small_cnn: 1x8x8 digits; the CIFAR ResNets: 3x32x32), ten classes:
 
 (a) separate: the G runs' steps one after another (each its own model and ``--optimizer`` step on the
-    supervised objective, ltsam's path for a run alone);
+    supervised objective, ltsam's path for a run alone, on the intra-op threads ltsam gives the run alone: the
+    small CNN's one, the process's for the ResNets);
 (b) pack, loop mode: one fused model (``ltsam.pack.PackedModel``), each member's slices through the
     architecture in turn, one optimizer step for all;
-(c) pack, vmap mode: the same fused model through ``torch.func.vmap`` (grouped convolutions).
+(c) pack, threads mode: as (b), each member's forward and backward pass on a worker thread
+    (``ltsam.pack.threads.thread_plan``: for the small CNN one intra-op thread a worker, as many workers as
+    cores; for the ResNets one worker per member up to the cores, sharing them);
+(d) pack, vmap mode: the same fused model through ``torch.func.vmap`` (grouped convolutions).
 
-Timed in turn, (a)/(b)/(c) interleaved, for ``--rounds`` rounds of ``--steps`` steps after an untimed warm-up;
+Timed in turn, (a)-(d) interleaved, for ``--rounds`` rounds of ``--steps`` steps after an untimed warm-up;
 the speed-up is the median over rounds of pack/separate in images/s (G x 128 images per pack step; SAM's two
 passes count once). The last line is ``pack_speedup=<the default mode's speed-up for the last case>`` followed
-by each case's figures (the default mode: vmap on CUDA, loop on a CPU).
+by each case's figures (the default mode: ``ltsam.pack.trainer.default_mode``, vmap on CUDA, threads on a CPU).
+``--compile`` compiles loop and vmap mode's model (threads mode runs eagerly).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,9 +41,11 @@ from ltsam.config import resolve  # noqa: E402
 from ltsam.models import build_model  # noqa: E402
 from ltsam.objectives import supervised_objective  # noqa: E402
 from ltsam.optim import build_step  # noqa: E402
-from ltsam.pack.model import PackedModel  # noqa: E402
+from ltsam.pack.model import MODES, PackedModel  # noqa: E402
 from ltsam.pack.optim import packed_step  # noqa: E402
-from ltsam.pack.trainer import packed_objective  # noqa: E402
+from ltsam.pack.threads import thread_plan  # noqa: E402
+from ltsam.pack.trainer import default_mode, packed_objective  # noqa: E402
+from ltsam.run.runtime import default_cpu_threads, process_threads  # noqa: E402
 
 SHAPES = {"small_cnn": (1, 8), "resnet32": (3, 32), "resnet20": (3, 32), "resnet44": (3, 32), "resnet56": (3, 32)}
 
@@ -47,8 +55,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     channels, size = SHAPES[arch]
+    per_member = default_cpu_threads(arch) if device.type == "cpu" else None  # as ltsam trains the run alone
+    torch.set_num_threads(per_member or process_threads())
     cfg = resolve(dict(dataset="digits" if arch == "small_cnn" else "cifar10", arch=arch, optimizer=args.optimizer,
                        device=str(device)))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16" \
@@ -71,13 +81,13 @@ def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> d
             steps[i](m, supervised_objective(xs[i], y[i], crit, autocast))
 
     packs = {}
-    for mode in ("loop", "vmap"):
-        net = PackedModel([m for m in models], mode=mode)
+    for mode in MODES:
+        net = PackedModel([m for m in models], mode=mode, threads_each=per_member)
         step = packed_step(cfg, net.stacked_parameters(), g, autocast)
         for group in step.optimizer.param_groups:
             if "rho" in group:
                 group["rho"] = torch.full((g,), cfg.rho, device=device)
-        fn = torch.compile(net) if args.compile else net
+        fn = torch.compile(net) if args.compile and mode != "threads" else net
         packs[mode] = (fn, step)
 
     def packed(mode: str):
@@ -88,7 +98,7 @@ def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> d
             step(fn, packed_objective(x, y, crits, autocast))
         return run
 
-    runs = {"separate": separate, "loop": packed("loop"), "vmap": packed("vmap")}
+    runs = {"separate": separate, **{mode: packed(mode) for mode in MODES}}
     for run in runs.values():  # warm-up (compiles)
         for _ in range(2):
             run()
@@ -102,9 +112,10 @@ def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> d
                 run()
             _sync(device)
             speeds[name].append(g * 128 * args.steps / (time.perf_counter() - t0))
-    out = {name: statistics.median(v) for name, v in speeds.items()}
-    for mode in ("loop", "vmap"):
+    out: dict[str, Any] = {name: statistics.median(v) for name, v in speeds.items()}
+    for mode in MODES:
         out[f"{mode}_speedup"] = statistics.median(p / s for p, s in zip(speeds[mode], speeds["separate"]))
+    out["plan"] = thread_plan(g, per_member)
     return out
 
 
@@ -120,7 +131,6 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
-    default = "vmap" if device.type == "cuda" else "loop"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"packed runs on {name}: {args.optimizer}, batch 128 per member, amp {args.amp or 'fp32'}"
           f"{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}")
@@ -129,11 +139,13 @@ def main() -> None:
     for spec in args.cases.split(","):
         arch, g = spec.split(":")
         r = case(arch, int(g), args, device)
-        print(f"{arch} G={g}: separate {r['separate']:,.0f} img/s | pack loop {r['loop']:,.0f} img/s "
-              f"({r['loop_speedup']:.2f}x) | pack vmap {r['vmap']:,.0f} img/s ({r['vmap_speedup']:.2f}x)", flush=True)
+        plan = f"threads: {r['plan'][0]} workers x {r['plan'][1]} intra-op, separate on {torch.get_num_threads()}"
+        print(f"{arch} G={g} ({plan}): separate {r['separate']:,.0f} img/s | " + " | ".join(
+            f"pack {mode} {r[mode]:,.0f} img/s ({r[f'{mode}_speedup']:.2f}x)" for mode in MODES), flush=True)
+        default = default_mode(device, r["plan"][0])
         last = r[f"{default}_speedup"]
-        figures.append(f"{arch}_g{g}_loop={r['loop_speedup']:.2f} {arch}_g{g}_vmap={r['vmap_speedup']:.2f} "
-                       f"{arch}_g{g}_vmap_img_s={r['vmap']:.0f}")
+        figures.append(" ".join(f"{arch}_g{g}_{mode}={r[f'{mode}_speedup']:.2f}" for mode in MODES)
+                       + f" {arch}_g{g}_{default}_img_s={r[default]:.0f}")
     print(f"pack_speedup={last:.2f} " + " ".join(figures))
 
 

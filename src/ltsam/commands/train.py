@@ -31,6 +31,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--members", metavar="FILE",
                    help="train the runs a members file lists (what `ltsam sweep --pack` writes) as one pack, each into "
                         "its own folder: finished ones left alone, interrupted ones resumed, the others started")
+    from ltsam.pack.model import MODES
+
+    p.add_argument("--pack-mode", choices=("auto", *MODES), default="auto",
+                   help="how a pack (--seeds, --members) runs its fused model: vmap (grouped convolutions; the "
+                        "default on CUDA), threads (the members side by side on CPU threads; the CPU default), loop "
+                        "(the members in turn: each member's computation bit for bit its run alone's)")
     p.set_defaults(func=cmd_train)
 
 
@@ -86,6 +92,9 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("--resume continues a run or a pack as it was started; leave --seeds out")
     if args.resume and is_pack_dir(Path(args.resume)):
         return _resume_pack(args, overrides)
+    if args.pack_mode != "auto" and not args.seeds:
+        raise UserError(f"--pack-mode {args.pack_mode} sets how a pack runs (--seeds, --members, --resume of a "
+                        f"pack); leave it out for a single run")
     if args.resume:
         run_dir = Path(args.resume)
         has_checkpoint = open_for_resume(run_dir, owner=int(os.environ.get("RANK", "0")) == 0)
@@ -285,7 +294,7 @@ def _train_members(args: argparse.Namespace) -> int:
     """``--members FILE``: the unfinished runs of a members file as one pack (``ltsam sweep --pack``'s job)."""
     from ltsam.pack.folders import open_members
 
-    steering = ("members", "no_progress", "stop_after", "plugin", "func", "command")
+    steering = ("members", "no_progress", "stop_after", "pack_mode", "plugin", "func", "command")
     given = [k for k, v in vars(args).items() if k not in steering and v not in (None, False)]
     if given:
         raise UserError(f"--members trains the runs as their settings files say; leave out "
@@ -302,7 +311,7 @@ def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path
     from ltsam.pack.folders import repair_members
     from ltsam.pack.trainer import PackTrainer
 
-    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, datas=datas)
+    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, datas=datas, mode=args.pack_mode)
     if resume is True or (isinstance(resume, list) and any(resume)):
         repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
                               for m in pack.members])

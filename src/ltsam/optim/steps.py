@@ -60,7 +60,7 @@ _ACCUMULATED = "_ltsam_accumulated"
 
 def mark_accumulated(loss: torch.Tensor) -> torch.Tensor:
     """``loss`` (detached) marked as one whose gradients are already in the parameters' ``.grad``: an objective
-    that evaluates its batch in micro-batches (``--accumulate``) took their backward passes itself."""
+    that took its backward passes itself (``--accumulate``'s micro-batches, a threaded pack's members)."""
     loss = loss.detach()
     setattr(loss, _ACCUMULATED, True)
     return loss

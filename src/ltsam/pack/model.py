@@ -1,22 +1,26 @@
 """G models of one architecture as one module: their parameters and buffers stacked along a new first
 dimension and the architecture applied to each member's slice through ``torch.func`` (``vmap`` of
-``functional_call``), which turns convolutions into grouped ones and keeps each member's batch-norm
-statistics its own. No second copy of any architecture exists: the members' own module is the template.
+``functional_call``, which turns convolutions into grouped ones, or ``functional_call`` on each member's slices),
+keeping each member's batch-norm statistics its own. No second copy of any architecture exists: the members' own
+module is the template (on the ``meta`` device: no storage).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-MODES = ("vmap", "loop")
+from ltsam.pack.threads import member_threads, thread_plan
+
+MODES = ("vmap", "loop", "threads")
 """How the members run: ``vmap`` (one batched call per layer: grouped convolutions, batched matmuls; fast on
-a GPU) or ``loop`` (each member's slice through the architecture in turn: a CPU's grouped convolutions are
-slower than separate ones)."""
+a GPU), ``loop`` (each member's slices through the architecture in turn: a CPU's grouped convolutions are
+slower than separate ones) or ``threads`` (as ``loop``, the members side by side on worker threads, each
+member's forward and backward pass on its own thread: ``ltsam.pack.threads``)."""
 
 
 def _slot(name: str) -> str:
@@ -30,10 +34,12 @@ class PackedModel(nn.Module):
     one of :data:`MODES`.
 
     Parameters and buffers are (G, ...) tensors; member g's own ``state_dict`` is :meth:`member_state`.
-    Gradients never mix members: the output of member g depends on slice g only.
+    Gradients never mix members: the output of member g depends on slice g only. Threads mode's workers:
+    ``ltsam.pack.threads.thread_plan(G, threads_each, workers)``.
     """
 
-    def __init__(self, models: Sequence[nn.Module], mode: str = "vmap"):
+    def __init__(self, models: Sequence[nn.Module], mode: str = "vmap", workers: int | None = None,
+                 threads_each: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -52,6 +58,11 @@ class PackedModel(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(_slot(name), value.detach().clone())
         self.state_keys = list(models[0].state_dict())
+        self.threads = member_threads(*thread_plan(self.size, threads_each, workers)) if mode == "threads" else None
+        # one template per worker: functional_call swaps a module's tensors for the call's, so two threads
+        # must never share one
+        self.templates = [template] + [copy.deepcopy(template) for _ in range(
+            (self.threads.workers if self.threads else 1) - 1)]
 
     # ------------------------------------------------------------------ the forward pass
     def stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -66,7 +77,9 @@ class PackedModel(nn.Module):
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xx: torch.Tensor) -> torch.Tensor:
             return functional_call(self.template, (p, b), (xx,))
 
-        if self.mode == "loop":
+        if self.threads is not None and not torch.is_grad_enabled():
+            return self._threaded_inference(params, buffers, x, shared_input)
+        if self.mode != "vmap":  # loop, and threads with gradients (their graph must reach the stacked tensors)
             # unbind: one view per member, and in the backward one stack per parameter (indexing t[g] would
             # write a zero-filled (G, ...) gradient per member and add them: G times the memory traffic)
             p_each = {n: t.unbind(0) for n, t in params.items()}
@@ -75,6 +88,73 @@ class PackedModel(nn.Module):
             return torch.stack([one({n: t[g] for n, t in p_each.items()}, {n: t[g] for n, t in b_each.items()},
                                     xs[g]) for g in range(self.size)])
         return vmap(one, in_dims=(0, 0, None if shared_input else 0), randomness="different")(params, buffers, x)
+
+    def _threaded_inference(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                            x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        """The members' forward passes without gradients on the worker threads, under the caller's autocast
+        (autocast and grad mode are per thread)."""
+        assert self.threads is not None
+        kind = x.device.type
+        cast = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+        p_each = {n: t.unbind(0) for n, t in params.items()}
+        b_each = {n: t.unbind(0) for n, t in buffers.items()}
+        xs = [x] * self.size if shared_input else x.unbind(0)
+        self._set_templates_mode()
+
+        def member(g: int) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                with torch.no_grad(), torch.autocast(kind, dtype=cast[1], enabled=cast[0]):
+                    return functional_call(self._template(g), ({n: t[g] for n, t in p_each.items()},
+                                                               {n: t[g] for n, t in b_each.items()}), (xs[g],))
+            return run
+
+        return torch.stack(self.threads.map([member(g) for g in range(self.size)]))
+
+    def forward_backward(self, x: torch.Tensor, loss_of: Callable[[int, torch.Tensor], torch.Tensor],
+                         autocast: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Threads mode's training pass: on member g's worker thread, its forward on ``x[g]`` (in ``autocast()``),
+        its loss ``loss_of(g, logits)`` and its backward pass into leaves of its own (views of its slices); then
+        the members' gradients stacked into the (G, ...) parameters' ``.grad`` (added, as ``backward`` adds).
+        Returns the G losses and the (G, B, classes) logits, detached."""
+        assert self.threads is not None, "forward_backward is threads mode's"
+        params, buffers = self.stacked()
+        leaves = {n: t.detach().unbind(0) for n, t in params.items()}
+        b_each = {n: t.unbind(0) for n, t in buffers.items()}
+        xs = x.unbind(0)
+        self._set_templates_mode()
+
+        def member(g: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor | None]]]:
+            def run() -> tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor | None]]:
+                own = {n: t[g].requires_grad_() for n, t in leaves.items()}
+                with torch.enable_grad():
+                    with autocast():
+                        logits = functional_call(self._template(g), (own, {n: t[g] for n, t in b_each.items()}),
+                                                 (xs[g],))
+                        loss = loss_of(g, logits)
+                    grads = torch.autograd.grad(loss, list(own.values()), allow_unused=True)
+                return loss.detach(), logits.detach(), grads
+            return run
+
+        results = self.threads.map([member(g) for g in range(self.size)])
+        with torch.no_grad():
+            for i, t in enumerate(params.values()):
+                each = [r[2][i] for r in results]
+                if all(e is None for e in each):  # no member's graph reaches it: its .grad stays as it is
+                    continue
+                grad = torch.stack([torch.zeros_like(t[g]) if e is None else e for g, e in enumerate(each)])
+                if t.grad is None:
+                    t.grad = grad
+                else:
+                    t.grad.add_(grad)
+        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+    def _template(self, g: int) -> nn.Module:
+        """Member g's worker's template (the one template outside threads mode)."""
+        return self.templates[g % len(self.templates)]
+
+    def _set_templates_mode(self) -> None:
+        for t in self.templates:
+            t.train(self.training)
 
     # ------------------------------------------------------------------ members in and out
     def member_state(self, g: int) -> dict[str, torch.Tensor]:

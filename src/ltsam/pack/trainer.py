@@ -30,16 +30,18 @@ from ltsam.methods import METHODS
 from ltsam.metrics import index_groups
 from ltsam.objectives import for_loss
 from ltsam.optim import StepLosses
+from ltsam.optim.steps import mark_accumulated
 from ltsam.pack.compat import check_batches, check_pack
 from ltsam.pack.model import PackedModel
 from ltsam.pack.optim import member_optimizer_state, packed_step, stacked_optimizer_state
+from ltsam.pack.threads import thread_plan
 from ltsam.rules import build_rule
 from ltsam.run.checkpoints import load_last, training_checkpoint
 from ltsam.run.files import DIVERGED_NAME
 from ltsam.run.health import check_finite
 from ltsam.run.loop import EpochResult, Member, run_epochs, write_final
 from ltsam.run.records import EpochTally, Progress, training_summary
-from ltsam.run.runtime import precision, seed_everything, start_runtime
+from ltsam.run.runtime import precision, run_threads, seed_everything, start_runtime
 from ltsam.runs import model_from_meta
 
 if TYPE_CHECKING:
@@ -68,12 +70,14 @@ class PackMember:
 class PackTrainer:
     """Trains ``cfgs`` (each into its ``run_dirs`` entry) as one pack; ``resume=True`` continues every member
     from its own ``last.pt`` (a list of flags: the members marked true; the others start afresh). ``mode``:
-    how the fused model runs (``vmap``, ``loop`` or ``auto``: vmap on CUDA, a loop over members on the CPU,
-    where grouped convolutions are slower than separate ones)."""
+    how the fused model runs (one of ``ltsam.pack.model.MODES``, or ``auto``: vmap on CUDA; on a CPU, where
+    grouped convolutions are slower than separate ones, the members side by side on threads, or in turn when
+    the process has one intra-op thread). ``worker_threads``: threads mode's workers (default: one per member,
+    up to the intra-op thread count)."""
 
     def __init__(self, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path],
                  resume: bool | Sequence[bool] = False, progress: bool = True,
-                 datas: Sequence[LTData] | None = None, mode: str = "auto"):
+                 datas: Sequence[LTData] | None = None, mode: str = "auto", worker_threads: int | None = None):
         check_pack(cfgs)
         first = cfgs[0]
         self.ctx, self.device = start_runtime(first.device, first, first.seed)
@@ -81,7 +85,9 @@ class PackTrainer:
             raise UserError("packs train in one process; run them without torchrun (one pack per GPU)")
         self.progress = progress
         self.autocast, _ = precision(first.amp, self.device, scaled=False)
-        self.mode = mode if mode != "auto" else ("vmap" if self.device.type == "cuda" else "loop")
+        self.worker_threads, self.threads_each = worker_threads, run_threads(first)  # each member's, as alone
+        workers, _ = thread_plan(len(cfgs), self.threads_each, worker_threads)
+        self.mode = mode if mode != "auto" else default_mode(self.device, workers)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         each = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
@@ -131,7 +137,8 @@ class PackTrainer:
             model.load_state_dict(m.model_state or {})
             models.append(model.to(self.device))
         first = members[0].cfg
-        net = PackedModel(models, mode=self.mode)  # stacked (5-D) weights: --channels-last shapes the inputs only
+        # stacked (5-D) weights: --channels-last shapes the inputs only
+        net = PackedModel(models, mode=self.mode, workers=self.worker_threads, threads_each=self.threads_each)
         step = packed_step(first, net.stacked_parameters(), len(members), self.autocast)
         states = [m.optimizer_state for m in members]
         if all(s is not None for s in states):
@@ -274,10 +281,24 @@ class PackTrainer:
         return write_final(m.run_dir, self.ctx, summary, test, conf, m.data)
 
 
+def default_mode(device: torch.device, workers: int) -> str:
+    """``auto``'s mode: ``vmap`` on CUDA; on a CPU ``threads`` when its plan has 2+ workers
+    (``ltsam.pack.threads.thread_plan``), else ``loop``."""
+    if device.type == "cuda":
+        return "vmap"
+    return "threads" if workers > 1 else "loop"
+
+
 def packed_objective(x: torch.Tensor, y: torch.Tensor, criteria: Sequence[nn.Module], autocast: Any):
     """The pack's objective on stacked batches (G, B, ...): the sum of each member's loss on its own logits;
-    ``report`` holds the G losses, ``logits`` (G, B, classes)."""
+    ``report`` holds the G losses, ``logits`` (G, B, classes). In threads mode each member's backward pass runs
+    on its worker thread here (``PackedModel.forward_backward``), and the loss is marked as back-propagated
+    (``mark_accumulated``): the step takes no backward pass of its own."""
     def objective(model: nn.Module) -> StepLosses:
+        if isinstance(model, PackedModel) and model.threads is not None:
+            losses, logits = model.forward_backward(x, lambda g, out: criteria[g](for_loss(out), y[g]), autocast)
+            total = mark_accumulated(losses.sum())
+            return StepLosses(total, total, losses, logits, y)
         with autocast():
             logits = model(x)
             full = for_loss(logits)

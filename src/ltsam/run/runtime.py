@@ -25,6 +25,19 @@ from ltsam.distributed import DistContext, init_distributed, resolve_device
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
 
+_PROCESS_THREADS = torch.get_num_threads()
+
+
+def process_threads() -> int:
+    """The intra-op threads the process had before any run's thread rule changed them (torch's default: the
+    physical cores, or OMP_NUM_THREADS): what a pack's members share on a CPU."""
+    return _PROCESS_THREADS
+
+
+def run_threads(cfg: TrainConfig) -> int | None:
+    """A run's CPU threads: ``--threads``, else its architecture's rule, else ``None`` (torch's default)."""
+    return cfg.threads if cfg.threads is not None else default_cpu_threads(cfg.arch)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators."""
@@ -64,7 +77,7 @@ def settle(cfg: TrainConfig, train_size: int) -> TrainConfig:
 def start_runtime(device: str, cfg: TrainConfig, seed: int) -> tuple[DistContext, torch.device]:
     """Ranks and device (``torchrun`` or one process), the CPU thread rule, then the seeds."""
     ctx, dev = init_distributed(resolve_device(device))
-    threads = cfg.threads if cfg.threads is not None else default_cpu_threads(cfg.arch)
+    threads = run_threads(cfg)
     if threads is not None and dev.type == "cpu":  # tiny models run faster on one thread
         torch.set_num_threads(threads)
     seed_everything(seed)
