@@ -28,6 +28,14 @@ def _slot(name: str) -> str:
     return name.replace(".", "__")
 
 
+def _each_member(stacked: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Each member's slices of the stacked tensors (views). ``unbind``: one view per member, and in the backward
+    one stack per tensor (indexing t[g] would write a zero-filled (G, ...) gradient per member and add them: G
+    times the memory traffic)."""
+    views = {n: t.unbind(0) for n, t in stacked.items()}
+    return [{n: v[g] for n, v in views.items()} for g in range(size)]
+
+
 class PackedModel(nn.Module):
     """``forward(x)`` with ``x`` of shape (G, B, ...) gives (G, B, classes): member g's model on ``x[g]``;
     ``shared_input=True`` reads one (B, ...) batch for every member (evaluation on one test set). ``mode``:
@@ -80,13 +88,9 @@ class PackedModel(nn.Module):
         if self.threads is not None and not torch.is_grad_enabled():
             return self._threaded_inference(params, buffers, x, shared_input)
         if self.mode != "vmap":  # loop, and threads with gradients (their graph must reach the stacked tensors)
-            # unbind: one view per member, and in the backward one stack per parameter (indexing t[g] would
-            # write a zero-filled (G, ...) gradient per member and add them: G times the memory traffic)
-            p_each = {n: t.unbind(0) for n, t in params.items()}
-            b_each = {n: t.unbind(0) for n, t in buffers.items()}
+            p_each, b_each = _each_member(params, self.size), _each_member(buffers, self.size)
             xs = [x] * self.size if shared_input else x.unbind(0)
-            return torch.stack([one({n: t[g] for n, t in p_each.items()}, {n: t[g] for n, t in b_each.items()},
-                                    xs[g]) for g in range(self.size)])
+            return torch.stack([one(p_each[g], b_each[g], xs[g]) for g in range(self.size)])
         return vmap(one, in_dims=(0, 0, None if shared_input else 0), randomness="different")(params, buffers, x)
 
     def _threaded_inference(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
@@ -96,16 +100,14 @@ class PackedModel(nn.Module):
         assert self.threads is not None
         kind = x.device.type
         cast = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
-        p_each = {n: t.unbind(0) for n, t in params.items()}
-        b_each = {n: t.unbind(0) for n, t in buffers.items()}
+        p_each, b_each = _each_member(params, self.size), _each_member(buffers, self.size)
         xs = [x] * self.size if shared_input else x.unbind(0)
         self._set_templates_mode()
 
         def member(g: int) -> Callable[[], torch.Tensor]:
             def run() -> torch.Tensor:
                 with torch.no_grad(), torch.autocast(kind, dtype=cast[1], enabled=cast[0]):
-                    return functional_call(self._template(g), ({n: t[g] for n, t in p_each.items()},
-                                                               {n: t[g] for n, t in b_each.items()}), (xs[g],))
+                    return functional_call(self._template(g), (p_each[g], b_each[g]), (xs[g],))
             return run
 
         return torch.stack(self.threads.map([member(g) for g in range(self.size)]))
@@ -118,18 +120,17 @@ class PackedModel(nn.Module):
         Returns the G losses and the (G, B, classes) logits, detached."""
         assert self.threads is not None, "forward_backward is threads mode's"
         params, buffers = self.stacked()
-        leaves = {n: t.detach().unbind(0) for n, t in params.items()}
-        b_each = {n: t.unbind(0) for n, t in buffers.items()}
+        leaves = _each_member({n: t.detach() for n, t in params.items()}, self.size)
+        b_each = _each_member(buffers, self.size)
         xs = x.unbind(0)
         self._set_templates_mode()
 
         def member(g: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor | None]]]:
             def run() -> tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor | None]]:
-                own = {n: t[g].requires_grad_() for n, t in leaves.items()}
+                own = {n: t.requires_grad_() for n, t in leaves[g].items()}
                 with torch.enable_grad():
                     with autocast():
-                        logits = functional_call(self._template(g), (own, {n: t[g] for n, t in b_each.items()}),
-                                                 (xs[g],))
+                        logits = functional_call(self._template(g), (own, b_each[g]), (xs[g],))
                         loss = loss_of(g, logits)
                     grads = torch.autograd.grad(loss, list(own.values()), allow_unused=True)
                 return loss.detach(), logits.detach(), grads
