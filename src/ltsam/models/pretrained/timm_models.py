@@ -20,6 +20,13 @@ from ltsam.models.pretrained.adapters import STYLES, check_blocks, check_style
 from ltsam.models.pretrained.extras import require
 from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.tuning import ALL_LINEAR, TUNE_MODES, apply_tune
+from ltsam.models.pretrained.weights import (
+    check_fitted,
+    fetched,
+    first_line,
+    load_errors,
+    load_report,
+)
 from ltsam.registry import Option, Settings
 
 HUB, NONE = "hub", "none"
@@ -65,22 +72,25 @@ def _create(timm: Any, member: str, num_classes: int, pretrained: str, input_siz
     if not weights or pretrained == NONE:
         return timm.create_model(member, pretrained=False, **kw)
     if pretrained == HUB:
-        try:
-            return timm.create_model(member, pretrained=True, **kw)
-        except (OSError, ConnectionError, TimeoutError) as exc:  # hub unreachable, not cached
-            raise UserError(f"cannot fetch timm:{member}'s pretrained weights ({type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}); "
-                            f"without network pass --pretrained PATH (a state-dict .pt / .safetensors file) or "
-                            f"--pretrained none") from None
+        return fetched(lambda: timm.create_model(member, pretrained=True, **kw),
+                       f"timm:{member}'s pretrained weights")
     path = Path(pretrained).expanduser()
     if not path.exists():
         raise UserError(f"--pretrained {pretrained}: no such file or folder; give hub, none, or a weights file")
     overlay = dict(source="local-dir", file=str(path)) if path.is_dir() else dict(file=str(path))
     try:
-        return timm.create_model(member, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
-    except (RuntimeError, ValueError, OSError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--pretrained {pretrained}: not weights of timm:{member} ({first})") from None
+        with load_report(timm.models._builder) as report:
+            net = timm.create_model(member, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+    except load_errors() as exc:
+        raise UserError(f"--pretrained {pretrained}: not weights of timm:{member} ({first_line(exc)})") from None
+    check_fitted(net, head_path(net), report, f"{pretrained} (timm:{member})")
+    return net
+
+
+def head_path(net: nn.Module) -> str:
+    """The attribute path of a timm model's classifier (its pretrained config's ``classifier``)."""
+    head = getattr(net, "pretrained_cfg", {}).get("classifier", "head")
+    return str(head[0] if isinstance(head, (tuple, list)) else head)
 
 
 def _fixed_size(timm: Any, member: str) -> bool:
@@ -107,8 +117,7 @@ def timm_factory(member: str) -> Any:
               adapter_style: str = "adaptformer", feature_cache: bool = False, weights: bool = False) -> nn.Module:
         net = _create(timm, member, num_classes, pretrained, input_size, weights)
         data = timm.data.resolve_data_config(model=net)
-        head = getattr(net, "pretrained_cfg", {}).get("classifier", "head")
-        head = head[0] if isinstance(head, (tuple, list)) else head
+        head = head_path(net)
         if use_norm:
             _cosine_head(net, head, num_classes)
         net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets, adapter_dim, adapter_scale,
