@@ -20,6 +20,7 @@ from ltsam.cli import main  # noqa: E402
 from ltsam.config import resolve  # noqa: E402
 from ltsam.errors import UserError  # noqa: E402
 from ltsam.models import MODELS  # noqa: E402
+from ltsam.models.pretrained import weights  # noqa: E402
 from ltsam.models.pretrained.clip_models import hub_tag  # noqa: E402
 from ltsam.runs import load_trained  # noqa: E402
 from ltsam.trainer import Trainer  # noqa: E402
@@ -55,6 +56,7 @@ def no_network(monkeypatch):
 
     for name in ("download_pretrained", "download_pretrained_from_hf"):
         monkeypatch.setattr(factory, name, down)
+    monkeypatch.setattr(weights, "reachable", lambda *a, **k: True)  # no probe: the library's own failure
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -279,3 +281,67 @@ def test_lift_recipe_trains_on_a_tiny_tower(tmp_path):
     for block in ("resblocks.0.", "resblocks.1."):
         assert {n.rpartition(".adapter.")[2] for n in changed if block + "adapter." in n} >= {
             "scale", "norm.weight", "down.weight", "up.bias"}
+
+
+def _activations(model: torch.nn.Module) -> set[str]:
+    """The class names of the MLP activations in ``model`` (open_clip's ``QuickGELU`` or ``nn.GELU``)."""
+    return {type(m).__name__ for m in model.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+
+
+@pytest.fixture
+def tagged_like_vit_b_16(monkeypatch, tmp_path):
+    """The tiny config with ViT-B-16's pretrained tags (``openai``: QuickGELU; the LAION ones: GELU), each tag's
+    download handing back a weights file of the tiny model built with QuickGELU; returns that model."""
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, NAME,
+                        {tag: dict(open_clip.get_pretrained_cfg("ViT-B-16", tag))
+                         for tag in open_clip.list_pretrained_tags_by_model("ViT-B-16")})
+    assert open_clip.get_pretrained_cfg(NAME, "openai")["quick_gelu"]
+    assert not open_clip.get_pretrained_cfg(NAME, "laion2b_s34b_b88k").get("quick_gelu", False)
+    torch.manual_seed(5)
+    clip = open_clip.create_model(NAME, pretrained=None, force_quick_gelu=True).eval()
+    path = save_weights(clip.state_dict(), tmp_path / "openai.pt")
+    import open_clip.factory as factory
+
+    monkeypatch.setattr(factory, "download_pretrained", lambda cfg, **kwargs: str(path))
+    return clip
+
+
+@pytest.mark.parametrize("pretrained, weights_loaded, activation", [
+    ("openai", True, "QuickGELU"), ("hub", True, "QuickGELU"), ("OpenAI", True, "QuickGELU"),
+    ("openai", False, "QuickGELU"),  # a checkpoint's rebuild (eval, --resume): no weights, the tag's activation
+    ("laion2b_s34b_b88k", True, "GELU"), ("laion2b_s34b_b88k", False, "GELU"), ("none", True, "GELU"),
+])
+def test_the_tags_activation_is_built(tagged_like_vit_b_16, pretrained, weights_loaded, activation):
+    """OpenAI's CLIP weights were trained with QuickGELU, the LAION ones with GELU; the tower is built with the
+    activation of the tag ``--pretrained`` names, for a new run and for a checkpoint's rebuild alike."""
+    from ltsam.models import build_model
+
+    options = dict(pretrained=pretrained, tune="full", input_size=None, head_init="random")
+    model = build_model(ARCH, 10, False, 1, options=options, weights=weights_loaded)
+    assert _activations(model.net.visual) == {activation}
+
+
+def test_openai_weights_train_and_reload_with_quickgelu(tmp_path, tagged_like_vit_b_16):
+    """``--pretrained openai`` end to end: the untrained tower's embeddings are bitwise those of the QuickGELU model
+    the weights came from (GELU would differ), and the run's checkpoint reloads (``eval``, ``--resume``) to
+    QuickGELU and bitwise-equal logits."""
+    clip = tagged_like_vit_b_16
+    cfg = resolve(BASE | dict(pretrained="openai"))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = trainer.model.eval()
+    x = torch.rand(5, 1, 32, 32)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(model.net.visual(model.preprocess(x)), clip.encode_image((x.expand(-1, 3, -1, -1) - mean)
+                                                                                    / std))
+    trainer.fit()
+    with torch.no_grad():
+        expected = trainer.model.eval()(x)
+    reloaded, _, _ = load_trained(tmp_path / "run", "last")
+    assert _activations(reloaded) == {"QuickGELU"}
+    resumed = Trainer(resolve(BASE | dict(pretrained="openai", epochs=2)), tmp_path / "run", resume=True,
+                      progress=False)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), expected) and torch.equal(resumed.model.eval()(x), expected)
+    assert _activations(resumed.model) == {"QuickGELU"}

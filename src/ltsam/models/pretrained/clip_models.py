@@ -26,6 +26,7 @@ from ltsam.models.pretrained.net import PretrainedNet
 from ltsam.models.pretrained.timm_models import HUB, NONE
 from ltsam.models.pretrained.timm_models import OPTIONS as TIMM_OPTIONS
 from ltsam.models.pretrained.tuning import ALL_LINEAR, apply_tune
+from ltsam.models.pretrained.weights import fetched, first_line, load_errors
 from ltsam.registry import Option, Settings
 
 HEAD_INITS = ("random", "text")
@@ -83,35 +84,49 @@ def hub_tag(open_clip: Any, name: str) -> str:
     return "openai" if "openai" in tags else tags[0]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def pretrained_tag(open_clip: Any, name: str, pretrained: str) -> str | None:
+    """The open_clip tag ``pretrained`` names (``hub``: :func:`hub_tag`), None for a file or ``none``. A value
+    that is one of the model's tags is the tag, also where a file of that name exists (``./NAME`` is the file):
+    a checkpoint's rebuild reads the same value the same way without looking at files."""
+    if pretrained == NONE:
+        return None
+    if pretrained == HUB:
+        return hub_tag(open_clip, name)
+    tag = pretrained.lower().replace("-", "_")  # open_clip's own normalisation of tags
+    return tag if tag in open_clip.list_pretrained_tags_by_model(name) else None
+
+
+def quick_gelu(open_clip: Any, name: str, pretrained: str) -> bool:
+    """Whether the weights ``pretrained`` names were trained with QuickGELU (OpenAI's and a few others: open_clip's
+    ``quick_gelu`` of the tag); open_clip builds a model config's own activation (GELU for ``ViT-B-16``) and
+    only warns of the mismatch. A file or ``none``: the config's (the ``-quickgelu`` configs for OpenAI's)."""
+    tag = pretrained_tag(open_clip, name, pretrained)
+    return bool(tag and open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
 
 
 def create_clip(open_clip: Any, name: str, pretrained: str, weights: bool, input_size: int | None) -> nn.Module:
-    """The whole open_clip model ``name`` with ``pretrained``'s weights (``weights=False``: random, no network)."""
-    kw: dict[str, Any] = dict(pretrained_image=False, pretrained_text=False)
+    """The whole open_clip model ``name`` with ``pretrained``'s weights (``weights=False``: random, no network),
+    with the activation those weights were trained with (also when ``weights=False``: a checkpoint's rebuild)."""
+    kw: dict[str, Any] = dict(pretrained_image=False, pretrained_text=False,
+                              force_quick_gelu=quick_gelu(open_clip, name, pretrained))
     if input_size is not None:
         kw["force_image_size"] = input_size
     if not weights or pretrained == NONE:
         return open_clip.create_model(name, pretrained=None, **kw)
+    tag = pretrained_tag(open_clip, name, pretrained)
+    if tag is not None:
+        return fetched(lambda: open_clip.create_model(name, pretrained=tag, **kw), f"clip:{name}'s weights {tag!r}",
+                       (RuntimeError, OSError))  # open_clip wraps a failed download in a RuntimeError
     path = Path(pretrained).expanduser()
-    tags = list(open_clip.list_pretrained_tags_by_model(name))
-    if pretrained == HUB or (pretrained in tags and not path.exists()):
-        tag = hub_tag(open_clip, name) if pretrained == HUB else pretrained
-        try:
-            return open_clip.create_model(name, pretrained=tag, **kw)
-        except (RuntimeError, OSError, ConnectionError, TimeoutError) as exc:  # hub unreachable, not cached
-            raise UserError(f"cannot fetch clip:{name}'s weights {tag!r} ({_first_line(exc)}); without network pass "
-                            f"--pretrained PATH (a state-dict .pt / .safetensors file) or --pretrained none") from None
     if not path.is_file():
+        tags = list(open_clip.list_pretrained_tags_by_model(name))
         what = "a folder: pass the weights file in it" if path.is_dir() else "neither a file nor a tag of " + name
         raise UserError(f"--pretrained {pretrained}: {what} (a state-dict .pt / .safetensors file of the whole CLIP "
                         f"model, hub, none, or a tag: {', '.join(tags) or 'open_clip lists none'})")
     try:
         return open_clip.create_model(name, pretrained=str(path), **kw)
-    except (RuntimeError, ValueError, OSError, KeyError) as exc:
-        raise UserError(f"--pretrained {pretrained}: not weights of clip:{name} ({_first_line(exc)})") from None
+    except load_errors() as exc:
+        raise UserError(f"--pretrained {pretrained}: not weights of clip:{name} ({first_line(exc)})") from None
 
 
 def clip_factory(member: str) -> Any:
