@@ -1,4 +1,4 @@
-"""``--head-scale S``: a cosine head's logits are S cos(feature, class vector) (LIFT's head: S = 30 with the
+"""``--head-scale S``: a cosine head's logits are S cos(feature, class vector) (LIFT's head: S = 25 with the
 logit-adjusted loss); the scale is part of the model a checkpoint rebuilds, and refused where it would do nothing
 or multiply LDAM's own scale."""
 

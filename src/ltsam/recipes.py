@@ -191,15 +191,16 @@ PAPER_TOP1.update({"imbsam-cifar100-lt": 51.1, "sse-sam-cifar100-lt": 49.3})
 REPRODUCED_TOP1["imbsam-cifar100-lt"] = (42.5, "independent rerun of the official code, ltsam issue 12; "
                                                "SSE-SAM's table gives 47.9")
 
-# LIFT (Shi et al., ICML 2024; shijxcs/LIFT, configs/model/clip_vit_b16_peft.yaml with adaptformer True): CLIP
+# LIFT (Shi et al., ICML 2024; shijxcs/LIFT, configs/model/clip_vit_b16.yaml with adaptformer True): CLIP
 # ViT-B/16 with OpenAI's weights at 224 px, LIFT's AdaptFormer adapters in all 12 blocks (bottleneck
-# 2 ** floor(log2(C / 24)) = 4 for 100 classes), a cosine head of scale 30 initialised from the text features of
+# 2 ** floor(log2(C / 24)) = 4 for 100 classes), a cosine head of scale 25 (its config's ``scale: 25``, which
+# replaces its CosineClassifier's default 30) initialised from the text features of
 # "a photo of a {}.", the logit-adjusted loss (tau 1), 10 epochs, batch 128, SGD lr 0.01 momentum 0.9 wd 5e-4,
 # cosine LR per epoch, seed 0, final epoch. The paper's figure is with its test-time ensembling (24 px expansion,
-# five crops), which ltsam does not do; README "Pretrained backbones" lists what else differs.
+# five crops), which ltsam does not do; docs/pretrained.md "LIFT's recipe" lists what else differs.
 RECIPES["lift-cifar100-lt-if100"] = dict(
     dataset="cifar100", imb_type="exp", imb_factor=0.01, arch="clip:vit-b-16", pretrained="openai", input_size=224,
-    tune="adapter", adapter_style="lift", adapter_dim=4, head_init="text", use_norm=True, head_scale=30.0,
+    tune="adapter", adapter_style="lift", adapter_dim=4, head_init="text", use_norm=True, head_scale=25.0,
     loss="la", la_tau=1.0, train_rule="none", optimizer="sgd", rho=0.05, rho_schedule="none", epochs=10,
     batch_size=128, lr=0.01, momentum=0.9, wd=5e-4, lr_schedule="cosine", seed=0)
 PAPER_TOP1["lift-cifar100-lt-if100"] = 81.7  # LIFT, Table 4 (CIFAR-100-LT, IF 100; ImageNet-LT 78.3, Places-LT 52.2)

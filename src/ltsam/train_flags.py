@@ -79,7 +79,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="classifier head; auto = cosine (NormedLinear) when the loss asks for it (LDAM), else linear")
     g.add_argument("--head-scale", type=float, metavar="S",
                    help="the cosine head's logit scale: logits = S cos(feature, class vector) (default 1; LIFT's "
-                        "30; LDAM scales in its loss, --ldam-s)")
+                        "25; LDAM scales in its loss, --ldam-s)")
     g = p.add_argument_group("method, loss and re-balancing")
     _choices_flag(g, R["method"], "--method")
     _choices_flag(g, R["loss"], "--loss", "--loss_type")

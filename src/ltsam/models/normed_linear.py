@@ -9,7 +9,7 @@ from torch import nn
 
 class NormedLinear(nn.Module):
     """Logits = scale x cos(feature, class vector); no bias. ``scale`` 1 (the default) is LDAM's head, whose
-    scale s is in the loss; a cosine head trained with another loss needs one (``--head-scale``; LIFT's 30).
+    scale s is in the loss; a cosine head trained with another loss needs one (``--head-scale``; LIFT's 25).
 
     Weight stored as (in_features, out_features), one column per class, initialised uniform(-1, 1)
     and renormalised to unit columns (the reference's ``renorm_(2, 1, 1e-5).mul_(1e5)``).
