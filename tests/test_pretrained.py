@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -207,8 +208,9 @@ def test_family_names_and_refusals(capsys):
         MODELS.entry("timm:no_such_model")
     with pytest.raises(UserError, match="drop --norm"):
         resolve(BASE | dict(norm="cifar"))
-    with pytest.raises(UserError, match="unknown --arch"):
-        resolve(BASE | dict(method="glmc"))
+    for arch in ("timm:test_vit", "clip:vit-b-16"):  # a backbone family GLMC cannot take: said so, not "unknown"
+        with pytest.raises(UserError, match=f"--method glmc does not support {arch.partition(':')[0]}: backbones"):
+            resolve(BASE | dict(method="glmc", arch=arch))
     with pytest.raises(UserError, match="--tune lora fine-tunes part of a pretrained backbone"):
         resolve(BASE | dict(arch="small_cnn", tune="lora"))
     for flags, says in ((["--arch", "timm:no_such_model"], "timm has no model"),):
@@ -274,3 +276,24 @@ def test_hessian_of_a_lora_vit_takes_the_trainable_parameters():
     assert hv.abs().max() > 0
     # float64, one network's forward and two derivative passes: ~3 x 12 stages of sums of <= 800 terms
     assert torch.allclose(hv, hv_fwd, rtol=0, atol=rtol(torch.float64, 800, 36) * float(hv.abs().max()))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--tune", "adapter", "--adapter-dim", "65"], "--adapter-dim 65: wider than block blocks.0's width 64"),
+    (["--tune", "adapter", "--adapter-dim", str(10**9)], "a bottleneck is at most 64"),  # refused before allocating
+    (["--tune", "lora", "--lora-rank", "65"], "--lora-rank 65: larger than layer blocks.0.attn.qkv's narrower side"),
+    (["--tune", "lora", "--lora-rank", str(10**9)], "give at most 64"),
+    (["--tune", "lora", "--lora-targets", "norm1"], "blocks.0.norm1 is a LayerNorm; LoRA adapts linear"),
+    (["--tune", "lora", "--lora-targets", "no_such_layer"], "no layer of this model to adapt"),
+])
+def test_impossible_tuning_sizes_and_targets_are_one_line(tmp_path, capsys, flags, says):
+    """Sizes a layer cannot take and LoRA targets that are no layer LoRA adapts: one line from the model's build
+    (so the command refuses them before a run folder is made), exit 2."""
+    options = dict(pretrained="none", tune=flags[1], input_size=32, lora_targets="all-linear")
+    options.update({f.lstrip("-").replace("-", "_"): v for f, v in zip(flags[2::2], flags[3::2])})
+    options = {k: int(v) if k in ("adapter_dim", "lora_rank") else v for k, v in options.items()}
+    with pytest.raises(UserError, match=re.escape(says)):
+        build_model("timm:test_vit", 10, False, 1, options=options)
+    assert main([*ARGV, "--arch", "timm:test_vit", "--pretrained", "none", *flags, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err

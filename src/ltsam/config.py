@@ -327,7 +327,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
         if not method.accepts_arch(cfg.arch):
-            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(method.archs()))}")
+            what = (f"--method {cfg.method} does not support {cfg.arch.partition(':')[0]}: backbones"
+                    if MODELS.family(cfg.arch) is not None else f"unknown --arch {cfg.arch!r}")
+            raise UserError(f"{what}; choose one of {', '.join(sorted(method.archs()))}")
         if MODELS.family(cfg.arch) is not None:  # a method's own architectures (GLMC's) are not MODELS entries
             MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
     if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:

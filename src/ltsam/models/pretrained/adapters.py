@@ -125,6 +125,9 @@ def add_adapters(net: nn.Module, bottleneck: int, scale: float, style: str = "ad
         weight = getattr(norm, "weight", None)
         shape = getattr(norm, "normalized_shape", None)
         dim = int(shape[-1]) if shape else int(weight.shape[-1])  # type: ignore[union-attr]
+        if bottleneck > dim:  # before allocating: 2 x d x r weights per block
+            raise UserError(f"--adapter-dim {bottleneck}: wider than block {name}'s width {dim}; a bottleneck is "
+                            f"at most {dim} (AdaptFormer's 64 for ViT-B's 768)")
         adapter = Adapter(dim, bottleneck, scale, weight if isinstance(weight, torch.Tensor) else None, style)
         block.add_module(CHILD, adapter)
         norm.register_forward_hook(adapter._capture)

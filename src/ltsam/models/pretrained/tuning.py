@@ -28,6 +28,8 @@ from ltsam.models.pretrained.extras import require
 
 TUNE_MODES = ("full", "linear", "bias", "lora", "adapter")
 ALL_LINEAR = "all-linear"
+LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)
+"""The layers ``--lora-targets`` may name: peft's LoRA layers, and attention (ltsam's own, :func:`lora_attention`)."""
 
 
 def lora_targets(net: nn.Module, head: str, targets: str) -> list[str]:
@@ -44,7 +46,32 @@ def lora_targets(net: nn.Module, head: str, targets: str) -> list[str]:
     if not names:
         raise UserError(f"--lora-targets {targets}: no layer of this model to adapt; name its linear or conv "
                         f"layers (e.g. qkv,proj,fc1,fc2 for a ViT)")
+    for name in names:
+        if not isinstance(net.get_submodule(name), LORA_LAYERS):
+            raise UserError(f"--lora-targets {targets}: {name} is a {type(net.get_submodule(name)).__name__}; LoRA "
+                            f"adapts linear, conv, embedding and attention layers (e.g. qkv,proj,fc1,fc2 for a ViT)")
     return names
+
+
+def check_rank(net: nn.Module, names: list[str], rank: int) -> None:
+    """One line, before any LoRA weight is allocated, if ``rank`` exceeds the narrower side of a target layer (a
+    rank-r update of an m x n weight needs r <= min(m, n): a larger r adds parameters and no freedom)."""
+    for name in names:
+        width = _narrow_side(net.get_submodule(name))
+        if rank > width:
+            raise UserError(f"--lora-rank {rank}: larger than layer {name}'s narrower side ({width}); give at most "
+                            f"{width}")
+
+
+def _narrow_side(layer: nn.Module) -> int:
+    if isinstance(layer, nn.MultiheadAttention):
+        return int(layer.embed_dim)
+    if isinstance(layer, nn.Linear):
+        return min(layer.in_features, layer.out_features)
+    if isinstance(layer, nn.Embedding):
+        return min(layer.num_embeddings, layer.embedding_dim)
+    assert isinstance(layer, nn.modules.conv._ConvNd)
+    return min(layer.in_channels, layer.out_channels)
 
 
 class LoRADelta(nn.Module):
@@ -84,6 +111,7 @@ def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_al
     if mode == "lora":
         peft = require("peft", "--tune lora")
         names = lora_targets(net, head, targets)
+        check_rank(net, names, lora_rank)
         attention = [n for n in names if isinstance(net.get_submodule(n), nn.MultiheadAttention)]
         inside = [n for n in names if any(n.startswith(a + ".") for a in attention)]  # out_proj: done with its MHA
         for name in attention:
