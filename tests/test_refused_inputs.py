@@ -177,6 +177,14 @@ def test_values_outside_their_formulas_are_refused(tmp_path: Path, capsys, flags
     assert not out.exists()
 
 
+def test_an_architecture_the_method_cannot_train_is_not_called_unknown(tmp_path: Path, capsys) -> None:
+    code, err = _run(["train", *FAST_DIGITS, "--method", "glmc", "--arch", "clip:ViT-B-16", "--out",
+                      str(tmp_path / "out")], capsys)
+    assert code == 2
+    line = _assert_one_line(err, "--method glmc does not train", "clip:vit-b-16", "glmc_resnet32")
+    assert "unknown" not in line
+
+
 @pytest.mark.parametrize("settings", [dict(loss="ldam", ldam_s=1e-3, margin=1e-3),
                                       dict(optimizer="sse_sam", sse_gamma=0.0),
                                       dict(optimizer="sse_sam", sse_gamma=1.0)])

@@ -305,9 +305,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
         if getattr(cfg, key) > SEED_MAX:
             raise UserError(f"{_flag(key)} must lie in 0..{SEED_MAX}, got {getattr(cfg, key)}")
     for key, high in _INT_MAX.items():
-        value = getattr(cfg, key, None) if key in _FIELDS or key in cfg.options else None
-        if value is not None and value > high:
-            raise UserError(f"{_flag(key)} {value} cannot be allocated; it must be at most {high}")
+        size = getattr(cfg, key, None) if key in _FIELDS or key in cfg.options else None
+        if size is not None and size > high:
+            raise UserError(f"{_flag(key)} {size} cannot be allocated; it must be at most {high}")
     for name, option in all_options().items():
         check_option(option, cfg.options.get(name))
 
@@ -347,7 +347,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
         if not method.accepts_arch(cfg.arch):
-            raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(method.archs()))}")
+            what = f"--method {cfg.method} does not train" if cfg.arch in MODELS else "unknown --arch"
+            raise UserError(f"{what} {brief(cfg.arch)}; choose one of {', '.join(sorted(method.archs()))}")
         if MODELS.family(cfg.arch) is not None:  # a method's own architectures (GLMC's) are not MODELS entries
             MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)
     if cfg.tune != "full" and MODELS.family(cfg.arch or "") is None:

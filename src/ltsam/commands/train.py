@@ -15,7 +15,6 @@ from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, r
 
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
-    from ltsam.data.lt_data import LTData
     from ltsam.pack.trainer import PackTrainer
     from ltsam.trainer import Trainer
 
@@ -319,14 +318,13 @@ def _train_members(args: argparse.Namespace) -> int:
 
 
 def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path | None,
-              resume: bool | list[bool], datas: list[LTData] | None = None, pack: PackTrainer | None = None) -> int:
+              resume: bool | list[bool], pack: PackTrainer | None = None) -> int:
     """Train a pack (``pack``: built already, before its folders were made) and report it."""
     from ltsam.pack.folders import repair_members
     from ltsam.pack.trainer import PackTrainer
 
     if pack is None:
-        pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, datas=datas,
-                           mode=args.pack_mode)
+        pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, mode=args.pack_mode)
     if resume is True or (isinstance(resume, list) and any(resume)):
         repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
                               for m in pack.members])
