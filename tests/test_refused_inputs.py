@@ -46,6 +46,7 @@ def _bomb(levels: int, indent: int = 2) -> str:
     pytest.param([*VIT, "--pretrained", "none", "--input-size", "100000"], ["--input-size", "8192"], marks=TIMM,
                  id="input-size"),
     pytest.param(["--threads", "100000"], ["--threads", "1024"], id="threads"),
+    pytest.param(["--image-size", "100000"], ["--image-size", "8192"], id="image-size"),
     pytest.param(["--device", "cuda"], ["--device cuda"], marks=NO_GPU, id="cuda"),
     pytest.param(["--seeds", "0", "1", "--device", "cuda"], ["--device cuda"], marks=NO_GPU, id="cuda-pack"),
     pytest.param([*VIT, "--pretrained", "none", "--seeds", "0", "1", "--device", "cuda"], ["--device cuda"],
