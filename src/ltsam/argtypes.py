@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import reprlib
 from typing import Any, NoReturn
 
 
@@ -30,6 +31,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """A seed numpy accepts (``--seeds``): a whole number in 0 .. 2**32 - 1."""
+    value = _int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a whole number in 0..{SEED_MAX}, got {cut(text, 40)}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite float >= 0 (a tolerance)."""
     try:
@@ -45,7 +57,7 @@ def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {brief(text)}") from None
 
 
 def lower(value: str) -> str:
@@ -72,3 +84,28 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 40, 40, 40
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = 4
+    return r
+
+
+_SHORT = _short_repr()
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` in at most ``limit`` characters, however large, deep or self-containing the value (a YAML
+    alias bomb is a few lines expanding to gigabytes): how every error message shows a value the user gave."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an integer too long to print (over 4300 digits)
+        text = f"<a {type(value).__name__} too long to show>"
+    return cut(text, limit)
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (a parser's message may quote whole lines of the file)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

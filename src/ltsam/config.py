@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ltsam.argtypes import SEED_MAX, brief
 from ltsam.data.catalog import DATASETS
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
@@ -178,7 +179,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
         if origin is dict and isinstance(value, dict):
             return value
     wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
-    raise UserError(f"configuration key {key!r} must be {wanted}, got {value!r}; fix the config.json "
+    raise UserError(f"configuration key {key!r} must be {wanted}, got {brief(value)}; fix the config.json "
                     f"or pass the value as a flag")
 
 
@@ -257,18 +258,37 @@ _FINITE_MIN = {"imb_factor": None, "head_scale": None, "rho": 0.0, "min_rho": 0.
 # Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
 _INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
             "epochs": 1, "batch_size": 1, "accumulate": 1, "val_per_class": 0}
-_SEED_MAX = 2**32 - 1
+# Sizes past which nothing can be allocated (an image side of 10^5 pixels is 10^10 pixels; 10^5 threads exhaust
+# the process), refused before anything is built. A registered option's key is checked where it is registered.
+_INT_MAX = {"image_size": 8192, "input_size": 8192, "threads": 1024}
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _check_number(flag: str, value: Any, low: float | None, below: float | None = None) -> None:
+def _check_number(flag: str, value: Any, low: float | None = None, below: float | None = None, *,
+                  above: float | None = None, high: float | None = None) -> None:
+    """``value`` of ``flag`` finite and within its bounds: ``low``/``high`` inclusive, ``above``/``below`` strict."""
     if isinstance(value, float) and (not math.isfinite(value) or abs(value) > _FLOAT32_MAX):
         raise UserError(f"{flag} must be a finite number that fits float32, got {value}")
     if low is not None and value < low:
         raise UserError(f"{flag} must be non-negative, got {value}" if isinstance(value, float) and low == 0 else
                         f"{flag} must be at least {low:g}, got {value}")
+    if above is not None and value <= above:
+        raise UserError(f"{flag} must be positive, got {value}" if above == 0 else
+                        f"{flag} must lie above {above:g}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{flag} must be at most {high:g}, got {value}")
     if below is not None and value >= below:
         raise UserError(f"{flag} must lie below {below:g}, got {value}")
+
+
+def check_option(option: Option, value: Any) -> None:
+    """A registered option's value (or each of a list of them) within the bounds the option declares."""
+    if option.type not in (int, float):
+        return
+    for given in value if isinstance(value, list) else [value]:
+        if given is not None:
+            _check_number(option.flag, float(given) if option.type is float else given, option.minimum, option.below,
+                          above=option.above, high=option.maximum)
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -282,14 +302,14 @@ def _check_numbers(cfg: TrainConfig) -> None:
         if getattr(cfg, key) is not None:
             _check_number(_flag(key), getattr(cfg, key), low)
     for key in ("seed", "rand_number"):
-        if getattr(cfg, key) > _SEED_MAX:
-            raise UserError(f"{_flag(key)} must lie in 0..{_SEED_MAX}, got {getattr(cfg, key)}")
+        if getattr(cfg, key) > SEED_MAX:
+            raise UserError(f"{_flag(key)} must lie in 0..{SEED_MAX}, got {getattr(cfg, key)}")
+    for key, high in _INT_MAX.items():
+        size = getattr(cfg, key, None) if key in _FIELDS or key in cfg.options else None
+        if size is not None and size > high:
+            raise UserError(f"{_flag(key)} {size} cannot be allocated; it must be at most {high}")
     for name, option in all_options().items():
-        values = cfg.options.get(name)
-        for given in values if isinstance(values, list) else [values]:
-            if given is not None and option.type in (int, float):
-                _check_number(option.flag, float(given) if option.type is float else given, option.minimum,
-                              option.below)
+        check_option(option, cfg.options.get(name))
 
 
 def _check_head_scale(cfg: TrainConfig) -> None:
@@ -327,8 +347,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.arch is not None:
         cfg.arch = cfg.arch.lower()
         if not method.accepts_arch(cfg.arch):
-            what = (f"--method {cfg.method} does not support {cfg.arch.partition(':')[0]}: backbones"
-                    if MODELS.family(cfg.arch) is not None else f"unknown --arch {cfg.arch!r}")
+            if MODELS.family(cfg.arch) is not None:
+                what = f"--method {cfg.method} does not support {cfg.arch.partition(':')[0]}: backbones"
+            else:
+                what = (f"--method {cfg.method} does not train" if cfg.arch in MODELS else "unknown --arch") \
+                    + f" {brief(cfg.arch)}"
             raise UserError(f"{what}; choose one of {', '.join(sorted(method.archs()))}")
         if MODELS.family(cfg.arch) is not None:  # a method's own architectures (GLMC's) are not MODELS entries
             MODELS.entry(cfg.arch)  # a family's member checked by its library (timm: the name exists)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ltsam.argtypes import cut
 from ltsam.errors import UserError
 from ltsam.faults import fault_point
 
@@ -102,9 +103,65 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); it may be truncated — restore it "
+    except RecursionError:
+        raise UserError(f"{path} nests its values too deeply to be read; it is not a file ltsam wrote") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise UserError(f"{path} is not valid JSON ({cut(str(exc))}); it may be truncated — restore it "
                         f"or start the run again") from None
+
+
+# A settings document (a --config file, a members file's settings, a sweep grid) is a few dozen values: these
+# bounds refuse a YAML alias bomb (a few lines expanding to billions of values) or a 10^5-deep nesting in one line.
+SETTINGS_MAX_VALUES = 100_000
+SETTINGS_MAX_DEPTH = 32
+
+
+def read_settings_file(path: str | Path, what: str) -> Any:
+    """The document of a settings file, JSON (``.json``) or YAML (anything else), read safely: YAML's safe types
+    only, at most :data:`SETTINGS_MAX_VALUES` values with YAML's aliases expanded (a few lines of aliases can stand
+    for billions), nesting at most :data:`SETTINGS_MAX_DEPTH` levels. Whatever is wrong is one UserError line
+    starting ``{what} {path}`` (``what``: how the user named the file, e.g. ``--config``, ``grid file``)."""
+    import yaml
+
+    path = Path(path)
+    where = f"{what} {path}"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read it ({exc.strerror})") from None
+    json_file = path.suffix.lower() == ".json"
+    try:
+        doc = json.loads(text) if json_file else yaml.safe_load(text)  # aliases share one value: counted below
+    except RecursionError:  # the parsers recurse once per level
+        raise UserError(f"{where} nests its values too deeply to be settings; give a mapping of settings") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, a date YAML cannot hold
+        raise UserError(f"{where} holds a value that cannot be read ({cut(str(exc))})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {cut(str(exc).splitlines()[0])}") from None
+    _check_settings_size(doc, where)
+    return doc
+
+
+def _check_settings_size(doc: Any, where: str) -> None:
+    """Refuse a document of more than :data:`SETTINGS_MAX_VALUES` values with its aliases expanded (counted, not
+    expanded: the walk stops at the bound, and ends on a value that contains itself) or nested more than
+    :data:`SETTINGS_MAX_DEPTH` levels deep."""
+    count, stack = 0, [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > SETTINGS_MAX_VALUES:
+            raise UserError(f"{where} expands to more than {SETTINGS_MAX_VALUES:,} values (YAML aliases repeating a "
+                            f"part?); settings are a few dozen values — write them out")
+        if depth > SETTINGS_MAX_DEPTH:
+            raise UserError(f"{where} nests its values more than {SETTINGS_MAX_DEPTH} levels deep; give a "
+                            f"mapping of settings")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, (list, tuple, set)):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -249,8 +249,8 @@ LOSSES.add("focal", lambda cls_num_list, weight=None, focal_gamma=1.0: FocalLoss
 LOSSES.add("ldam", lambda cls_num_list, weight=None, max_m=0.5, ldam_s=30.0: LDAMLoss(
     cls_num_list, max_m=max_m, s=ldam_s, weight=weight), help="label-distribution-aware margin", cosine_head=True,
     per_sample=True, mean_weights=True,
-    options=[Option("margin", float, 0.5, "LDAM max margin (default 0.5)", param="max_m"),
-             Option("ldam_s", float, 30.0, "LDAM logit scale s (default 30)")])
+    options=[Option("margin", float, 0.5, "LDAM max margin (default 0.5)", param="max_m", above=0.0),
+             Option("ldam_s", float, 30.0, "LDAM logit scale s (default 30)", above=0.0)])
 LOSSES.add("vs", lambda cls_num_list, weight=None, vs_gamma=0.3, vs_tau=1.0: VSLoss(
     cls_num_list, gamma=vs_gamma, tau=vs_tau, weight=weight), help="vector scaling", per_sample=True, mean_weights=True,
     options=[Option("vs_gamma", float, 0.3, "VS loss gamma (default 0.3)", flags=("--gamma", "--vs-gamma")),

@@ -46,7 +46,7 @@ class Settings(Protocol):
 class Option:
     """A setting an entry declares: config key ``name``, flag ``--name-with-dashes`` (or ``flags``).
 
-    ``minimum`` bounds numbers from below and ``below`` strictly from above; floats must be finite.
+    ``minimum`` and ``maximum`` bound numbers, ``above`` and ``below`` strictly; floats must be finite.
     ``nargs`` takes a fixed-length list. The entry's object receives it as keyword ``param`` (or ``name``).
     """
 
@@ -57,6 +57,8 @@ class Option:
     flags: tuple[str, ...] = ()
     minimum: float | None = None
     below: float | None = None  # a strict upper bound
+    above: float | None = None  # a strict lower bound (a scale or a margin that must be positive)
+    maximum: float | None = None
     choices: tuple[Any, ...] | None = None
     nargs: int | None = None
     metavar: tuple[str, ...] | str | None = None

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
-from ltsam.argtypes import OneLineParser, flag_bool, lower
+from ltsam.argtypes import OneLineParser, brief, cut, flag_bool, lower
 from ltsam.errors import UserError
+from ltsam.io import read_settings_file
 
 # Flags that steer the command (where it writes, whether it resumes) rather than set the run's configuration.
 COMMAND_FLAGS = ("out", "overwrite", "resume", "stop_after", "no_progress", "seeds", "members", "config", "exp_str")
@@ -215,10 +215,10 @@ def setting_key(name: Any, where: str) -> str:
     ``loss_type``): the flag's ``dest``. A name no flag has, or a flag that steers the command, is a UserError."""
     action = flag_table().get(_norm(str(name)))
     if action is None:
-        raise UserError(f"{where}: {name!r} is not an `ltsam train` setting (configuration keys and flags: "
+        raise UserError(f"{where}: {brief(name)} is not an `ltsam train` setting (configuration keys and flags: "
                         f"`ltsam train --help`)")
     if action.dest in COMMAND_FLAGS:
-        raise UserError(f"{where}: {name!r} steers the command, it is not a setting of the run; pass it as a flag")
+        raise UserError(f"{where}: {brief(name)} steers the command, it is not a setting of the run; pass it as a flag")
     return action.dest
 
 
@@ -230,31 +230,31 @@ def typed_setting(name: str, value: Any, where: str) -> Any:
     flag = _long(action)
     if action.nargs == 0:  # a switch (store_true; store_const: --cos_lr is --lr-schedule cosine)
         if not isinstance(value, bool):
-            raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
+            raise UserError(f"{where}: {flag} is a switch; give true or false, got {brief(value)}")
         if action.const is not None:
             return action.const if value else None
         return value
     if isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
-        raise UserError(f"{where}: {flag} is a switch; give true or false, got {value!r}")
+        raise UserError(f"{where}: {flag} is a switch; give true or false, got {brief(value)}")
     many = action.nargs in ("*", "+") or isinstance(action.nargs, int) or isinstance(action, argparse._AppendAction)
     if many:
         items = value if isinstance(value, list) else [value]
         return [_typed_word(action, v, flag, where) for v in items]
     if isinstance(value, (list, dict)):
-        raise UserError(f"{where}: {flag} takes one value, got {value!r}")
+        raise UserError(f"{where}: {flag} takes one value, got {brief(value)}")
     return _typed_word(action, value, flag, where)
 
 
 def _typed_word(action: argparse.Action, value: Any, flag: str, where: str) -> Any:
     if isinstance(value, (dict, list)):
-        raise UserError(f"{where}: {flag} takes numbers or words, got {value!r}")
+        raise UserError(f"{where}: {flag} takes numbers or words, got {brief(value)}")
     if isinstance(value, str) and callable(action.type):
         try:
             value = action.type(value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-            raise UserError(f"{where}: {flag}: {exc or 'bad value'} (got {value!r})") from None
+            raise UserError(f"{where}: {flag}: {cut(str(exc)) or 'bad value'} (got {brief(value)})") from None
     if action.choices is not None and value is not None and value not in action.choices:
-        raise UserError(f"{where}: {flag} {value!r}: choose one of {', '.join(map(str, action.choices))}")
+        raise UserError(f"{where}: {flag} {brief(value)}: choose one of {', '.join(map(str, action.choices))}")
     return value
 
 
@@ -274,35 +274,23 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--config {path} does not exist; give a JSON or YAML file of settings")
-    text = path.read_text(errors="replace")
-    if path.suffix.lower() == ".json":
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    else:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_settings_file(path, "--config")
     if not isinstance(doc, dict):
         raise UserError(f"--config {path} must hold a mapping of settings (key: value), got {type(doc).__name__}")
     if doc.get("extra"):
-        raise UserError(f"--config {path}: 'extra' holds {sorted(doc['extra'])}; ltsam reads no settings there")
+        raise UserError(f"--config {path}: 'extra' holds {brief(doc['extra'])}; ltsam reads no settings there")
     settings: dict[str, Any] = {}
     for name, value in doc.items():
         if name in RECORD_KEYS or name == "extra":
             continue
         if name == "use_norm":  # config.json's spelling of --head
             if value not in (None, True, False):
-                raise UserError(f"--config {path}: use_norm must be true, false or null, got {value!r}")
+                raise UserError(f"--config {path}: use_norm must be true, false or null, got {brief(value)}")
             name, value = "head", {True: "cosine", False: "linear"}.get(value)
         name = "plugin" if name == "plugins" else name
         key = setting_key(name, f"--config {path}")
         if key in settings:
-            raise UserError(f"--config {path}: {name!r} sets {key!r}, which another key of the file sets too")
+            raise UserError(f"--config {path}: {brief(name)} sets {key!r}, which another key of the file sets too")
         settings[key] = value if value is None else typed_setting(name, value, f"--config {path}: {name}")
     return {k: v for k, v in settings.items() if v is not None}
 

@@ -31,10 +31,15 @@ from ltsam.runs import model_from_meta
 
 
 class Trainer(ProgressAttributes):
-    """Trains one configuration into one run folder; ``resume=True`` continues from ``last.pt``."""
+    """Trains one configuration into one run folder; ``resume=True`` continues from ``last.pt``.
+
+    Built in two steps: the constructor builds everything a flag can make fail (device, data, model with its
+    weights, method, optimizer) and touches no file; :meth:`start` then restores ``last.pt`` (resuming), caches
+    features and compiles. ``build_only=True`` stops after the first, so that a new run's folder is made only
+    once its model exists (a refused command leaves nothing behind); ``start()`` follows."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                 data=None):
+                 data=None, build_only: bool = False):
         cfg = cfg if cfg.frozen else resolve_derived(cfg)
         self.run_dir = Path(run_dir)
         self.ctx, self.device = start_runtime(cfg.device, cfg, cfg.seed)
@@ -59,13 +64,22 @@ class Trainer(ProgressAttributes):
                                            self.ctx.rank, self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
         self.state = Progress()  # best_val.pt: selected on the validation split
-        if resume:
-            self._restore(load_last(self.run_dir))
-        if getattr(cfg, "feature_cache", False):  # a linear probe on the frozen backbone's features, computed once:
-            self.source = self.method.source = self._feature_source()  # after restoring (a resumed run's backbone)
-        self.net = self._wrap_model()
         self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
                        if cfg.shot_split == "index" else None)
+        self.resume, self.net = resume, self.model
+        if not build_only:
+            self.start()
+
+    def start(self) -> Trainer:
+        """The steps that need the run folder or are long: ``last.pt`` restored (resuming), the frozen backbone's
+        features cached (``--feature-cache``), the model compiled and DDP-wrapped (collective under torchrun, so
+        that the other ranks wait here for rank 0's folder)."""
+        if self.resume:
+            self._restore(load_last(self.run_dir))
+        if getattr(self.cfg, "feature_cache", False):  # a linear probe on the frozen backbone's features, once:
+            self.source = self.method.source = self._feature_source()  # after restoring (a resumed run's backbone)
+        self.net = self._wrap_model()
+        return self
 
     def _feature_source(self) -> Any:
         """The training batches as the frozen backbone's features of the un-augmented images (``--feature-cache``)."""

@@ -68,7 +68,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from ltsam.config import _check_number
+    from ltsam.config import check_option
     from ltsam.console import print_results
     from ltsam.data.loading import load_data
     from ltsam.finetune import STAGES, build_stage
@@ -81,7 +81,6 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    data = None
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_NAME).is_file():
@@ -99,7 +98,8 @@ def _finetune(args: argparse.Namespace) -> int:
                 setattr(settings, key, getattr(args, key))
         parent = load_parent(settings.parent["path"], settings.parent.get("which", "last"),
                              expect_sha256=settings.parent["sha256"])
-        resume = (run_dir / LAST).is_file()
+        runner = StageRunner(settings, parent, run_dir, resume=(run_dir / LAST).is_file(),
+                             progress=not args.no_progress)
     else:
         if args.run is None:
             raise UserError("ltsam finetune needs the finished run: ltsam finetune RUN_DIR --stage "
@@ -116,8 +116,7 @@ def _finetune(args: argparse.Namespace) -> int:
         options = stage_options(entry, dict(recipe.get("options", {}), **{k: v for k, v in given.items()
                                                                             if v is not None}))
         for o in entry.options:
-            if o.type in (int, float) and options[o.name] is not None:
-                _check_number(o.flag, options[o.name], o.minimum, o.below)
+            check_option(o, options[o.name])
         build_stage(entry.name, options)  # the stage's own checks (e.g. --tau-grid), before any work
         parent = load_parent(args.run, args.which or "last")
         if recipe and parent.cfg.recipe != recipe["parent"] and main_rank:
@@ -141,12 +140,13 @@ def _finetune(args: argparse.Namespace) -> int:
                   f"{parent.info['epoch']} — `ltsam train --resume {parent_source}` finishes it first", flush=True)
         if settings.data_root:
             parent.cfg.data_root = settings.data_root
-        data = load_data(parent.cfg)  # a data set that cannot be read fails before the run folder exists
+        data = load_data(parent.cfg)
+        # The data, device, stage and its head (a stage refusing this head, e.g. tau-norm on a cosine head) are
+        # built before the run folder is touched, so a refused command leaves nothing behind.
+        runner = StageRunner(settings, parent, run_dir, data=data, progress=not args.no_progress)
         if main_rank:
             prepare_run_dir(run_dir, args.overwrite)
             write_json(run_dir / CONFIG_NAME, settings.to_dict())
-        resume = False
-    runner = StageRunner(settings, parent, run_dir, data=data, resume=resume, progress=not args.no_progress)
     if not runner.ctx.is_main:
         runner.fit(stop_after=args.stop_after)
         return 0

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ltsam.argtypes import flag_name, show
+from ltsam.argtypes import flag_name, seed, show
 from ltsam.errors import UserError
 from ltsam.run.files import BEST_VAL, CONFIG_NAME, DIVERGED_NAME
 from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, read_settings, settings_overrides
 
 if TYPE_CHECKING:
     from ltsam.config import TrainConfig
-    from ltsam.data.lt_data import LTData
+    from ltsam.pack.trainer import PackTrainer
+    from ltsam.trainer import Trainer
 
 
 def add_parser(sub: Any) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub: Any) -> None:
                        allow_abbrev=False)
     add_train_flags(p)
     add_plugin_flag(p)
-    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+    p.add_argument("--seeds", type=seed, nargs="+", metavar="SEED",
                    help="train one run per seed as one pack (one fused model, ltsam.pack) into OUT/seed0, OUT/seed1, "
                         "... (runs that do not pack, e.g. timm:/clip: or GLMC, one after another); ends with the "
                         "mean ± std table of `ltsam report OUT`; `--resume OUT` continues them")
@@ -128,15 +129,17 @@ def _train(args: argparse.Namespace) -> int:
         if args.seeds:
             return _train_seeds(args, cfg, run_dir)
         cfg.out = str(run_dir)
-        # Validate data and model before touching the run folder, so a bad flag changes nothing.
+        # Data, device, model (its weights file included) and optimizer built before the run folder is touched,
+        # so a refused command leaves nothing behind.
         from ltsam.data.loading import load_data
 
         data = load_data(cfg)
         settle(cfg, data.train_size)  # every value decided (--compile auto included); frozen from here on
+        trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data, build_only=True)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the run folder;
-            prepare_run_dir(run_dir, args.overwrite)  # the others wait for it at process-group start
+            prepare_run_dir(run_dir, args.overwrite)  # the others wait for it in trainer.start()
             write_json(run_dir / CONFIG_NAME, cfg.to_dict())  # once: the trainer changes nothing in it
-        trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=data)
+        trainer.start()
     if trainer.ctx.is_main:
         for note in config_warnings(cfg, {k for k, v in overrides.items() if v is not None}):
             print(f"ltsam: warning: {note}", flush=True)
@@ -205,16 +208,21 @@ def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     from ltsam.data.loading import load_data
     from ltsam.pack.compat import check_pack, unpackable_reason
     from ltsam.pack.folders import prepare_pack_dir, seed_members
+    from ltsam.pack.trainer import PackTrainer
+    from ltsam.trainer import Trainer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--seeds trains its runs as one pack in one process; run it without torchrun")
     reason = unpackable_reason(cfg)
     members = seed_members(cfg, args.seeds, out, one_by_one=reason is not None)
+    dirs = [Path(str(m.out)) for m in members]
     if reason is None:
         check_pack(members)  # before any folder is touched
         datas = [load_data(m) for m in members]  # what the pack trains on: read once, here
-        return _fit_pack(args, members, prepare_pack_dir(out, members, args.overwrite), out, False, datas)
-    first = load_data(members[0])  # the first run's; the others read theirs in turn
+        pack = PackTrainer(members, dirs, progress=not args.no_progress, datas=datas, mode=args.pack_mode)
+        return _fit_pack(args, members, prepare_pack_dir(out, members, args.overwrite), out, False, pack=pack)
+    # The first run built (its data, device, model and optimizer) before any folder; the others are built in turn.
+    first = Trainer(members[0], dirs[0], progress=not args.no_progress, data=load_data(members[0]), build_only=True)
     print(f"ltsam: these runs do not pack ({reason.partition(';')[0]}); training the {len(members)} seeds one "
           "after another", flush=True)
     dirs = prepare_pack_dir(out, members, args.overwrite)
@@ -222,9 +230,10 @@ def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
 
 
 def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path,
-                    started: list[bool], first_data: LTData | None = None) -> int:
+                    started: list[bool], first: Trainer | None = None) -> int:
     """Each run of an unpackable ``--seeds`` set in turn (a finished one recomputes its final results, a
-    diverged one is recorded and the others go on), then the mean ± std table of the finished ones."""
+    diverged one is recorded and the others go on), then the mean ± std table of the finished ones. ``first``:
+    the first run's trainer, built before its folder was made (a new set)."""
     from ltsam.config import resolve_derived
     from ltsam.errors import TrainingDiverged
     from ltsam.io import write_json
@@ -239,8 +248,10 @@ def _fit_one_by_one(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: lis
         print(f"ltsam: run {run_dir} ({cfg.arch} on {cfg.dataset}, seed {cfg.seed})", flush=True)
         if resume:
             trainer = Trainer(resolve_derived(cfg), run_dir, resume=True, progress=not args.no_progress)
+        elif i == 0 and first is not None:
+            trainer = first.start()
         else:
-            trainer = Trainer(cfg, run_dir, progress=not args.no_progress, data=first_data if i == 0 else None)
+            trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
         try:
             summary = trainer.fit(stop_after=args.stop_after)
         except TrainingDiverged as exc:  # recorded as a pack member's is: a resume leaves it and trains the rest
@@ -307,11 +318,13 @@ def _train_members(args: argparse.Namespace) -> int:
 
 
 def _fit_pack(args: argparse.Namespace, cfgs: list[TrainConfig], dirs: list[Path], out: Path | None,
-              resume: bool | list[bool], datas: list[LTData] | None = None) -> int:
+              resume: bool | list[bool], pack: PackTrainer | None = None) -> int:
+    """Train a pack (``pack``: built already, before its folders were made) and report it."""
     from ltsam.pack.folders import repair_members
     from ltsam.pack.trainer import PackTrainer
 
-    pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, datas=datas, mode=args.pack_mode)
+    if pack is None:
+        pack = PackTrainer(cfgs, dirs, resume=resume, progress=not args.no_progress, mode=args.pack_mode)
     if resume is True or (isinstance(resume, list) and any(resume)):
         repair_members(dirs, [(m.state.start_epoch, (m.state.best_record or {}).get("epoch"), m.state.best_val_epoch)
                               for m in pack.members])

@@ -296,7 +296,7 @@ SSE_SAM_OPTIONS = (
     Option("sse_head_rho", float, 0.05, "SSE-SAM: radius of the head ascent; the tail's is --rho (default 0.05)",
            minimum=0.0),
     Option("sse_gamma", float, 0.7, "SSE-SAM: the head radius is 0 from epoch gamma * epochs on (default 0.7)",
-           minimum=0.0),
+           minimum=0.0, maximum=1.0),  # the paper's gamma: the fraction of the training in the first stage
 )
 
 
