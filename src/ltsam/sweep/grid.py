@@ -84,6 +84,11 @@ class JobSpec:
     def packed(self) -> bool:
         return len(self.runs) > 1
 
+    @property
+    def plugins(self) -> list[str]:
+        """The ``--plugin`` modules of its job: every module any of its runs names, once, in grid order."""
+        return list(dict.fromkeys(m for run in self.runs for m in run.plugins))
+
 
 @dataclass
 class Sweep:
