@@ -159,12 +159,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file {path} does not exist; write a YAML grid (see `ltsam sweep --help`)")
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_grid(path)
     if not isinstance(doc, dict):
         raise UserError(f"{path}: a grid is a YAML mapping with configs (or recipes), and optionally base, grid, "
                         f"seeds, name, out")
@@ -183,6 +178,17 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
     folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
     runs = expand(doc, str(path), run_plugins)
     return Sweep(name, folder, runs, path, size)
+
+
+def read_grid(path: Path) -> Any:
+    """The grid file's YAML document. The one place a grid is parsed: a loader that caps alias expansion and
+    cuts values in its messages (handed YAML is data) replaces this body alone."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
