@@ -186,7 +186,7 @@ def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp
     folder = str(out.resolve() / "runs" / run.name)
     settings = out.resolve() / "settings" / f"{run.name}.json"
     assert json.loads(settings.read_text()) == run.settings  # the run's settings, written beside the script
-    expected = ltsam_command(start_args(folder, settings), str(stub))
+    expected = ltsam_command(start_args(folder, settings, run.plugins), str(stub))
     assert record.read_bytes().split(b"\0")[:-1] == [a.encode() for a in expected[1:]]  # the stub's own argv
 
 
