@@ -179,3 +179,51 @@ def test_a_sweep_whose_executor_cannot_run_here_leaves_no_sweep_folder(tmp_path:
     code, _, err = _run(["sweep", str(grid), "--out", str(out), "--executor", "slurm"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "srun" in err, err
     assert not out.exists()
+
+
+OPTION_PLUGIN = '''
+import torch.nn.functional as F
+from torch import nn
+
+from ltsam.losses import LOSSES
+from ltsam.registry import Option
+
+
+@LOSSES.register("{loss}", help="cross-entropy with label smoothing", options=[Option("{option}", float, 0.1)])
+class SmoothCE(nn.Module):
+    def __init__(self, cls_num_list, weight=None, {option}=0.1):
+        super().__init__()
+        self.eps = {option}
+
+    def forward(self, logits, targets):
+        return F.cross_entropy(logits, targets, label_smoothing=self.eps)
+'''
+
+
+def test_a_grid_sets_a_plugin_losss_own_option(tmp_path: Path, capsys, plugin) -> None:
+    """The grid's plugins are imported before its keys are read, so a plugin's option is a key of the grid (a dry
+    run, which imports nothing, says so)."""
+    from ltsam.extensions import all_options
+
+    module, loss = plugin
+    option = f"eps_{module}"
+    (tmp_path / "plugins" / f"{module}.py").write_text(OPTION_PLUGIN.format(loss=loss, option=option))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(BASE + f"configs:\n  sm: {{plugin: {module}, loss: {loss}}}\n"
+                    f"grid: {{{option.replace('_', '-')}: [0.2]}}\n")
+    out = tmp_path / "sw"
+    code, _, err = _run(["sweep", str(grid), "--out", str(out), "--dry-run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "run without --dry-run" in err, err
+    assert module not in sys.modules
+    try:
+        code, printed, err = _run(["sweep", str(grid), "--out", str(out)], capsys)
+        assert code == 0 and "1 of 1 runs finished" in printed, printed + err
+        (folder,) = (out / "runs").iterdir()
+        cfg = json.loads((folder / "config.json").read_text())
+        assert cfg["loss"] == loss and cfg[option] == 0.2
+    finally:
+        from ltsam.losses import LOSSES
+
+        if loss in LOSSES.names():
+            LOSSES.remove(loss)
+        assert option not in all_options()
