@@ -14,8 +14,9 @@
 # pipeline, not the paper's number. The sweep is cut off at BUDGET_S; its runs keep their last.pt, so the
 # same command (same WORK) run again continues them, and the report says which runs are unfinished.
 #
-# The data travel with the repo copy in the git-ignored folder gpu_data/ (never commit them):
-#     mkdir -p gpu_data && cp /work/shared/data/cifar10-jpeg.tar.gz gpu_data/
+# The data travel with the repo copy in the git-ignored folder gpu_data/ (never commit them): a tarball of the
+# CIFAR-10 JPEG folder copy (train/<class>/*.jpg, test/<class>/*.jpg), wherever yours lies:
+#     mkdir -p gpu_data && cp PATH/TO/cifar10-jpeg.tar.gz gpu_data/
 #     pip download -d gpu_data/wheels --no-deps submitit cloudpickle    # offline machines: ltsam's sweep needs
 #     pip download -d gpu_data/wheels --no-deps --only-binary=:all: pyyaml   # (its Python's version and platform)
 # then on the GPU machine, from the repo root:   OUT=$OUT bash scripts/gpu_check.sh
@@ -29,8 +30,9 @@
 #                      folder copy they come from the training images before the profile (n_max = 5000 - N),
 #                      so the training set is no longer the paper's; 0 keeps it
 #   RECIPES="..."      space-separated recipe names (default: the six above)
-#   BASE_EXTRA=        more flags for every run, as YAML "key: value" pairs, comma-separated
-#                      (e.g. "compile: false, eval-batch-size: 100")
+#   BASE_EXTRA=        more settings for every run, as YAML "key: value" pairs, comma-separated
+#                      (e.g. "compile: false, eval-batch-size: 100"); they reach `ltsam train` as data (a
+#                      --config file; in the sweep, the grid's base), so switches take true / false
 #   BUDGET_S=530       seconds for the whole script; the sweep is stopped REPORT_S before the end
 #   REPORT_S=40        seconds kept for the report and the packing
 #   DATA_TAR=gpu_data/cifar10-jpeg.tar.gz, DATA_ROOT=, EXTRACT_DIR=/tmp/ltsam-cifar10-jpeg  (data)
@@ -40,8 +42,9 @@
 #                      report.tar.gz (the figures, every run's metrics.jsonl, final.json and config.json; no *.pt).
 #                      If unset they stay under WORK.
 #   RUN_THREADS=2      OMP/MKL threads per run (six share the machine's cores)
-# CPU smoke test (a tiny folder ROOT/train/<class>/*.png, ROOT/test/<class>/*.png):
-#     PYTHON=.venv/bin/python EPOCHS=1 DATA_ROOT=/tmp/tiny OUT=/tmp/gpu_smoke \
+# CPU smoke test (a tiny folder /tmp/tiny/train/<class>/*.png, /tmp/tiny/test/<class>/*.png; about a minute;
+# tests/test_gpu_check.py runs this very command):
+#     PYTHON=.venv/bin/python EPOCHS=1 SEEDS=2 DATA_ROOT=/tmp/tiny WORK=/tmp/gpu_smoke/work OUT=/tmp/gpu_smoke \
 #         BASE_EXTRA="compile: false, eval-batch-size: 100" bash scripts/gpu_check.sh
 # (This script replaces scripts/gpu_table.sh and scripts/gpu_common.sh, which ran the same six recipes
 # with a watcher of their own.)
@@ -129,27 +132,33 @@ if [[ "${PACKED:-1}" == "1" ]]; then
     (( left < 30 )) && left=30
     say "packs: $(wc -w <<<"$RECIPES") recipes x seeds [$SEED_LIST] = $N_RUNS runs, $EPOCHS epochs (stopped after ${left}s if still going)"
     mkdir -p "$WORK/packs"
-    EXTRA=()
-    if [[ -n "$BASE_EXTRA" ]]; then  # "key: value, key: value" -> --key value
-        IFS=',' read -ra PAIRS <<<"$BASE_EXTRA"
-        for pair in "${PAIRS[@]}"; do
-            key=$(sed 's/^ *//; s/ *:.*//' <<<"$pair"); value=$(sed 's/^[^:]*: *//; s/ *$//' <<<"$pair")
-            EXTRA+=("--$key" "$value")
-        done
-    fi
-    pids=()
+    # The settings every pack shares, as data (a --config file), as the sweep's grid gives them: BASE_EXTRA's
+    # "key: value" pairs are YAML, never words of a command line (`compile: false` is a switch set to false).
+    SETTINGS="$WORK/packs/settings.yaml"
+    echo "{dataset: folder, data-root: '$ROOT', epochs: $EPOCHS, amp: bf16, channels-last: true," \
+         "val-per-class: $VAL_PER_CLASS${BASE_EXTRA:+, $BASE_EXTRA}}" > "$SETTINGS"
+    declare -A PID_OF=()
     for recipe in $RECIPES; do
         dir="$WORK/packs/$recipe"
         if [[ -d "$dir" ]]; then how=(--resume "$dir"); else
-            how=(--recipe "$recipe" --dataset folder --data-root "$ROOT" --epochs "$EPOCHS" --amp bf16 --channels-last
-                 --val-per-class "$VAL_PER_CLASS" "${EXTRA[@]}" --seeds $SEED_LIST --out "$dir"); fi
+            how=(--recipe "$recipe" --config "$SETTINGS" --seeds $SEED_LIST --out "$dir"); fi
         timeout -s INT -k 30 "$left" "$PY" -m ltsam train "${how[@]}" --no-progress >"$WORK/packs/$recipe.log" 2>&1 &
-        pids+=($!)
+        PID_OF[$recipe]=$!
     done
     rc=0
-    for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
-    for recipe in $RECIPES; do grep -h -e "training " -e "^pack epoch" "$WORK/packs/$recipe.log" | tail -n 2 >>"$LOG"; done
-    [[ $rc -eq 0 ]] || say "a pack exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
+    for recipe in $RECIPES; do
+        wait "${PID_OF[$recipe]}"; code=$?
+        grep -h -e "training " -e "^pack epoch" "$WORK/packs/$recipe.log" | tail -n 2 >>"$LOG"
+        (( code == 0 )) && continue
+        rc=$code
+        if (( code == 124 || code == 130 || code == 137 )); then
+            say "pack $recipe: stopped by the budget (status $code); run the same command again to continue it"
+        else  # its own cause, from its log: ltsam's one-line error, else the log's last lines
+            say "pack $recipe FAILED (status $code); from $WORK/packs/$recipe.log:"
+            { grep -h "ltsam: error:" "$WORK/packs/$recipe.log" || tail -n 8 "$WORK/packs/$recipe.log"; } \
+                | sed 's/^/    /' | tee -a "$LOG"
+        fi
+    done
     RUNS_DIR="$WORK/packs"
 else
     GRID="$WORK/cifar10-lt-table.yaml"
@@ -170,7 +179,11 @@ else
     timeout -s INT -k 30 "$left" "$PY" -m ltsam sweep "$GRID" --out "$WORK/sweep" --parallel "$PARALLEL" 2>&1 \
         | grep --line-buffered -v -e "^W[0-9]" -e "warn_once" | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
-    [[ $rc -eq 0 ]] || say "the sweep exited with status $rc (124 or 130: stopped by the budget; run again to continue)"
+    if (( rc == 124 || rc == 130 || rc == 137 )); then
+        say "the sweep was stopped by the budget (status $rc); run the same command again to continue it"
+    elif (( rc != 0 )); then
+        say "the sweep exited with status $rc (its FAILED lines above name each failed run's cause and log)"
+    fi
     # What each run printed (its epochs, seconds per epoch, compile time): the job logs.
     for f in "$WORK"/sweep/logs/*_log.out; do
         [[ -f "$f" ]] && grep -h -e "training " -e "compiled" -e "^epoch" "$f" | tail -n 3 >>"$LOG"
@@ -184,13 +197,14 @@ fi
 import json, statistics, sys
 from pathlib import Path
 
-# Seconds per epoch as each run measured them (metrics.jsonl 'seconds', train + evaluation), epoch 1 left out.
+# Seconds per epoch as each run measured them (metrics.jsonl 'seconds', train + evaluation), epoch 1 left out;
+# each run named by its path under the packs or the sweep (RECIPE/seed0, runs/RECIPE_seed0).
 root = Path(sys.argv[1])
 for run in sorted(p.parent for p in root.glob("**/config.json") if "report" not in p.parts):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
     secs = [r["seconds"] for r in rows[1:]]
     done = "done" if (run / "final.json").exists() else "unfinished"
-    print(f"{run.name:<32} {len(rows):>4} epochs ({done})  "
+    print(f"{str(run.relative_to(root)):<40} {len(rows):>4} epochs ({done})  "
           + (f"{statistics.mean(secs):.2f} s/epoch after the first ({rows[0]['seconds']:.0f} s)" if secs else ""))
 EOF
 if [[ -n "${OUT:-}" ]]; then

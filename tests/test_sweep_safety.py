@@ -186,18 +186,19 @@ def test_the_sbatch_script_quotes_paths_and_values_and_runs_no_injected_code(tmp
     folder = str(out.resolve() / "runs" / run.name)
     settings = out.resolve() / "settings" / f"{run.name}.json"
     assert json.loads(settings.read_text()) == run.settings  # the run's settings, written beside the script
-    expected = ltsam_command(start_args(folder, settings), str(stub))
+    expected = ltsam_command(start_args(folder, settings, run.plugins), str(stub))
     assert record.read_bytes().split(b"\0")[:-1] == [a.encode() for a in expected[1:]]  # the stub's own argv
 
 
-# ---------------------------------------------------------------- the resume command names the run's plugins
-def test_a_resumed_run_is_given_its_own_plugin_flags(tmp_path: Path) -> None:
+# ---------------------------------------------------------------- the start and resume commands name the run's plugins
+def test_a_started_or_resumed_run_is_given_its_own_plugin_flags(tmp_path: Path) -> None:
     from ltsam.sweep.launch import train_args
 
     settings, plugins = tmp_path / "run.json", ["my.plugin", "other"]
-    # no last.pt: a fresh start from the settings file
-    assert train_args(tmp_path, settings, plugins) == ["train", "--config", str(settings), "--out", str(tmp_path),
-                                                       "--overwrite", "--no-progress"]
+    # no last.pt: a fresh start from the settings file, with the plugins its settings name (issue 30)
+    assert train_args(tmp_path, settings, plugins) == ["train", "--config", str(settings), "--plugin", "my.plugin",
+                                                       "--plugin", "other", "--out", str(tmp_path), "--overwrite",
+                                                       "--no-progress"]
     (tmp_path / "last.pt").write_bytes(b"")
     assert train_args(tmp_path, settings, plugins) == ["train", "--resume", str(tmp_path), "--plugin", "my.plugin",
                                                        "--plugin", "other", "--no-progress"]

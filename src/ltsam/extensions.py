@@ -87,6 +87,13 @@ def load_plugins(modules: Iterable[str] = (), entry_points: bool = True) -> list
     return names
 
 
+def missing_plugins(named: Iterable[Any]) -> list[str]:
+    """The modules of ``named`` that this process has not loaded: neither named by its command line
+    (``--plugin``) nor an installed ``ltsam.plugins`` entry point."""
+    available = _loaded | _entry_point_modules
+    return [m for m in named if isinstance(m, str) and m and m not in available]
+
+
 def require_plugins(recorded: Iterable[str], what: str = "this run") -> None:
     """Check that the plugins a saved run records are loaded, importing nothing.
 
@@ -95,8 +102,7 @@ def require_plugins(recorded: Iterable[str], what: str = "this run") -> None:
     line named it (``--plugin``) or an installed package provides it as an ``ltsam.plugins`` entry
     point; otherwise one line says which ``--plugin`` to pass.
     """
-    available = _loaded | _entry_point_modules
-    missing = [m for m in recorded if isinstance(m, str) and m and m not in available]
+    missing = missing_plugins(recorded)
     if missing:
         flags = " ".join(f"--plugin {m}" for m in missing)
         raise UserError(f"{what} was trained with plugin(s) {', '.join(missing)}, which ltsam does not import from "

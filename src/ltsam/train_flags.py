@@ -292,7 +292,20 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         if key in settings:
             raise UserError(f"--config {path}: {brief(name)} sets {key!r}, which another key of the file sets too")
         settings[key] = value if value is None else typed_setting(name, value, f"--config {path}: {name}")
+    _check_plugins(path, settings.get("plugin") or [])
     return {k: v for k, v in settings.items() if v is not None}
+
+
+def _check_plugins(path: Path, named: list[str]) -> None:
+    """A settings file is data: the plugins it names are used only when the command line named them too
+    (``--plugin``, or an installed entry point); it never makes ltsam import a module."""
+    from ltsam.extensions import missing_plugins
+
+    missing = missing_plugins(named)
+    if missing:
+        flags = " ".join(f"--plugin {m}" for m in missing)
+        raise UserError(f"{path} names plugin(s) {', '.join(missing)}, which ltsam does not import from a settings "
+                        f"file; if you trust that code, add {flags} to the command")
 
 
 def settings_overrides(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -109,25 +109,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 what = run.config_hash if run.checked else f"not checked: names plugin(s) {', '.join(run.plugins)}"
                 print(f"{indent}{run.name}  [{what}]  {json.dumps(run.settings, default=str)}")
         return 0
+    script = _check_launch(sweep, args, opts)  # all a refusal could name, before the sweep folder is made
     held = open_sweep_dir(sweep.out)  # marked ours, and locked until this command ends
     try:
-        return _sweep(sweep, args, opts)
+        return _sweep(sweep, args, opts, script)
     finally:
         held.release()
 
 
-def _sweep(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions) -> int:
+def _check_launch(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions) -> str | None:
+    """What can refuse the launch, checked before the sweep folder is made (a refused command leaves nothing
+    behind): the sbatch script (built whole) and its path, or the executor's needs. Returns the script's text."""
+    from ltsam.io import check_writable_file
+    from ltsam.sweep.launch import check_executor
+    from ltsam.sweep.sbatch import sbatch_script
+
+    if not args.emit_sbatch:
+        check_executor(opts)
+        return None
+    script = sbatch_script(sweep, opts)
+    check_writable_file(args.emit_sbatch, "--emit-sbatch")
+    return script
+
+
+def _sweep(sweep: Sweep, args: argparse.Namespace, opts: LaunchOptions, script: str | None) -> int:
     """Write the sbatch script, or run (or submit) what is not done, with the sweep folder locked."""
     from ltsam.sweep.launch import gpus_per_run, run_local, still_queued, submit_slurm
     from ltsam.sweep.sbatch import write_sbatch
     from ltsam.sweep.state import DONE, INTERRUPTED, Manifest, write_settings
 
     write_settings(sweep)  # each run's settings as data: the --config file of its `ltsam train`
-    if args.emit_sbatch:
+    if script is not None:
         manifest = Manifest(sweep)
         manifest.refresh()
         manifest.save()
-        path = write_sbatch(sweep, args.emit_sbatch, opts)
+        path = write_sbatch(args.emit_sbatch, script)
         print(f"wrote {path}: one SLURM array task per run; submit it with `sbatch {path}`; "
               f"`ltsam report {sweep.out}` summarises the runs", flush=True)
         return 0

@@ -84,6 +84,11 @@ class JobSpec:
     def packed(self) -> bool:
         return len(self.runs) > 1
 
+    @property
+    def plugins(self) -> list[str]:
+        """The ``--plugin`` modules of its job: every module any of its runs names, once, in grid order."""
+        return list(dict.fromkeys(m for run in self.runs for m in run.plugins))
+
 
 @dataclass
 class Sweep:
@@ -154,12 +159,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file {path} does not exist; write a YAML grid (see `ltsam sweep --help`)")
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_grid(path)
     if not isinstance(doc, dict):
         raise UserError(f"{path}: a grid is a YAML mapping with configs (or recipes), and optionally base, grid, "
                         f"seeds, name, out")
@@ -176,8 +176,25 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
         raise UserError(f"{path}: sweep name {name!r} may hold only letters, digits and . _ + - (starting with a "
                         f"letter or digit, no '..'); set `name:` in the grid to such a name")
     folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
-    runs = expand(doc, str(path), run_plugins)
+    try:
+        runs = expand(doc, str(path), run_plugins)
+    except UserError as exc:
+        if run_plugins or "is not an `ltsam train` setting" not in str(exc) or not _names_plugins(doc, str(path)):
+            raise
+        raise UserError(f"{exc}; a plugin's options are settings only once it is imported, which a dry run never "
+                        f"does: run without --dry-run to check them") from None
     return Sweep(name, folder, runs, path, size)
+
+
+def read_grid(path: Path) -> Any:
+    """The grid file's YAML document. The one place a grid is parsed: a loader that caps alias expansion and
+    cuts values in its messages (handed YAML is data) replaces this body alone."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
@@ -245,6 +262,12 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
     grid = doc.get("grid") or {}
     if not isinstance(grid, dict):
         raise UserError(f"{where}: grid must map flags to lists of values")
+    configs = _configs(doc, where)
+    named = grid_plugins([base, grid, *(values for _, values in configs)])
+    if run_plugins and named:  # before the keys are read: a plugin's options are settings once it is imported
+        from ltsam.extensions import load_plugins
+
+        load_plugins(named)
     axes: list[tuple[str, str, list[Any]]] = []  # (settings key, the grid's spelling, values)
     for key, values in grid.items():
         values = values if isinstance(values, list) else [values]
@@ -252,7 +275,6 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
             raise UserError(f"{where}: grid.{key} has no values")
         axes.append((_key(key, f"{where}: grid.{key}"), str(key), values))
     base_settings = _settings(base, f"{where}: base")
-    configs = _configs(doc, where)
     points, n_seeds = math.prod(len(v) for _, _, v in axes), _seed_count(doc, where)
     if len(configs) * points * n_seeds > MAX_RUNS:
         raise UserError(f"{where}: the grid asks for {len(configs) * points * n_seeds:,} runs ({len(configs)} "
@@ -279,6 +301,23 @@ def expand(doc: dict[str, Any], where: str = "grid", run_plugins: bool = True) -
             continue
         run.resolved = resolve_settings(run.settings, f"{where}: run {run.name}")
     return runs
+
+
+def _names_plugins(doc: dict[str, Any], where: str) -> bool:
+    return bool(grid_plugins([doc.get("base"), doc.get("grid"), *(v for _, v in _configs(doc, where))]))
+
+
+def grid_plugins(layers: list[Any]) -> list[str]:
+    """The plugin modules the grid's layers name (``plugin:`` / ``plugins:``, a word or a list; a grid axis: a list
+    of either), once each, in order, read before any other key."""
+    found: list[str] = []
+    for layer in layers:
+        for key, value in (layer.items() if isinstance(layer, dict) else ()):
+            if str(key).lstrip("-").lower() not in ("plugin", "plugins"):
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                found += [m for m in (item if isinstance(item, list) else [item]) if isinstance(m, str)]
+    return list(dict.fromkeys(found))
 
 
 def _key(name: Any, where: str) -> str:

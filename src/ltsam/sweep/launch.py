@@ -35,33 +35,44 @@ QUEUED = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 MAX_REQUEUES = 30  # time limits a run may hit, each followed by a requeue that resumes it
 
 
-def start_args(run_dir: str | Path, settings: str | Path) -> list[str]:
+def plugin_args(plugins: Sequence[str]) -> list[str]:
+    """``--plugin MODULE`` for each of ``plugins``: a job imports the grid's plugins because its command line names
+    them (``ltsam train`` never imports a module its settings file or a run folder names)."""
+    return [a for m in plugins for a in ("--plugin", m)]
+
+
+def start_args(run_dir: str | Path, settings: str | Path, plugins: Sequence[str]) -> list[str]:
     """``ltsam`` arguments that start a run afresh from its settings file (replacing a folder whose run never
-    finished an epoch)."""
-    return ["train", "--config", str(settings), "--out", str(run_dir), "--overwrite", "--no-progress"]
+    finished an epoch), with the ``--plugin`` modules its settings name."""
+    return ["train", "--config", str(settings), *plugin_args(plugins), "--out", str(run_dir), "--overwrite",
+            "--no-progress"]
 
 
 def resume_args(run_dir: str | Path, plugins: Sequence[str]) -> list[str]:
     """``ltsam`` arguments that resume a run from its ``last.pt``, with the run's own ``--plugin`` modules (a
     resumed run imports only the plugins its settings name, never those its config.json records)."""
-    return ["train", "--resume", str(run_dir), *(a for m in plugins for a in ("--plugin", m)), "--no-progress"]
+    return ["train", "--resume", str(run_dir), *plugin_args(plugins), "--no-progress"]
 
 
 def train_args(run_dir: str | Path, settings: str | Path, plugins: Sequence[str]) -> list[str]:
     """``ltsam`` arguments for a run: resume it if the folder holds a ``last.pt``, else start it."""
-    return resume_args(run_dir, plugins) if (Path(run_dir) / LAST).is_file() else start_args(run_dir, settings)
+    if (Path(run_dir) / LAST).is_file():
+        return resume_args(run_dir, plugins)
+    return start_args(run_dir, settings, plugins)
 
 
-def pack_args(members: str | Path, plugins: Sequence[str]) -> list[str]:
-    """``ltsam`` arguments for a pack: its members file (each member resumed, started or left alone by it)."""
-    return ["train", "--members", str(members), *(a for m in plugins for a in ("--plugin", m)), "--no-progress"]
+def pack_args(members: str | Path, plugins: Sequence[str], runs: str | Path) -> list[str]:
+    """``ltsam`` arguments for a pack: its members file (each member resumed, started or left alone by it), the
+    plugins of all its members, and ``--out RUNS``: the folder that holds every run folder the file names."""
+    return ["train", "--members", str(members), "--out", str(runs), *plugin_args(plugins), "--no-progress"]
 
 
 def job_args(run_dirs: Sequence[str | Path], settings: str | Path, plugins: Sequence[str]) -> list[str]:
-    """``ltsam`` arguments for a job: one run's (:func:`train_args`) or a pack's (:func:`pack_args`)."""
+    """``ltsam`` arguments for a job: one run's (:func:`train_args`) or a pack's (:func:`pack_args`, whose
+    ``--out`` is the folder holding its run folders: a sweep's ``runs/``)."""
     if len(run_dirs) == 1:
         return train_args(run_dirs[0], settings, plugins)
-    return pack_args(settings, plugins)
+    return pack_args(settings, plugins, os.path.commonpath([str(Path(d).absolute()) for d in run_dirs]))
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -204,6 +215,20 @@ def gpus_per_run(opts: LaunchOptions) -> int:
     return 1 if torch.cuda.is_available() else 0
 
 
+def check_executor(opts: LaunchOptions) -> None:
+    """Refuse what the executor cannot do here, before anything is written: more GPUs per run than this machine
+    has (local), or SLURM without its ``srun`` (slurm)."""
+    if opts.executor == "local":
+        gpus = gpus_per_run(opts)
+        n_gpus = _device_count() if gpus else 0
+        if gpus > n_gpus:
+            raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the "
+                            f"CPU)")
+    elif opts.executor == "slurm" and not submitit.SlurmExecutor.affinity() > 0:
+        raise UserError("--executor slurm: no `srun` on PATH; run `ltsam sweep` on the cluster, or write a plain "
+                        "script with --emit-sbatch FILE")
+
+
 def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: LaunchOptions,
               say: Callable[[str], None] = print) -> list[str]:
     """Run ``todo`` on this machine, ``opts.parallel`` at once; returns the names of the runs that failed.
@@ -221,8 +246,8 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
         executor = submitit.LocalExecutor(folder=logs, max_num_timeout=MAX_REQUEUES, python=submitit_python())
         executor.update_parameters(timeout_min=opts.timeout_min or 3 * 24 * 60, gpus_per_node=gpus)
     n_gpus = _device_count() if gpus else 0
-    if gpus > n_gpus and opts.executor == "local":
-        raise UserError(f"--gpus-per-run {gpus}: this machine has {n_gpus} GPU(s); lower it (0 runs on the CPU)")
+    if opts.executor == "local":
+        check_executor(opts)
     parallel = 1 if opts.executor == "debug" else opts.parallel
     queue: list[JobSpec] = sweep.jobs_of(todo)
     active: dict[Any, tuple[JobSpec, int]] = {}  # submitit job -> (what it trains, slot)
@@ -278,7 +303,7 @@ def _still_trained(sweep: Sweep, queue: list[JobSpec], waiting: dict[str, int], 
 
 def _submit(executor: Any, job: TrainJob, sweep: Sweep, unit: JobSpec, gpus: int) -> Any:
     return executor.submit(job, [str(run_dir(sweep, r)) for r in unit.runs], str(job_file(sweep, unit)),
-                           unit.runs[0].plugins, gpus)
+                           unit.plugins, gpus)
 
 
 def _start(sweep: Sweep, manifest: Manifest, executor: Any, unit: JobSpec, gpus: int, say: Callable[[str], None],

@@ -22,7 +22,7 @@ from ltsam.errors import UserError
 from ltsam.launcher import FINISHED_SNIPPET, ltsam_command, torchrun_command
 from ltsam.sweep.grid import Sweep
 from ltsam.sweep.launch import LaunchOptions, gpus_per_run, pack_args, resume_args, start_args
-from ltsam.sweep.state import job_file, run_dir, settings_file
+from ltsam.sweep.state import job_file, run_dir, runs_dir, settings_file
 
 SLURM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # an sbatch long option's name
 PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(,[A-Za-z0-9][A-Za-z0-9._+-]*)*")  # one or several, comma-separated
@@ -115,23 +115,25 @@ def sbatch_script(sweep: Sweep, opts: LaunchOptions, python: str | None = None) 
               'case "${SLURM_ARRAY_TASK_ID:?submit this file with sbatch (or set SLURM_ARRAY_TASK_ID)}" in']
     for k, job in enumerate(sweep.jobs):
         if job.packed:
-            lines.append(f"    {k}) fresh=({_bash(pack_args(job_file(sweep, job).resolve(), job.runs[0].plugins))})")
+            members = pack_args(job_file(sweep, job).resolve(), job.plugins, runs_dir(sweep).resolve())
+            lines.append(f"    {k}) fresh=({_bash(members)})")
             lines.append("       pack ;;")
             continue
         run = job.runs[0]
         folder = str(run_dir(sweep, run).resolve())
         settings = str(settings_file(sweep, run).resolve())
-        lines.append(f"    {k}) fresh=({_bash(start_args(folder, settings))})")
+        lines.append(f"    {k}) fresh=({_bash(start_args(folder, settings, run.plugins))})")
         lines.append(f"       resume=({_bash(resume_args(folder, run.plugins))})")
         lines.append(f"       run {shlex.quote(folder)} ;;")
     lines += ['    *) echo "ltsam sweep: no run $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(lines)
 
 
-def write_sbatch(sweep: Sweep, path: str | Path, opts: LaunchOptions) -> Path:
+def write_sbatch(path: str | Path, script: str) -> Path:
+    """Write the script (:func:`sbatch_script`) atomically, executable."""
     from ltsam.io import check_writable_file, write_text
 
     path = check_writable_file(path, "--emit-sbatch")
-    write_text(path, sbatch_script(sweep, opts))
+    write_text(path, script)
     path.chmod(0o755)
     return path

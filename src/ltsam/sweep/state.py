@@ -27,8 +27,13 @@ PACKS_DIR = "packs"
 DONE, INTERRUPTED, PENDING = "done", "interrupted", "pending"
 
 
+def runs_dir(sweep: Sweep) -> Path:
+    """The folder that holds every run folder of the sweep (a pack job's ``--out``)."""
+    return sweep.out.absolute() / "runs"  # absolute: a job may start in another folder
+
+
 def run_dir(sweep: Sweep, run: RunSpec) -> Path:
-    return sweep.out.absolute() / "runs" / run.name  # absolute: a job may start in another folder
+    return runs_dir(sweep) / run.name
 
 
 def settings_file(sweep: Sweep, run: RunSpec) -> Path:
