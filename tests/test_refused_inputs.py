@@ -104,6 +104,17 @@ def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, capsys, vi
     assert not (tmp_path / "out").exists() and not (tmp_path / "m0").exists()
 
 
+def test_a_sweep_grid_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, capsys) -> None:
+    """A grid is handed data too: the same bound, nothing expanded or echoed, no sweep folder."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("configs:\n  a:\n    lr:\n" + _bomb(9, indent=6))
+    code, err = _run(["sweep", str(grid), "--out", str(tmp_path / "sw"), "--dry-run"], capsys)
+    assert code == 2
+    _assert_one_line(err, "grid file", "grid.yaml", "expands to more than 100,000 values")
+    assert len(err) < 300
+    assert not (tmp_path / "sw").exists()
+
+
 @pytest.mark.parametrize("text, words", [
     ("configs:\n  a:\n    lr:\n" + _bomb(9, indent=6), ["expands to more than"]),
     ("lr: &a [*a]\n", ["more than 32 levels"]),  # a list that contains itself

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ltsam.argtypes import brief
 from ltsam.errors import UserError
+from ltsam.io import read_settings_file
 from ltsam.train_flags import setting_key, typed_setting
 
 if TYPE_CHECKING:
@@ -170,10 +172,10 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
     size = pack if pack is not None else doc.get("pack", 1)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UserError(f"{path}: pack must be a whole number of at least 1 (the most runs one job packs), "
-                        f"got {size!r}")
+                        f"got {brief(size)}")
     name = str(doc.get("name") or path.stem)
     if not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise UserError(f"{path}: sweep name {name!r} may hold only letters, digits and . _ + - (starting with a "
+        raise UserError(f"{path}: sweep name {brief(name)} may hold only letters, digits and . _ + - (starting with a "
                         f"letter or digit, no '..'); set `name:` in the grid to such a name")
     folder = Path(out) if out else Path(doc.get("out") or Path("runs") / "sweeps" / name)
     try:
@@ -187,14 +189,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None, run_plugins: boo
 
 
 def read_grid(path: Path) -> Any:
-    """The grid file's YAML document. The one place a grid is parsed: a loader that caps alias expansion and
-    cuts values in its messages (handed YAML is data) replaces this body alone."""
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    """The grid file's YAML document, read as handed data (alias expansion capped, values cut in messages)."""
+    return read_settings_file(path, "grid file")
 
 
 def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
@@ -221,7 +217,7 @@ def _configs(doc: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise UserError(f"{where}: config {label!r} must be a mapping of flags to values, got {values!r}")
+            raise UserError(f"{where}: config {brief(label)} must be a mapping of flags to values, got {brief(values)}")
         configs.append((str(label), values))
     if not configs:
         raise UserError(f"{where}: no runs: give configs (named flag sets) or recipes")
@@ -236,7 +232,7 @@ def _seed_count(doc: dict[str, Any], where: str) -> int:
     """How many seeds the grid asks for, without building the list (``seeds: 10**12`` is a count)."""
     seeds = doc.get("seeds", [0])
     if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
-        raise UserError(f"{where}: seeds must be a count or a list of seeds, got {seeds!r}")
+        raise UserError(f"{where}: seeds must be a count or a list of seeds, got {brief(seeds)}")
     if isinstance(seeds, int) and seeds < 1:
         raise UserError(f"{where}: seeds must be at least 1, got {seeds}")
     return seeds if isinstance(seeds, int) else len(seeds)
@@ -247,7 +243,7 @@ def _seeds(doc: dict[str, Any], where: str) -> list[int]:
     if isinstance(seeds, int):
         return list(range(seeds))
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise UserError(f"{where}: seeds must be non-negative integers, got {seeds!r}")
+        raise UserError(f"{where}: seeds must be non-negative integers, got {brief(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{where}: seeds {seeds} repeat a seed")
     return list(seeds)
@@ -327,7 +323,7 @@ def _key(name: Any, where: str) -> str:
 
     action = flag_table().get(str(name).lstrip("-").replace("-", "_").lower())
     if action is not None and action.dest in COMMAND_FLAGS:
-        raise UserError(f"{where}: {name!r} is set by the sweep itself (each run gets its own --out and "
+        raise UserError(f"{where}: {brief(name)} is set by the sweep itself (each run gets its own --out and "
                         f"resumes from last.pt; the grid's seeds: key gives the seeds); remove it")
     return setting_key(name, where)
 
