@@ -281,3 +281,41 @@ def test_a_lost_middle_epoch_of_metrics_is_named_on_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "has no record of epoch 1 of the 2 its last.pt has finished" in capsys.readouterr().out
+
+
+SIGNAL_IN_SAVE = """
+import os, signal, sys, torch
+from ltsam.cli import main
+real = torch.save
+
+class Writer:  # the file torch.save writes through (its C++ writer calls write() back in Python)
+    def __init__(self, f):
+        self.f, self.calls = f, 0
+    def write(self, b):
+        self.calls += 1
+        if self.calls == 3 and not FIRED:  # inside the first checkpoint: epoch 1's last.pt
+            FIRED.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.f.write(b)
+    def flush(self):
+        self.f.flush()
+
+FIRED = []
+def save(obj, f, *args, **kwargs):
+    return real(obj, Writer(f), *args, **kwargs)
+
+torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_a_checkpoint_is_written_waits_for_it(tmp_path):
+    """A stop that arrives inside torch.save (its C++ writer calling back into Python) waits for the checkpoints:
+    exit 143 with one line, no torn record ("unexpected pos") or abort."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_SAVE, *TRAIN, "--out", str(out)],
+                          env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    _assert_one_line(proc.stderr, "stopped by SIGTERM", f"`ltsam train --resume {out}`")
+    assert not list(out.glob(".*.tmp"))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # its last.pt whole: it resumes

@@ -30,7 +30,9 @@ def add_parser(sub: Any) -> None:
                         "mean ± std table of `ltsam report OUT`; `--resume OUT` continues them")
     p.add_argument("--members", metavar="FILE",
                    help="train the runs a members file lists (what `ltsam sweep --pack` writes) as one pack, each into "
-                        "its own folder: finished ones left alone, interrupted ones resumed, the others started")
+                        "its own folder: finished ones left alone, interrupted ones resumed, the others started; "
+                        "needs --out DIR, the folder every run it names must lie in (relative paths in the file are "
+                        "read against the file's folder; plugins its settings name must be given with --plugin)")
     from ltsam.pack.model import MODES
 
     p.add_argument("--pack-mode", choices=("auto", *MODES), default="auto",
