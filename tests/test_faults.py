@@ -132,13 +132,20 @@ def test_kill_in_first_epoch_restarts_from_config(tmp_path: Path, reference: Pat
     out = tmp_path / "run"
     _killed(out, "step@4")
     assert not (out / "last.pt").exists() and (out / "config.json").is_file()
-    # A new run on the folder says what to do ...
-    code, err = _run(["train", *FLAGS, "--out", str(out)], capsys)
-    assert code == 2
-    _assert_one_line(err, "before its first checkpoint", f"--resume {out}", "--overwrite")
-    # ... and --resume starts it again from its config.json.
+    # --resume starts it again from its config.json ...
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert "starting it again from its config.json" in capsys.readouterr().out
+    _assert_same_run(out, reference)
+
+
+def test_a_run_killed_in_its_first_epoch_may_be_started_again_with_other_flags(tmp_path: Path, reference: Path,
+                                                                              capsys) -> None:
+    """Nothing of a run that never finished an epoch is lost by replacing it: a new run into its folder, with
+    corrected flags, needs no --overwrite (one with finished epochs does: test_run_folders)."""
+    out = tmp_path / "run"
+    _killed(out, "step@4", [*FLAGS[:-1], "4"])  # seed 4: the flag the user then corrects
+    assert main(["train", *FLAGS, "--out", str(out)]) == 0
+    assert "stopped before its first checkpoint; starting anew" in capsys.readouterr().out
     _assert_same_run(out, reference)
 
 

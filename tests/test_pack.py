@@ -247,7 +247,7 @@ def test_a_member_that_diverges_stops_alone(tmp_path):
     summaries = PackTrainer(cfgs, dirs, progress=False, mode="threads", worker_threads=2).fit()
     assert summaries[0] is not None and summaries[1] is None
     note = json.loads((dirs[1] / "diverged.json").read_text())
-    assert "diverged" in note["message"]
+    assert "diverged" in note["message"] and "--rho (this epoch inf)" in note["message"]  # not --lr alone
     kept = torch.load(dirs[1] / "last.pt", weights_only=False)
     assert note["epoch"] == 1 and kept["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())

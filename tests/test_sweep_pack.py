@@ -139,9 +139,11 @@ def test_pack_with_several_gpus_per_run_is_refused(tmp_path: Path, capsys) -> No
 ])
 def test_a_bad_members_file_is_one_line(tmp_path: Path, capsys, body: str, words: str) -> None:
     (tmp_path / "m.json").write_text(body)
-    code, _, err = _run(["train", "--members", str(tmp_path / "m.json")], capsys)
+    out = ["--out", str(tmp_path / "sw")]
+    code, _, err = _run(["train", "--members", str(tmp_path / "m.json"), *out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
-    code, _, err = _run(["train", "--members", str(tmp_path / "m.json"), "--lr", "0.1"], capsys)
+    code, _, err = _run(["train", "--members", str(tmp_path / "m.json"), *out, "--lr", "0.1"], capsys)
     assert code == 2 and "leave out --lr" in err
     with contextlib.redirect_stderr(io.StringIO()):
-        assert main(["train", "--members", str(tmp_path / "none.json")]) == 2
+        assert main(["train", "--members", str(tmp_path / "none.json"), *out]) == 2
+    assert not (tmp_path / "sw").exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,14 +22,19 @@ from ltsam.io import copy_atomic, load_checkpoint, read_json, write_text
 from ltsam.methods import METHODS
 from ltsam.run.files import (  # noqa: F401  (re-exported: callers import these from here)
     BEST,
+    BEST_VAL,
     CHECKPOINTS,
     CONFIG_NAME,
+    FIGURES,
     FINAL_NAME,
+    HESSIAN_DIR,
     LAST,
     LOCK_NAME,
+    METRICS_NAME,
     OWN_FILES,
     OWN_FOLDERS,
     RUN_MARKER,
+    SWEEP_NAME,
     checkpoint_file,
 )
 
@@ -126,6 +133,66 @@ def _names(entries: list[Path], most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def _metric_records(path: Path) -> int:
+    """How many whole epoch records a metrics.jsonl holds (a line torn by a kill is not one)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    count = 0
+    for line in lines:
+        try:
+            count += isinstance(json.loads(line), dict)
+        except ValueError:
+            continue
+    return count
+
+
+def epochs_left(run_dir: Path) -> list[str]:
+    """What ``run_dir`` holds of finished epochs besides ``last.pt``: metrics.jsonl's records, best.pt,
+    best_val.pt, final.json, figures, a stage's sweep.json, Hessian results. Empty only for a run that never
+    finished an epoch (its config.json, marker, lock and the TensorBoard file opened at its start are no
+    results): only such a folder may be started again from its config.json, or replaced without --overwrite."""
+    found = []
+    records = _metric_records(run_dir / METRICS_NAME)
+    if records:
+        found.append(f"{METRICS_NAME} ({records} epoch{'' if records == 1 else 's'})")
+    found += [name for name in (BEST, BEST_VAL, FINAL_NAME, SWEEP_NAME, *FIGURES) if (run_dir / name).exists()]
+    if (run_dir / HESSIAN_DIR).is_dir():
+        found.append(HESSIAN_DIR + "/")
+    return found
+
+
+def refuse_lost_checkpoint(run_dir: Path, left: list[str], what: str, then: str,
+                           restart: str = "--overwrite on a new run into its folder starts it again (deleting "
+                                          "these)") -> None:
+    """A run that finished epochs but lost its ``last.pt`` cannot continue; say what is left and what the user
+    can do (``then``: the command that continues it, or its pack, once a last.pt is back; ``restart``: how to
+    start it again instead), touching nothing."""
+    best = (f"to continue from its best epoch, copy {run_dir / BEST} to {run_dir / LAST}, then `{then}`; "
+            if BEST in left else "")
+    raise UserError(f"{what}: {run_dir} has finished epochs ({', '.join(left)}) but no {LAST} to continue from; "
+                    f"nothing was changed — {best}`ltsam eval {run_dir}` still reads what it holds, and {restart}")
+
+
+_continue: list[str] = []
+
+
+def set_continue_command(command: str) -> None:
+    """The command that continues what this process trains, for the line a signal or a full disk ends it with:
+    a pack's ``ltsam train --resume OUT`` rather than one member's folder (resuming a member alone splits it)."""
+    _continue[:] = [command]
+
+
+def continue_command() -> str | None:
+    """:func:`set_continue_command`'s command, else ``ltsam train --resume RUN`` for the folder this process
+    trains into, else ``None``."""
+    if _continue:
+        return _continue[0]
+    run = held_run_dir()
+    return f"ltsam train --resume {run}" if run is not None else None
+
+
 class RunLock:
     """An exclusive ``flock`` on ``RUN_DIR/.ltsam-lock`` for as long as a process trains into the folder.
 
@@ -194,24 +261,57 @@ def held_run_dir() -> Path | None:
     return _held[-1].run_dir if _held else None
 
 
+def _missing(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet (what ``mkdir -p`` would make)."""
+    chain = []
+    while not path.exists() and path != path.parent:
+        chain.append(path)
+        path = path.parent
+    return chain
+
+
+def lock_run_dirs(dirs: Sequence[Path]) -> None:
+    """Create (where new) and lock every folder of ``dirs`` (a pack's members), all or none: one in use refuses
+    the lot, and the folders made for it are removed again, so a pack that loses its folders to another one
+    leaves nothing behind."""
+    made = sorted({p for d in dirs for p in _missing(d)}, key=lambda p: len(p.parts), reverse=True)
+    locks: list[RunLock] = []
+    try:
+        for run_dir in dirs:
+            _make_folder(run_dir)
+            locks.append(lock_run_dir(run_dir))
+    except BaseException:
+        for lock in locks:
+            _held.remove(lock)
+            lock.release()
+        for path in made:
+            (path / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
 def release_run_locks() -> None:
     while _held:
         _held.pop().release()
+    _continue.clear()
 
 
 def _replaceable(path: Path, overwrite: bool) -> list[Path]:
-    """The entries of an existing ``path`` that a new run would replace; refuses what it must not touch."""
+    """The entries of an existing ``path`` that a new run would replace; refuses what it must not touch. A run
+    that never finished an epoch (no last.pt, nothing :func:`epochs_left` counts) is replaced without
+    ``overwrite``: nothing of it is lost, and its command may be corrected."""
     entries = [e for e in path.iterdir() if e.name != LOCK_NAME]
     if all(_is_orphan(e) for e in entries) and (not entries or (path / LOCK_NAME).exists()):
         return entries  # empty, or a start killed before its marker was written
     if not is_run_dir(path):
         raise UserError(f"{path} is not empty and is not an ltsam run folder (no {RUN_MARKER} marker); "
                         f"refusing to touch it — choose another --out")
-    if not overwrite:
-        if not (path / LAST).is_file() and (path / CONFIG_NAME).is_file():
-            raise UserError(f"run folder {path} holds a run stopped before its first checkpoint; "
-                            f"`ltsam train --resume {path}` starts it again from its config.json, "
-                            f"or pass --overwrite to replace it")
+    if not overwrite and ((path / LAST).is_file() or epochs_left(path)):
+        left = epochs_left(path)
+        if not (path / LAST).is_file():
+            raise UserError(f"run folder {path} holds a run with finished epochs ({', '.join(left)}) but no "
+                            f"{LAST}; pass --overwrite to replace it (deleting them), or choose another --out")
         raise UserError(f"run folder {path} already exists; pass --overwrite to replace it, "
                         f"--resume {path} to continue it, or choose another --out")
     foreign = [e for e in entries if not _is_own(e)]
@@ -219,6 +319,18 @@ def _replaceable(path: Path, overwrite: bool) -> list[Path]:
         raise UserError(f"run folder {path} also holds files ltsam did not write ({_names(foreign)}); "
                         f"--overwrite removes only a run's own files — move those away or choose another --out")
     return entries
+
+
+def refuse_unreplaceable(path: Path, overwrite: bool) -> None:
+    """What a new run into the existing folder ``path`` refuses (:func:`prepare_run_dir`'s checks of its
+    entries), touching nothing; for a pack's members, checked for all of them before any is replaced."""
+    _replaceable(path, overwrite)
+
+
+def never_finished_an_epoch(path: Path) -> bool:
+    """An ltsam run folder whose run stopped before its first checkpoint, with nothing :func:`epochs_left`
+    counts."""
+    return is_run_dir(path) and not (path / LAST).is_file() and not epochs_left(path)
 
 
 def _make_folder(path: Path) -> None:
@@ -237,52 +349,85 @@ def _make_folder(path: Path) -> None:
 def prepare_run_dir(path: Path, overwrite: bool) -> None:
     """Create and lock the run folder ``path`` and mark it as ltsam's.
 
-    An existing non-empty folder needs ``overwrite`` and must be an ltsam run (marker) holding only
-    ltsam's files; those files are then removed, nothing else. Refused before anything is touched:
-    the working folder, a folder above it, home, the root.
+    An existing non-empty folder must be an ltsam run (marker) holding only ltsam's files, and needs
+    ``overwrite`` unless its run never finished an epoch; those files are then removed, nothing else.
+    Refused before anything is touched: the working folder, a folder above it, home, the root.
     """
-    refuse_dangerous(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is a file; choose a folder name")
-    if path.is_symlink() and overwrite:
-        raise UserError(f"--out {path} is a symbolic link; to replace a run, pass the folder it points to "
-                        f"({os.path.realpath(path)})")
-    if path.is_dir() and not is_run_dir(path):
-        _replaceable(path, overwrite)  # refuse a foreign folder before creating a lock file in it
+    check_run_dir(path, overwrite)
     _make_folder(path)
     lock = lock_run_dir(path)  # an ltsam run in use is refused here, naming its pid
     try:
-        for entry in _replaceable(path, overwrite):  # now that no other run can change the folder
-            _remove(entry)
-        write_text(path / RUN_MARKER, new_marker())
+        fill_run_dir(path, overwrite)
     except BaseException:
         _held.remove(lock)
         lock.release()
         raise
 
 
-def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
-    """Check ``run_dir`` for ``--resume``; ``True`` when it has a ``last.pt`` to continue, ``False`` when
-    its run stopped before the first checkpoint (it starts again from config.json). The ``owner`` (rank 0
-    under torchrun) locks the folder and clears what a killed process left: temporary files, and the
-    outputs of a run that never reached a checkpoint."""
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    """What :func:`prepare_run_dir` refuses before it creates or locks anything."""
+    refuse_dangerous(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; choose a folder name")
+    if path.is_symlink() and overwrite:
+        raise UserError(f"--out {path} is a symbolic link; to replace a run, pass the folder it points to "
+                        f"({os.path.realpath(path)})")
+    if path.is_dir() and lock_holder(path) is None:  # one in use: its lock names the holder
+        _replaceable(path, overwrite)  # a foreign folder before a lock file is made in it, a finished run ...
+
+
+def fill_run_dir(path: Path, overwrite: bool) -> None:
+    """The locked folder ``path`` emptied of a replaced run's files (checked again: no other run can change it
+    now) and marked as a new run's."""
+    restart = not overwrite and never_finished_an_epoch(path)
+    for entry in _replaceable(path, overwrite):
+        _remove(entry)
+    if restart:
+        print(f"ltsam: {path} held a run stopped before its first checkpoint; starting anew in its place",
+              flush=True)
+    write_text(path / RUN_MARKER, new_marker())
+
+
+def check_resumable(run_dir: Path, then: str | None = None) -> bool:
+    """Check ``run_dir`` for ``--resume``, touching nothing: ``True`` when it has a ``last.pt`` to continue,
+    ``False`` when its run never finished an epoch (it starts again from config.json). A run with finished
+    epochs but no last.pt is refused, saying what is left (``then``: the command that continues it)."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such folder; pass the folder of an ltsam run")
     if (run_dir / CONFIG_NAME).is_file():
         _refuse_stage_run(run_dir, read_json(run_dir / CONFIG_NAME))
-    has_checkpoint = (run_dir / LAST).is_file()
-    if not has_checkpoint and not (is_run_dir(run_dir) and (run_dir / CONFIG_NAME).is_file()):
+    if (run_dir / LAST).is_file():
+        return True
+    if not (is_run_dir(run_dir) and (run_dir / CONFIG_NAME).is_file()):
         raise UserError(f"--resume {run_dir}: no last.pt there; pass the folder of an ltsam run")
+    left = epochs_left(run_dir)
+    if left:
+        refuse_lost_checkpoint(run_dir, left, f"--resume {run_dir}", then or f"ltsam train --resume {run_dir}")
+    return False
+
+
+def clear_for_restart(run_dir: Path) -> None:
+    """Remove what a run that never finished an epoch left (its config.json, marker and lock stay), checked
+    again under the folder's lock. Call only while holding it."""
+    check_resumable(run_dir)
+    for entry in run_dir.iterdir():
+        if _is_own(entry) and entry.name not in (RUN_MARKER, LOCK_NAME, CONFIG_NAME):
+            _remove(entry)
+
+
+def open_for_resume(run_dir: Path, owner: bool = True) -> bool:
+    """Check ``run_dir`` for ``--resume`` (:func:`check_resumable`); ``True`` when it has a ``last.pt`` to
+    continue, ``False`` when its run never finished an epoch (it starts again from config.json). The ``owner``
+    (rank 0 under torchrun) locks the folder and clears what a killed process left: temporary files, and the
+    outputs of a run that never finished an epoch."""
+    has_checkpoint = check_resumable(run_dir)
     if not owner:
         return has_checkpoint
     lock_run_dir(run_dir)
     remove_orphans(run_dir)
-    if has_checkpoint:
-        return True
-    for entry in run_dir.iterdir():
-        if _is_own(entry) and entry.name not in (RUN_MARKER, LOCK_NAME, CONFIG_NAME):
-            _remove(entry)
-    return False
+    if not has_checkpoint:
+        clear_for_restart(run_dir)
+    return has_checkpoint
 
 
 def repair_best(run_dir: Path, epochs_done: int, best_epoch: int | None, name: str = BEST) -> None:

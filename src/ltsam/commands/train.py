@@ -31,7 +31,9 @@ def add_parser(sub: Any) -> None:
                         "mean ± std table of `ltsam report OUT`; `--resume OUT` continues them")
     p.add_argument("--members", metavar="FILE",
                    help="train the runs a members file lists (what `ltsam sweep --pack` writes) as one pack, each into "
-                        "its own folder: finished ones left alone, interrupted ones resumed, the others started")
+                        "its own folder: finished ones left alone, interrupted ones resumed, the others started; "
+                        "needs --out DIR, the folder every run it names must lie in (relative paths in the file are "
+                        "read against the file's folder; plugins its settings name must be given with --plugin)")
     from ltsam.pack.model import MODES
 
     p.add_argument("--pack-mode", choices=("auto", *MODES), default="auto",
@@ -45,23 +47,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``ltsam train``, holding the run folder's lock throughout: Ctrl-C, SIGTERM and a full disk stop
     it with one line saying how to continue."""
     from ltsam.faults import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, is_disk_full, sigterm_as_interrupt
-    from ltsam.runs import held_run_dir, release_run_locks
+    from ltsam.runs import continue_command, held_run_dir, release_run_locks
 
     try:
         with sigterm_as_interrupt():
             return _train(args)
     except KeyboardInterrupt as exc:
-        run = held_run_dir()
         how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        then = (f"`ltsam train --resume {run}` continues from its last finished epoch" if run else
+        command = continue_command()  # a pack's `--resume OUT`, never one member's folder
+        then = (f"`{command}` continues from its last finished epoch" if command else
                 "`ltsam train --resume RUN_DIR` continues a training run")
         print(f"ltsam: {how}; {then}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except OSError as exc:
         if exc.errno is None:
             raise
-        run, where = held_run_dir(), exc.filename or held_run_dir()
-        then = f"`ltsam train --resume {run or 'RUN_DIR'}` continues"
+        where = exc.filename or held_run_dir()
+        then = f"`{continue_command() or 'ltsam train --resume RUN_DIR'}` continues"
         if is_disk_full(exc):
             raise UserError(f"no space left on the disk{f' writing {where}' if where else ''}; the last checkpoint "
                             f"is intact — free some space, then {then}") from None
@@ -213,9 +215,12 @@ def _train_seeds(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--seeds trains its runs as one pack in one process; run it without torchrun")
+    from ltsam.runs import set_continue_command
+
     reason = unpackable_reason(cfg)
     members = seed_members(cfg, args.seeds, out, one_by_one=reason is not None)
     dirs = [Path(str(m.out)) for m in members]
+    set_continue_command(f"ltsam train --resume {out}")
     if reason is None:
         check_pack(members)  # before any folder is touched
         datas = [load_data(m) for m in members]  # what the pack trains on: read once, here
@@ -283,12 +288,14 @@ def _report_set(finished: list[Path], failed: list[str], out: Path | None, what:
 def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """``--resume OUT`` of a ``--seeds`` pack: every member from its own last.pt, as one pack again."""
     from ltsam.pack.folders import open_pack_for_resume
+    from ltsam.runs import set_continue_command
 
     out = Path(args.resume)
     given = sorted(k for k, v in overrides.items() if v is not None and k not in ("device", "workers"))
     if given:
         raise UserError(f"--resume of a pack continues its saved configurations; leave out "
                         f"{', '.join(flag_name(k) for k in given)}")
+    set_continue_command(f"ltsam train --resume {out}")
     cfgs, dirs, started = open_pack_for_resume(out)
     for cfg in cfgs:
         for key in ("device", "workers"):
@@ -297,20 +304,28 @@ def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if any((cfg.pack or {}).get("one_by_one") for cfg in cfgs):
         print(f"ltsam: resuming the {len(dirs)} runs in {out}, one after another", flush=True)
         return _fit_one_by_one(args, cfgs, dirs, out, started)
-    print(f"ltsam: resuming the pack of {len(dirs)} runs in {out}", flush=True)
-    return _fit_pack(args, cfgs, dirs, out, resume=all(started))
+    again = [d.name for d, s in zip(dirs, started) if not s]
+    note = (f"; {', '.join(again)} never finished an epoch: {'they start' if len(again) > 1 else 'it starts'} "
+            f"again from config.json and catch{'' if len(again) > 1 else 'es'} up" if again and any(started) else "")
+    print(f"ltsam: resuming the pack of {len(dirs)} runs in {out}{note}", flush=True)
+    return _fit_pack(args, cfgs, dirs, out, resume=started)
 
 
 def _train_members(args: argparse.Namespace) -> int:
     """``--members FILE``: the unfinished runs of a members file as one pack (``ltsam sweep --pack``'s job)."""
     from ltsam.pack.folders import open_members
+    from ltsam.runs import set_continue_command
 
-    steering = ("members", "no_progress", "stop_after", "pack_mode", "plugin", "func", "command")
+    steering = ("members", "out", "no_progress", "stop_after", "pack_mode", "plugin", "func", "command")
     given = [k for k, v in vars(args).items() if k not in steering and v not in (None, False)]
     if given:
         raise UserError(f"--members trains the runs as their settings files say; leave out "
                         f"{', '.join(flag_name(k) for k in sorted(given))}")
-    cfgs, dirs, resume = open_members(Path(args.members))
+    if not args.out:
+        raise UserError(f"--members {args.members} needs --out DIR: the folder its runs lie in (a sweep's folder); "
+                        f"a members file is handed data and chooses no folder outside it")
+    set_continue_command(f"ltsam train --members {args.members} --out {args.out}")
+    cfgs, dirs, resume = open_members(Path(args.members), Path(args.out), args.plugin or [])
     if not cfgs:
         print(f"ltsam: every run of {args.members} has finished", flush=True)
         return 0

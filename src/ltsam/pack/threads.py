@@ -40,25 +40,52 @@ class MemberThreads:
         torch.set_num_threads(self.each)
         ready.wait()
         while True:
-            fn, out, i, done = jobs.get()
+            fn, out, i, done, cancelled = jobs.get()
             try:
+                if cancelled.is_set():  # the caller was interrupted: a job not yet begun is dropped
+                    raise Cancelled()
                 out[i] = (True, fn())
             except BaseException as exc:  # handed to the caller, which raises it  # noqa: BLE001
                 out[i] = (False, exc)
             done.release()
 
     def map(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
-        """Each job's result, in order; the first job's exception (in order) is raised once all have ended."""
+        """Each job's result, in order; the first job's exception (in order) is raised once all have ended.
+        Interrupted while waiting (Ctrl-C, SIGTERM), it drops the jobs not yet begun and waits for the running
+        ones before the interrupt goes on: a worker left inside a kernel while the interpreter exits aborts the
+        process ("terminate called without an active exception")."""
         out: list[Any] = [None] * len(jobs)
-        done = threading.Semaphore(0)
+        done, cancelled = threading.Semaphore(0), threading.Event()
         for i, fn in enumerate(jobs):
-            self._queues[i % self.workers].put((fn, out, i, done))
-        for _ in jobs:
-            done.acquire()
+            self._queues[i % self.workers].put((fn, out, i, done, cancelled))
+        waited = 0
+        try:
+            for _ in jobs:
+                done.acquire()
+                waited += 1
+        except BaseException:
+            cancelled.set()
+            _drain(done, len(jobs) - waited)
+            raise
         for ok, value in out:
             if not ok:
                 raise value
         return [value for _, value in out]
+
+
+class Cancelled(Exception):
+    """A job dropped before it began (its caller was interrupted)."""
+
+
+def _drain(done: threading.Semaphore, left: int) -> None:
+    """Wait for ``left`` more jobs to end, through further interrupts (a second Ctrl-C while the workers finish
+    their kernels would otherwise leave them running as the process exits)."""
+    while left:
+        try:
+            done.acquire()
+            left -= 1
+        except BaseException:  # noqa: BLE001, S112 - the first interrupt is already on its way
+            continue
 
 
 @functools.cache

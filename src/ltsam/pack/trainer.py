@@ -185,7 +185,7 @@ class PackTrainer:
         for g, m in enumerate(members):
             try:
                 check_finite(self.net.member_state(g).values(), epoch, stats[g].bad_steps, firsts[g], steps,
-                             False, 1, m.run_dir, first.lr)
+                             False, 1, m.run_dir, first.lr, rho=rhos[g])
             except TrainingDiverged as exc:
                 m.diverged = str(exc)
                 write_json(m.run_dir / DIVERGED_NAME, {"epoch": epoch, "message": str(exc)})

@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from ltsam.errors import UserError
+from ltsam.faults import signals_held
 from ltsam.io import load_checkpoint, save_checkpoint
 from ltsam.run.files import BEST, BEST_VAL, LAST
 
 
 def save_run_checkpoints(run_dir: Path, payload: dict[str, Any], best: bool, best_val: bool = False) -> None:
-    """``last.pt`` always; ``best.pt`` / ``best_val.pt`` too when this epoch is the best on test / validation."""
-    save_checkpoint(run_dir / LAST, payload)
-    if best:
-        save_checkpoint(run_dir / BEST, payload)
-    if best_val:
-        save_checkpoint(run_dir / BEST_VAL, payload)
+    """``last.pt`` always; ``best.pt`` / ``best_val.pt`` too when this epoch is the best on test / validation.
+    Ctrl-C and SIGTERM wait until they are written (``ltsam.faults.signals_held``)."""
+    with signals_held():
+        save_checkpoint(run_dir / LAST, payload)
+        if best:
+            save_checkpoint(run_dir / BEST, payload)
+        if best_val:
+            save_checkpoint(run_dir / BEST_VAL, payload)
 
 
 def load_last(run_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from ltsam.distributed import DistContext, barrier
 from ltsam.io import write_json
 from ltsam.run.checkpoints import save_run_checkpoints
-from ltsam.run.files import FINAL_NAME
+from ltsam.run.files import FINAL_NAME, METRICS_NAME
 from ltsam.run.records import MetricsLog, Progress, ScalarLog, console_line, epoch_record
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def run_epochs(members: Sequence[Member], hooks: EpochHooks, ctx: DistContext, s
     scalars: dict[int, ScalarLog] = {}
     for m in members:
         if main:
-            logs[id(m)].truncate(m.state.start_epoch)
+            _say_missing(m.run_dir, logs[id(m)].truncate(m.state.start_epoch), m.state.start_epoch)
             if m.scalars:
                 scalars[id(m)] = ScalarLog(m.run_dir, m.state.start_epoch, m.wandb_config)
     done = 0
@@ -88,6 +88,16 @@ def run_epochs(members: Sequence[Member], hooks: EpochHooks, ctx: DistContext, s
             break
     for log in scalars.values():
         log.close()
+
+
+def _say_missing(run_dir: Path, missing: list[int], done: int) -> None:
+    """A resumed run whose metrics.jsonl lacks some of its finished epochs continues, saying which: its curves
+    and ``ltsam report``'s epoch counts have a gap there (the weights are last.pt's, whole)."""
+    if missing:
+        shown = ", ".join(str(e + 1) for e in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        print(f"ltsam: warning: {run_dir / METRICS_NAME} has no record of epoch{'s' if len(missing) > 1 else ''} "
+              f"{shown} of the {done} its last.pt has finished (lost from the file); training continues from "
+              f"last.pt, and its curves keep that gap", flush=True)
 
 
 def _record(m: Member, epoch: int, result: EpochResult, seconds: float, main: bool, metrics: MetricsLog,

@@ -108,11 +108,12 @@ class MetricsLog:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / METRICS_NAME
 
-    def truncate(self, start_epoch: int) -> None:
+    def truncate(self, start_epoch: int) -> list[int]:
         """On resume, keep one line for each epoch before the checkpoint; drop the epochs that run again
-        (written after the checkpoint) and a line torn by a kill or a full disk."""
+        (written after the checkpoint) and a line torn by a kill or a full disk. Returns the epochs before the
+        checkpoint that have no line (lost from the file: the caller says so)."""
         if not self.path.exists():
-            return
+            return list(range(start_epoch))
         keep: dict[int, str] = {}
         for line in self.path.read_text(errors="replace").splitlines():
             try:
@@ -122,6 +123,7 @@ class MetricsLog:
             if isinstance(epoch, int) and 0 <= epoch < start_epoch:
                 keep[epoch] = line
         write_text(self.path, "".join(keep[e] + "\n" for e in sorted(keep)))
+        return [e for e in range(start_epoch) if e not in keep]
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
