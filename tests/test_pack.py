@@ -258,6 +258,16 @@ def test_a_member_that_diverges_stops_alone(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(_weights(dirs[0]).values(), _weights(alone).values()))
 
 
+def test_a_run_alone_that_diverges_through_rho_is_told_of_rho(tmp_path):
+    """A run alone diverging under an infinite SAM radius names --rho beside --lr, as a pack's member does."""
+    from ltsam.errors import TrainingDiverged
+
+    cfgs, dirs = _digits(tmp_path, ["bad"], [dict(MEMBERS[1], rho_schedule="linear", min_rho=0.05, max_rho=1e30)],
+                         epochs=3)
+    with pytest.raises(TrainingDiverged, match=r"--rho \(this epoch inf\)"):
+        Trainer(cfgs[0], dirs[0], progress=False).fit()
+
+
 # ---------------------------------------------------------------------------------------------- ltsam train --seeds
 SEEDS_FLAGS = ["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress"]
 

@@ -149,7 +149,8 @@ class Trainer(ProgressAttributes):
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             step += 1
         check_finite(self.model.state_dict().values(), epoch, tally.reduce(self.ctx).bad_steps, int(first_bad),
-                     int(step), self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr)
+                     int(step), self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr,
+                     rho=epoch_rho(self.cfg, epoch) if self.cfg.uses_sam else 0.0)
         return tally.stats()
 
     def evaluate(self, criterion: torch.nn.Module | None, split: str = "test") -> tuple[dict[str, Any], torch.Tensor]:
