@@ -82,11 +82,11 @@ def test_tau_norm_on_a_cosine_head_leaves_no_folder(ldam_parent: Path, tmp_path:
 def test_deep_json_config_and_members_are_one_line(tmp_path: Path, capsys) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    for argv in (["--config", str(deep), *FAST_DIGITS, "--out", str(tmp_path / "out")], ["--members", str(deep)]):
+    for argv in (["--config", str(deep), *FAST_DIGITS, "--out", str(tmp_path / "out")], ["--members", str(deep), "--out", str(tmp_path / "runs")]):
         code, err = _run(["train", *argv], capsys)
         assert code == 2
         _assert_one_line(err, "deep.json", "too deeply")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("via", ["config", "members"])
@@ -95,13 +95,14 @@ def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, capsys, vi
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("lr:\n" + _bomb(6))
     members = tmp_path / "members.json"
-    members.write_text(json.dumps({"members": [{"config": str(bomb), "out": str(tmp_path / "m0")}]}))
-    argv = ["--config", str(bomb), "--out", str(tmp_path / "out")] if via == "config" else ["--members", str(members)]
+    members.write_text(json.dumps({"members": [{"config": str(bomb), "out": str(tmp_path / "runs" / "m0")}]}))
+    argv = ["--config", str(bomb), "--out", str(tmp_path / "out")] if via == "config" else \
+        ["--members", str(members), "--out", str(tmp_path / "runs")]
     code, err = _run(["train", *argv], capsys)
     assert code == 2
     _assert_one_line(err, "bomb.yaml", "expands to more than 100,000 values")
     assert len(err) < 300
-    assert not (tmp_path / "out").exists() and not (tmp_path / "m0").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_sweep_grid_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, capsys) -> None:
