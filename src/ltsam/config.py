@@ -75,6 +75,7 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # CPU threads; None: 1 for the small CNN (faster, and robust on busy machines)
     eval_batch_size: int = 1000
+    eval_every: int = 1  # test (and validation) images evaluated every K epochs and each of the last 10 % (epochs.py)
     channels_last: bool = False
     compile: bool | None = None  # None: auto (CUDA, or CPU runs long enough to repay compiling)
     amp: str | None = None  # bf16 or fp16 mixed precision (GPU)
@@ -256,8 +257,8 @@ def config_warnings(cfg: TrainConfig, explicit: set[str] | frozenset[str] = froz
 _FINITE_MIN = {"imb_factor": None, "head_scale": None, "rho": 0.0, "min_rho": 0.0, "max_rho": 0.0, "lr": None,
                "momentum": None, "wd": None, "val_fraction": 0.0}
 # Integer settings and their smallest allowed value (seeds are numpy seeds: 0 .. 2**32 - 1).
-_INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "threads": 1, "image_size": 1, "workers": 0,
-            "epochs": 1, "batch_size": 1, "accumulate": 1, "val_per_class": 0}
+_INT_MIN = {"rand_number": 0, "seed": 0, "eval_batch_size": 1, "eval_every": 1, "threads": 1, "image_size": 1,
+            "workers": 0, "epochs": 1, "batch_size": 1, "accumulate": 1, "val_per_class": 0}
 # Sizes past which nothing can be allocated (an image side of 10^5 pixels is 10^10 pixels; 10^5 threads exhaust
 # the process), refused before anything is built. A registered option's key is checked where it is registered.
 _INT_MAX = {"image_size": 8192, "input_size": 8192, "threads": 1024}

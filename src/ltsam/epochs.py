@@ -31,6 +31,14 @@ def epoch_rho(cfg: TrainConfig, epoch: int) -> float:
                          tuple(cfg.rho_steps) if cfg.rho_steps else None, steps)
 
 
+def evaluated(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether ``epoch`` (0-indexed) ends with an evaluation under ``--eval-every K``: every K-th epoch, and every
+    epoch of the last 10 % (at least the last one), where the best epoch and the final one are looked for.
+    K = 1 evaluates every epoch."""
+    last_tenth = cfg.epochs - max(1, -(-cfg.epochs // 10))  # the first epoch of the last ceil(10 %)
+    return (epoch + 1) % cfg.eval_every == 0 or epoch >= last_tenth
+
+
 def epoch_criterion(cfg: TrainConfig, data: LTData, epoch: int, device: torch.device) -> torch.nn.Module:
     """The loss of ``epoch``: the run's ``--loss`` with the class weights its ``--train-rule`` gives then."""
     weights = build_rule(cfg.train_rule, cfg).class_weights(data.cls_num_list, epoch)

@@ -113,6 +113,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu", type=int, help="reference spelling: use cuda:N when a GPU is present")
     g.add_argument("-j", "--workers", type=int, help="data-loading workers (in-memory sets need none)")
     g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--eval-every", type=int, metavar="K",
+                   help="evaluate on the test (and validation) images every K epochs and every epoch of the last 10 %% "
+                        "(default 1: every epoch); best.pt / best_val.pt are the best of the evaluated epochs; "
+                        "training is the same bits whatever K, and --resume may change it")
     g.add_argument("--threads", type=int,
                    help="CPU threads (default: the architecture's, e.g. 1 for small_cnn; else torch's)")
     g.add_argument("--channels-last", action="store_true", default=None)

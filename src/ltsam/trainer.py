@@ -15,7 +15,7 @@ import torch
 from ltsam.config import TrainConfig, resolve_derived
 from ltsam.data.catalog import DATASETS
 from ltsam.data.loading import load_data
-from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho
+from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho, evaluated
 from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.faults import fault_point
@@ -166,6 +166,8 @@ class Trainer(ProgressAttributes):
         lr, rho = self.set_hyperparameters(epoch)
         criterion = self.criterion_for(epoch)
         train_stats = self.train_epoch(epoch, criterion)
+        if not evaluated(self.cfg, epoch):  # --eval-every: trained, not measured
+            return [({"lr": lr, "rho": rho, **train_stats}, None, None)]
         test, _ = self.evaluate(criterion)
         val = self.evaluate(criterion, "val")[0] if self.val_size else None
         return [({"lr": lr, "rho": rho, **train_stats}, test, val)]

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from ltsam.trainer import Trainer
 
 
+# What --resume may set anew: where the run computes, and what it measures (--eval-every changes which epochs are
+# evaluated, never what is trained); a run alone may also be lengthened (--epochs), a pack's members not.
+PACK_RESUME_MAY_SET = ("device", "workers", "eval_every")
+RESUME_MAY_SET = (*PACK_RESUME_MAY_SET, "epochs")
+
+
 def add_parser(sub: Any) -> None:
     """``ltsam train``'s parser: its flags come from the registries (``ltsam.train_flags``)."""
     p = sub.add_parser("train", help="train a model (defaults: LDAM + DRW + SAM on bundled digits)",
@@ -104,11 +110,11 @@ def _train(args: argparse.Namespace) -> int:
         cfg = read_run_config(run_dir)
         saved_epochs = cfg.epochs
         changed = {k: v for k, v in overrides.items()
-                   if v is not None and k not in ("device", "workers", "epochs") and getattr(cfg, k) != v}
+                   if v is not None and k not in RESUME_MAY_SET and getattr(cfg, k) != v}
         if changed:
             raise UserError(f"--resume continues the saved configuration; these flags differ from it: "
                             f"{', '.join('--' + k.replace('_', '-') for k in changed)}")
-        for key in ("device", "workers", "epochs"):
+        for key in RESUME_MAY_SET:
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
         validate(cfg)
@@ -291,14 +297,14 @@ def _resume_pack(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from ltsam.runs import set_continue_command
 
     out = Path(args.resume)
-    given = sorted(k for k, v in overrides.items() if v is not None and k not in ("device", "workers"))
+    given = sorted(k for k, v in overrides.items() if v is not None and k not in PACK_RESUME_MAY_SET)
     if given:
         raise UserError(f"--resume of a pack continues its saved configurations; leave out "
                         f"{', '.join(flag_name(k) for k in given)}")
     set_continue_command(f"ltsam train --resume {out}")
     cfgs, dirs, started = open_pack_for_resume(out)
     for cfg in cfgs:
-        for key in ("device", "workers"):
+        for key in PACK_RESUME_MAY_SET:
             if overrides.get(key) is not None:
                 setattr(cfg, key, overrides[key])
     if any((cfg.pack or {}).get("one_by_one") for cfg in cfgs):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ltsam.data.catalog import DATASETS
-from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho
+from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho, evaluated
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import EvalCounts
 from ltsam.faults import fault_point
@@ -179,8 +179,10 @@ class PackTrainer:
                 group["rho"] = torch.tensor(rhos, device=self.device, dtype=group["params"][0].dtype)
         criteria = [epoch_criterion(m.cfg, m.data, epoch, self.device) for m in members]
         stats, firsts, steps = self._train(epoch, members, criteria)
-        tests = self._evaluate(members, criteria, "test")
-        vals = self._evaluate(members, criteria, "val") if getattr(members[0].data, "val_size", 0) else None
+        measured = evaluated(first, epoch)  # --eval-every is one of the settings a pack's members share
+        tests = self._evaluate(members, criteria, "test") if measured else [None] * len(members)
+        vals = (self._evaluate(members, criteria, "val") if measured and getattr(members[0].data, "val_size", 0)
+                else None)
         results: list[EpochResult | None] = []
         for g, m in enumerate(members):
             try:
@@ -196,7 +198,7 @@ class PackTrainer:
             results.append((head, tests[g], None if vals is None else vals[g]))
         if self.ctx.is_main:
             print(f"pack epoch {epoch + 1:>3}/{first.epochs}  lr {lr:.4g}  test top-1 " + "  ".join(
-                f"{m.run_dir.name} {'-' if r is None else format(r[1]['top1'], '.2f')}"
+                f"{m.run_dir.name} {'-' if r is None or r[1] is None else format(r[1]['top1'], '.2f')}"
                 for m, r in zip(members, results)), flush=True)
         return results
 

@@ -22,10 +22,14 @@ if TYPE_CHECKING:
 SHOTS = ("many", "medium", "few")
 
 
-def epoch_record(epoch: int, head: dict[str, Any], test: dict[str, Any], val: dict[str, Any] | None,
+def epoch_record(epoch: int, head: dict[str, Any], test: dict[str, Any] | None, val: dict[str, Any] | None,
                  seconds: float) -> dict[str, Any]:
     """One line of metrics.jsonl: the epoch, ``head`` (learning rate, rho, training statistics), the test
-    results, the validation results (``val_*``, with a validation split) and the epoch's seconds."""
+    results, the validation results (``val_*``, with a validation split) and the epoch's seconds. An epoch that
+    ``--eval-every`` does not evaluate (``test`` None) has its test fields as null."""
+    if test is None:
+        return {"epoch": epoch, **head, "test_loss": None, "test_top1": None, "test_top5": None,
+                **{f"{k}_acc": None for k in SHOTS}, "per_class_acc": None, "seconds": seconds}
     return {"epoch": epoch, **head, "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
             **{f"{k}_acc": test["shot_acc"][k] for k in SHOTS}, "per_class_acc": test["per_class_acc"],
             **val_fields(val), "seconds": seconds}
@@ -87,8 +91,9 @@ class Progress:
                    ckpt.get("best_record"), float(ckpt.get("best_val_top1", -1.0)), ckpt.get("best_val_epoch"))
 
     def update(self, record: dict[str, Any]) -> tuple[bool, bool]:
-        """Count in one epoch's record; whether it is the best on test, and on validation (earliest on a tie)."""
-        is_best = record["test_top1"] > self.best_top1
+        """Count in one epoch's record; whether it is the best on test, and on validation (earliest on a tie).
+        An epoch without evaluation (``--eval-every``) is neither."""
+        is_best = record["test_top1"] is not None and record["test_top1"] > self.best_top1
         if is_best:
             self.best_top1, self.best_record = record["test_top1"], record
         is_best_val = "val_top1" in record and record["val_top1"] > self.best_val_top1
@@ -156,12 +161,12 @@ class ScalarLog:
         for key in self.KEYS:
             if record.get(key) is not None:
                 self.writer.add_scalar(key, record[key], e)
-        for c, acc in enumerate(record["per_class_acc"]):
+        for c, acc in enumerate(record["per_class_acc"] or ()):
             if acc is not None:
                 self.writer.add_scalar(f"class_acc/{c}", acc, e)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "per_class_acc"}
-                           | {f"class{c}_acc": a for c, a in enumerate(record["per_class_acc"])}, step=e)
+                           | {f"class{c}_acc": a for c, a in enumerate(record["per_class_acc"] or ())}, step=e)
 
     def close(self) -> None:
         self.writer.close()
@@ -195,8 +200,9 @@ def console_line(record: dict[str, Any], epochs: int, label: str = "") -> str:
     r = record
     return (f"{label}epoch {r['epoch'] + 1:>3}/{epochs}  lr {r['lr']:.4g}  "
             + (f"rho {r['rho']:.3g}  " if "rho" in r else "")
-            + f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.2f}  test top-1 {r['test_top1']:.2f}  "
-            f"many {_f(r['many_acc'])} med {_f(r['medium_acc'])} few {_f(r['few_acc'])}  "
+            + f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.2f}  "
+            + (f"test top-1 {r['test_top1']:.2f}  many {_f(r['many_acc'])} med {_f(r['medium_acc'])} "
+               f"few {_f(r['few_acc'])}  " if r["test_top1"] is not None else "(not evaluated: --eval-every)  ")
             + (f"val top-1 {r['val_top1']:.2f}  " if "val_top1" in r else "") + f"{r['seconds']:.1f}s")
 
 
