@@ -82,7 +82,8 @@ def test_tau_norm_on_a_cosine_head_leaves_no_folder(ldam_parent: Path, tmp_path:
 def test_deep_json_config_and_members_are_one_line(tmp_path: Path, capsys) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    for argv in (["--config", str(deep), *FAST_DIGITS, "--out", str(tmp_path / "out")], ["--members", str(deep), "--out", str(tmp_path / "runs")]):
+    for argv in (["--config", str(deep), *FAST_DIGITS, "--out", str(tmp_path / "out")],
+                 ["--members", str(deep), "--out", str(tmp_path / "runs")]):
         code, err = _run(["train", *argv], capsys)
         assert code == 2
         _assert_one_line(err, "deep.json", "too deeply")

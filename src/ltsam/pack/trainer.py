@@ -181,7 +181,7 @@ class PackTrainer:
         stats, firsts, steps = self._train(epoch, members, criteria)
         measured = evaluated(first, epoch)  # --eval-every is one of the settings a pack's members share
         tests = self._evaluate(members, criteria, "test") if measured else [None] * len(members)
-        vals = (self._evaluate(members, criteria, "val") if measured and getattr(members[0].data, "val_size", 0)
+        vals = (self._evaluate(members, criteria, "val") if measured and bool(getattr(members[0].data, "val_size", 0))
                 else None)
         results: list[EpochResult | None] = []
         for g, m in enumerate(members):

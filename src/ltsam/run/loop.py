@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from ltsam.data.lt_data import LTData
 
 
-EpochResult = tuple[dict[str, Any], dict[str, Any], "dict[str, Any] | None"]
-"""One member's epoch: (the record's head: lr, rho, training statistics), the test results and the validation
-results (``None`` without a validation split)."""
+EpochResult = tuple[dict[str, Any], "dict[str, Any] | None", "dict[str, Any] | None"]
+"""One member's epoch: (the record's head: lr, rho, training statistics), the test results (``None`` for an epoch
+``--eval-every`` does not evaluate) and the validation results (``None`` without a validation split, or then)."""
 
 
 class EpochHooks(Protocol):
