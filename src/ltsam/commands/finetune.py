@@ -72,7 +72,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from ltsam.console import print_results
     from ltsam.data.loading import load_data
     from ltsam.finetune import STAGES, build_stage
-    from ltsam.finetune.runner import StageRunner, StageSettings, load_parent
+    from ltsam.finetune.parent import StageSettings, load_parent
+    from ltsam.finetune.runner import StageRunner
     from ltsam.finetune.stages import stage_options
     from ltsam.io import read_json, write_json
     from ltsam.runs import prepare_run_dir, refuse_overlap, run_finished

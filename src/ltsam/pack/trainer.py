@@ -310,11 +310,3 @@ def packed_objective(x: torch.Tensor, y: torch.Tensor, criteria: Sequence[nn.Mod
 
     return objective
 
-
-def pack_record(run_dirs: Sequence[Path], folder: Path | None = None) -> list[dict[str, Any]]:
-    """What each member's ``config.json`` says of its pack: the members' folders, the pack's size and its own
-    place in it."""
-    names = [str(d) for d in run_dirs]
-    return [{"folder": None if folder is None else str(folder), "size": len(names), "index": i, "members": names}
-            for i in range(len(names))]
-
