@@ -75,7 +75,8 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # CPU threads; None: 1 for the small CNN (faster, and robust on busy machines)
     eval_batch_size: int = 1000
-    eval_every: int = 1  # test (and validation) images evaluated every K epochs and each of the last 10 % (epochs.py)
+    eval_every: int = 1  # test (and validation) images evaluated every K epochs and each of the last 10 %
+    # (ltsam.epoch_settings.evaluated)
     channels_last: bool = False
     compile: bool | None = None  # None: auto (CUDA, or CPU runs long enough to repay compiling)
     amp: str | None = None  # bf16 or fp16 mixed precision (GPU)

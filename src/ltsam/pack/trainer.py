@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ltsam.data.catalog import DATASETS
-from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho, evaluated
+from ltsam.epoch_settings import epoch_criterion, epoch_lr, epoch_rho, evaluated
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import EvalCounts
 from ltsam.faults import fault_point
