@@ -14,7 +14,7 @@ exp long-tail counts), generated here.
     losses, the SAM of the reference's sam.py (per-parameter loops, cloned weights; both forwards
     again at the perturbed weights), ``loss.item()`` every step.
 (b) ltsam eager: ``GLMCBatchSource`` (two batched crop/flip views of A and B from the uint8 tensor on
-    the device) and ``GLMCObjective`` (lean SAM), no compile.
+    the device) and ``GLMCUpdate`` (lean SAM), no compile.
 (c) ltsam compiled: (b) with ``torch.compile`` through ``compile_with_fallback`` (what ``--compile`` does).
 
 The pipelines warm up untimed (compiling for (c)), then are timed in turn, interleaved, for
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from train_epoch import MEAN, STD, ReferenceCIFAR, ReferenceSAM, forever, images_per_second, sync
 
 from ltsam.acceleration import compile_with_fallback
-from ltsam.glmc import GLMCBatchSource, GLMCObjective, build_glmc_model, glmc_losses, label_weights, sample_weights
+from ltsam.glmc import GLMCBatchSource, GLMCUpdate, build_glmc_model, glmc_losses, label_weights, sample_weights
 from ltsam.optim.sam import SAM
 
 COUNTS = [int(5000 * 0.02 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.02: 13,996
@@ -127,7 +127,7 @@ class LtsamGLMC:
         opt = (SAM(params, torch.optim.SGD, rho=rho, lr=LR, momentum=MOMENTUM, weight_decay=WD) if sam
                else torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WD))
         self.net, self.batches = net, batches
-        self.step_fn = GLMCObjective(opt, label_weights(COUNTS, GAMMA).to(device), len(COUNTS), CW,
+        self.step_fn = GLMCUpdate(opt, label_weights(COUNTS, GAMMA).to(device), len(COUNTS), CW,
                                 torch.Generator().manual_seed(0), sam)
         self.loss_sum = torch.zeros((), device=device)
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from ltsam.cli import main
-from ltsam.epochs import evaluated
+from ltsam.epoch_settings import evaluated
 from tests.test_cli_errors import _assert_one_line, _run
 from tests.test_faults import _assert_same, _ckpt, _metrics, _strip
 

@@ -112,7 +112,8 @@ def test_crt_changes_only_the_classifier(parent: Path, tmp_path: Path) -> None:
 def test_crt_samples_class_balanced(parent: Path, tmp_path: Path) -> None:
     """Over 20 epochs of draws every class is drawn n/C times within 5 binomial standard deviations; the
     weight-balancing stage's instance stream (for contrast) draws each class exactly as often as it has images."""
-    from ltsam.finetune.runner import StageRunner, StageSettings, load_parent
+    from ltsam.finetune.parent import StageSettings, load_parent
+    from ltsam.finetune.runner import StageRunner
 
     def runner(stage: str) -> StageRunner:
         p = load_parent(parent)
@@ -188,7 +189,8 @@ def test_weight_balancing_projects_after_every_step(parent: Path, tmp_path: Path
     """Run in process with MaxNorm's projection wrapped: called once per step, every norm within the cap after it;
     the cap from the parent's class vectors by hand."""
     from ltsam.finetune import heads
-    from ltsam.finetune.runner import StageRunner, StageSettings, load_parent
+    from ltsam.finetune.parent import StageSettings, load_parent
+    from ltsam.finetune.runner import StageRunner
 
     p = load_parent(parent)
     w = p.ckpt["model"]["linear.weight"].double().tolist()

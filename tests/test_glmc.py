@@ -17,7 +17,7 @@ from torch import nn
 from ltsam.glmc import (
     GLMCBatchSource,
     GLMCNet,
-    GLMCObjective,
+    GLMCUpdate,
     box_from_centre,
     build_glmc_model,
     cumulative_alpha,
@@ -324,7 +324,7 @@ def test_mix_truncates_b_and_uses_same_lambda_for_both_mixtures():
     a, b = _views(0)
     w = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
     opt = torch.optim.SGD(_tiny_net().parameters(), lr=0.1)
-    step = GLMCObjective(opt, w, 3, 1.0, torch.Generator().manual_seed(5), use_sam=False)
+    step = GLMCUpdate(opt, w, 3, 1.0, torch.Generator().manual_seed(5), use_sam=False)
     m = step.mix(a, b)
     lam = m.lam
     assert torch.equal(m.x_mix, lam * a[0] + (1 - lam) * b[0][:6])  # the same float64 expression
@@ -347,7 +347,7 @@ def test_sgd_step_descends_the_full_loss():
     w = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
     alpha, cw, lr = 0.6, 3.0, 0.1
     gen = torch.Generator().manual_seed(7)
-    step = GLMCObjective(torch.optim.SGD(net.parameters(), lr=lr), w, 3, cw, gen, use_sam=False)
+    step = GLMCUpdate(torch.optim.SGD(net.parameters(), lr=lr), w, 3, cw, gen, use_sam=False)
     ref = copy.deepcopy(net)
     state = gen.get_state()
     out = step(net, a, b, alpha)
@@ -369,7 +369,7 @@ def test_sam_ascent_uses_classification_losses_only():
     alpha, cw, lr, rho = 0.7, 5.0, 0.1, 0.05
     opt = SAM(net.parameters(), torch.optim.SGD, rho=rho, lr=lr)
     gen = torch.Generator().manual_seed(11)
-    step = GLMCObjective(opt, w, 3, cw, gen, use_sam=True)
+    step = GLMCUpdate(opt, w, 3, cw, gen, use_sam=True)
     ref = copy.deepcopy(net)
 
     captured = {}
@@ -421,7 +421,7 @@ def test_sam_ascent_uses_classification_losses_only():
 def test_reseed_makes_mixing_reproducible():
     a, b = _views(3)
     opt = torch.optim.SGD(_tiny_net().parameters(), lr=0.1)
-    step = GLMCObjective(opt, torch.ones(3), 3, 1.0, torch.Generator(), use_sam=False)
+    step = GLMCUpdate(opt, torch.ones(3), 3, 1.0, torch.Generator(), use_sam=False)
     step.reseed(7, 4)
     m1 = step.mix(a, b)
     step.mix(a, b)
@@ -436,9 +436,9 @@ def test_step_checks_its_optimizer():
     net = _tiny_net()
     w = torch.ones(3)
     with pytest.raises(TypeError):
-        GLMCObjective(torch.optim.SGD(net.parameters(), lr=0.1), w, 3, 1.0, torch.Generator(), use_sam=True)
+        GLMCUpdate(torch.optim.SGD(net.parameters(), lr=0.1), w, 3, 1.0, torch.Generator(), use_sam=True)
     with pytest.raises(TypeError):
-        GLMCObjective(SAM(net.parameters(), torch.optim.SGD, lr=0.1), w, 3, 1.0, torch.Generator(), use_sam=False)
+        GLMCUpdate(SAM(net.parameters(), torch.optim.SGD, lr=0.1), w, 3, 1.0, torch.Generator(), use_sam=False)
 
 
 # --------------------------------------------------------------------------- the batch source
@@ -531,7 +531,7 @@ def test_few_glmc_steps_end_to_end(use_sam):
     before = [p.detach().clone() for p in net.parameters()]
     kw = dict(lr=0.05, momentum=0.9, weight_decay=5e-3)
     opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, **kw) if use_sam else torch.optim.SGD(net.parameters(), **kw)
-    step = GLMCObjective(opt, label_weights(counts, 1.2), 4, 1.0, torch.Generator(), use_sam=use_sam)
+    step = GLMCUpdate(opt, label_weights(counts, 1.2), 4, 1.0, torch.Generator(), use_sam=use_sam)
     losses = []
     epochs = 2
     for epoch in range(epochs):
@@ -566,7 +566,7 @@ def test_step_through_grad_scaler_equals_unscaled(use_sam):
         kw = dict(lr=0.05, momentum=0.9, weight_decay=5e-3)
         opt = (SAM(net.parameters(), torch.optim.SGD, rho=0.05, **kw) if use_sam
                else torch.optim.SGD(net.parameters(), **kw))
-        step = GLMCObjective(opt, label_weights(counts, 1.2), 4, 1.0, torch.Generator().manual_seed(1), use_sam=use_sam,
+        step = GLMCUpdate(opt, label_weights(counts, 1.2), 4, 1.0, torch.Generator().manual_seed(1), use_sam=use_sam,
                         scaler=scaler)
         src.set_epoch(0)
         net.train()

@@ -22,7 +22,7 @@ import torch
 
 from ltsam.config import resolve
 from ltsam.data.loading import load_data
-from ltsam.epochs import epoch_criterion
+from ltsam.epoch_settings import epoch_criterion
 from ltsam.errors import UserError
 from ltsam.models import build_model
 from ltsam.objectives import supervised_objective

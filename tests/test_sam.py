@@ -264,3 +264,13 @@ def test_state_dict_without_momentum_would_differ():
     _sam_step(a, opt_a, x, y)
     _sam_step(b, opt_b, x, y)
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_asam_step_is_adaptive_whatever_adaptive_says(adaptive):
+    """``--optimizer asam`` perturbs as ASAM with or without --adaptive; ``sam`` only with it."""
+    from ltsam.optim import build_step
+
+    for name, expected in (("asam", True), ("sam", adaptive)):
+        step = build_step(name, nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9, wd=0.0, adaptive=adaptive)
+        assert [g["adaptive"] for g in step.optimizer.param_groups] == [expected]

@@ -4,7 +4,7 @@ Each variant's update is worked out here from its formula: the split losses buil
 logits (``torch.func.functional_call`` at explicit weights), gradients by autograd at w and at the perturbed
 weights, e = rho g / (||g|| + 1e-12) (adaptive: rho w^2 g / (||w g|| + 1e-12)) and the SGD step with momentum
 and weight decay. The step under test runs through the methods' own objectives: ERM's
-``supervised_objective`` (weighted CE, per-sample losses from the loss module) and GLMC's ``GLMCObjective``
+``supervised_objective`` (weighted CE, per-sample losses from the loss module) and GLMC's ``GLMCUpdate``
 (MixUp/CutMix membership lam e_A + (1 - lam) e_B, the consistency loss at w).
 
 ERM's objective rounds the logits to float32 for the loss (the other computations are float64): its
@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from ltsam.errors import UserError
 from ltsam.glmc.heads import GLMCNet
-from ltsam.glmc.objective import GLMCObjective
+from ltsam.glmc.objective import GLMCUpdate
 from ltsam.glmc.weights import label_weights
 from ltsam.losses import WeightedCrossEntropy, effective_number_weights
 from ltsam.objectives import supervised_objective
@@ -222,7 +222,7 @@ def test_glmc_update_equals_the_independent_computation(variant: str) -> None:
     step = _step(variant, net.parameters())
     lw = label_weights(COUNTS, 1.0)
     cw, alpha = 2.0, 0.7
-    glmc = GLMCObjective(step.optimizer, lw, C, cw, torch.Generator().manual_seed(5), True, step=step)
+    glmc = GLMCUpdate(step.optimizer, lw, C, cw, torch.Generator().manual_seed(5), True, step=step)
     classifier = {"fc.weight", "fc.bias", "fc_cb.weight", "fc_cb.bias"}
     ws = {k: v.detach().clone() for k, v in net.named_parameters()}
     bufs: Weights = {}

@@ -152,10 +152,11 @@ def test_native_schedules_put_every_switch_where_the_reference_scripts_do() -> N
     from ltsam.config import resolve
     from ltsam.data.catalog import native_schedule
     from ltsam.rules import default_drw_epoch
+    from ltsam.schedules import STEP_LR_DROPS, STEP_LR_WARMUP
 
     cifar, inat = native_schedule("cifar10"), native_schedule("inat18")
-    assert (cifar.epochs, cifar.warmup, cifar.lr_drops, cifar.drw, cifar.rho_steps) == (200, 5, (160, 180), 160,
-                                                                                        (5, 160, 180))
+    assert (cifar.epochs, cifar.drw, cifar.rho_steps) == (200, 160, (5, 160, 180))
+    assert (STEP_LR_WARMUP, STEP_LR_DROPS) == (5, (160, 180))  # the step LR schedule's, on every data set
     assert (inat.epochs, inat.drw, inat.rho_steps) == (90, 60, (5, 60, 75))
     assert default_drw_epoch("cifar10", 200) == 160 and default_drw_epoch("cifar10", 10) == 8
     assert default_drw_epoch("imagenet_lt", 90) == 60 and default_drw_epoch("imagenet_lt", 9) == 6

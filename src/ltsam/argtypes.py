@@ -79,7 +79,7 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def show(value: Any) -> str:
+def as_typed(value: Any) -> str:
     """A setting's value as a user would type it (a list space-separated, floats in %g)."""
     if isinstance(value, list):
         return " ".join(map(str, value))

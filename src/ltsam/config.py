@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltsam.argtypes import SEED_MAX, brief
+from ltsam.argtypes import SEED_MAX, brief, flag_name
 from ltsam.data.catalog import DATASETS
 from ltsam.data.validation import check_request
 from ltsam.errors import UserError
@@ -75,7 +75,8 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # CPU threads; None: 1 for the small CNN (faster, and robust on busy machines)
     eval_batch_size: int = 1000
-    eval_every: int = 1  # test (and validation) images evaluated every K epochs and each of the last 10 % (epochs.py)
+    eval_every: int = 1  # test (and validation) images evaluated every K epochs and each of the last 10 %
+    # (ltsam.epoch_settings.evaluated)
     channels_last: bool = False
     compile: bool | None = None  # None: auto (CUDA, or CPU runs long enough to repay compiling)
     amp: str | None = None  # bf16 or fp16 mixed precision (GPU)
@@ -295,20 +296,20 @@ def check_option(option: Option, value: Any) -> None:
 def _check_numbers(cfg: TrainConfig) -> None:
     """Every float finite (a NaN --rho silently trained plain SGD), every number within its range."""
     for key, low in _FINITE_MIN.items():
-        _check_number(_flag(key), float(getattr(cfg, key)), low)
+        _check_number(flag_name(key), float(getattr(cfg, key)), low)
     for value in cfg.rho_steps or []:
         if not math.isfinite(value) or value < 0:
             raise UserError(f"--rho-steps takes four finite non-negative values a b c d, got {cfg.rho_steps}")
     for key, low in _INT_MIN.items():
         if getattr(cfg, key) is not None:
-            _check_number(_flag(key), getattr(cfg, key), low)
+            _check_number(flag_name(key), getattr(cfg, key), low)
     for key in ("seed", "rand_number"):
         if getattr(cfg, key) > SEED_MAX:
-            raise UserError(f"{_flag(key)} must lie in 0..{SEED_MAX}, got {getattr(cfg, key)}")
+            raise UserError(f"{flag_name(key)} must lie in 0..{SEED_MAX}, got {getattr(cfg, key)}")
     for key, high in _INT_MAX.items():
         size = getattr(cfg, key, None) if key in _FIELDS or key in cfg.options else None
         if size is not None and size > high:
-            raise UserError(f"{_flag(key)} {size} cannot be allocated; it must be at most {high}")
+            raise UserError(f"{flag_name(key)} {size} cannot be allocated; it must be at most {high}")
     for name, option in all_options().items():
         check_option(option, cfg.options.get(name))
 
@@ -329,17 +330,13 @@ def _check_head_scale(cfg: TrainConfig) -> None:
         raise UserError("--head-scale scales a cosine head's logits; add --head cosine")
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def validate(cfg: TrainConfig) -> None:
     """Every name known to its registry, every number possible, the method's own checks."""
     for key in CHOICES:
         value = getattr(cfg, key).lower()
         setattr(cfg, key, value)
         if value not in CHOICES[key]:
-            raise UserError(f"unknown {_flag(key)} {value!r}; choose one of {', '.join(CHOICES[key])}")
+            raise UserError(f"unknown {flag_name(key)} {value!r}; choose one of {', '.join(CHOICES[key])}")
     for key, registry in REGISTRIES.items():
         if key == "arch" or getattr(cfg, key) is None:
             continue

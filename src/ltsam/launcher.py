@@ -44,11 +44,6 @@ def submitit_python(python: str | None = None) -> str:
     return shlex.join([python or sys.executable, "-u", "-c", SUBMITIT_SNIPPET])
 
 
-def finished_command(run_dir: str, python: str | None = None) -> list[str]:
-    """A command that exits 0 when ``run_dir`` holds a finished run (:func:`ltsam.runs.run_finished`)."""
-    return [python or sys.executable, "-c", FINISHED_SNIPPET, run_dir]
-
-
 def without_working_folder(path: list[str], cwd: str, safe_path: bool) -> list[str]:
     """``sys.path`` without the working folder that ``python -m`` put first (``''`` or ``cwd``); unchanged under
     ``python -P`` / ``-I`` (``safe_path``), which add none."""

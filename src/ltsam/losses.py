@@ -101,7 +101,31 @@ class FocalLoss(nn.Module):
         return (1.0 - p) ** self.gamma * ce
 
 
-class LDAMLoss(WeightedMean):
+def class_counts(cls_num_list: Sequence[int], loss: str) -> torch.Tensor:
+    """The training class counts in float64, refused (naming ``loss``) where a class has no image."""
+    n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+    if (n <= 0).any():
+        raise UserError(f"{loss} needs every class to have at least one training image")
+    return n
+
+
+class AdjustedLogitsLoss(WeightedMean):
+    """The (weighted) cross-entropy of the logits as the subclass's ``adjusted(logits, targets)`` changes them
+    (LDAM's margins, VS's scale and shift, the offsets of logit adjustment and Balanced Softmax)."""
+
+    weight: torch.Tensor | None
+
+    def adjusted(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.adjusted(logits, targets), targets, weight=_weight(self.weight, logits))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return weighted_per_sample(self.adjusted(logits, targets), targets, self.weight)
+
+
+class LDAMLoss(AdjustedLogitsLoss):
     """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019).
 
     m_c = max_m * (n_min / n_c) ** (1/4); logits z -> s * (z - m_y e_y); then weighted CE.
@@ -114,27 +138,19 @@ class LDAMLoss(WeightedMean):
     def __init__(self, cls_num_list: Sequence[int], max_m: float = 0.5, s: float = 30.0,
                  weight: torch.Tensor | None = None):
         super().__init__()
-        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
-        if (n <= 0).any():
-            raise UserError("LDAM needs every class to have at least one training image")
+        n = class_counts(cls_num_list, "LDAM")
         m = 1.0 / n.pow(0.25)
         m = m * (max_m / m.max())
         self.register_buffer("margins", m.to(torch.float32))
         self.s = s
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
-    def _scaled(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def adjusted(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         shift = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * self.margins.to(logits.dtype)[targets, None]
         return self.s * (logits - shift)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._scaled(logits, targets), targets, weight=_weight(self.weight, logits))
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return weighted_per_sample(self._scaled(logits, targets), targets, self.weight)
-
-
-class VSLoss(WeightedMean):
+class VSLoss(AdjustedLogitsLoss):
     """Vector-scaling loss (Kini et al., NeurIPS 2021): z_c / Delta_c + iota_c, then weighted CE.
 
     Delta_c = (n_max / n_c) ** gamma (>= 1), iota_c = tau * log(n_c / sum n).
@@ -147,77 +163,59 @@ class VSLoss(WeightedMean):
     def __init__(self, cls_num_list: Sequence[int], gamma: float = 0.3, tau: float = 1.0,
                  weight: torch.Tensor | None = None):
         super().__init__()
-        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
-        if (n <= 0).any():
-            raise UserError("VS needs every class to have at least one training image")
+        n = class_counts(cls_num_list, "VS")
         self.register_buffer("scale", (n / n.max()).pow(gamma).to(torch.float32))  # 1 / Delta_c
         self.register_buffer("iota", (tau * torch.log(n / n.sum())).to(torch.float32))
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
-    def _adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+    def adjusted(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return logits * self.scale.to(logits.dtype) + self.iota.to(logits.dtype)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._adjusted(logits), targets, weight=_weight(self.weight, logits))
-
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return weighted_per_sample(self._adjusted(logits), targets, self.weight)
 
 
 def log_prior(cls_num_list: Sequence[int]) -> torch.Tensor:
     """log pi_c = log(n_c / sum_k n_k), in float64: the training class prior of logit adjustment."""
-    n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
-    if (n <= 0).any():
-        raise UserError("logit adjustment needs every class to have at least one training image")
+    n = class_counts(cls_num_list, "logit adjustment")
     return torch.log(n / n.sum())
 
 
-class LogitAdjustedLoss(WeightedMean):
+class ShiftedLogitsLoss(AdjustedLogitsLoss):
+    """The (weighted) cross-entropy of the logits shifted by a per-class ``offset`` (a buffer, from what
+    the subclass gives): CE(z + offset, y)."""
+
+    offset: torch.Tensor
+    weight: torch.Tensor | None
+
+    def __init__(self, offset: torch.Tensor, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("offset", offset.to(torch.float32))
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
+
+    def adjusted(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return logits + self.offset.to(logits.dtype)
+
+
+class LogitAdjustedLoss(ShiftedLogitsLoss):
     """Logit-adjusted loss (Menon et al., ICLR 2021): CE(z + tau log pi, y), pi = n / sum n the training prior.
 
     Each logit z_c is shifted by tau log pi_c before the (weighted) cross-entropy, which asks the
     rare classes for a larger margin; at prediction time the raw logits z are used.
     """
 
-    offset: torch.Tensor
-    weight: torch.Tensor | None
-
     def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight: torch.Tensor | None = None):
-        super().__init__()
+        super().__init__(tau * log_prior(cls_num_list), weight)
         self.tau = tau
-        self.register_buffer("offset", (tau * log_prior(cls_num_list)).to(torch.float32))
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
-
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
 
 
-class BalancedSoftmaxLoss(WeightedMean):
+class BalancedSoftmaxLoss(ShiftedLogitsLoss):
     """Balanced Softmax (Ren et al., NeurIPS 2020): CE(z + log n, y), every logit z_c shifted by log n_c.
 
     p(y | x) = n_y exp(z_y) / sum_c n_c exp(z_c); the same minimiser as the logit-adjusted loss at tau = 1
     (log n and log pi differ by a constant, which the softmax ignores).
     """
 
-    offset: torch.Tensor
-    weight: torch.Tensor | None
-
     def __init__(self, cls_num_list: Sequence[int], weight: torch.Tensor | None = None):
-        super().__init__()
-        n = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
-        if (n <= 0).any():
-            raise UserError("Balanced Softmax needs every class to have at least one training image")
-        self.register_buffer("offset", torch.log(n).to(torch.float32))
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits + self.offset.to(logits.dtype), targets, weight=_weight(self.weight, logits))
-
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return weighted_per_sample(logits + self.offset.to(logits.dtype), targets, self.weight)
+        n = class_counts(cls_num_list, "Balanced Softmax")
+        super().__init__(torch.log(n), weight)
 
 
 class WeightedCrossEntropy(WeightedMean):

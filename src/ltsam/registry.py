@@ -137,9 +137,6 @@ class Registry(Generic[T]):
         prefix, sep, member = str(name).partition(":")
         return self._families.get(prefix.lower()) if sep and member else None
 
-    def families(self) -> tuple[str, ...]:
-        return tuple(self._families)
-
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (self._key(name) in self._entries or self.family(name) is not None)
 

@@ -28,8 +28,6 @@ class NativeSchedule:
     another length by :meth:`at` (the one place those epochs are written down)."""
 
     epochs: int
-    warmup: int  # 1-indexed: the LR warms up over the first ``warmup`` epochs (the step LR schedule)
-    lr_drops: tuple[int, int]  # 1-indexed: the step LR schedule drops x0.01 after the first, x0.0001 after the second
     drw: int  # 0-indexed: DRW's re-weighting starts at this epoch
     rho_steps: tuple[int, int, int]  # 1-indexed: the step rho schedule switches after these epochs
 
@@ -44,9 +42,14 @@ class NativeSchedule:
 
 
 # The reference CIFAR script's 200 epochs, and the ImageNet-LT / iNaturalist scripts' 90 (their step rho
-# switches after epochs 5, 60, 75; DRW at 60). The step LR schedule is the CIFAR one on any data set.
-CIFAR_SCHEDULE = NativeSchedule(CIFAR_NATIVE_EPOCHS, 5, (160, 180), 160, (5, 160, 180))
-IMAGENET_SCHEDULE = NativeSchedule(90, 5, (160, 180), 60, (5, 60, 75))
+# switches after epochs 5, 60, 75; DRW at 60).
+CIFAR_SCHEDULE = NativeSchedule(CIFAR_NATIVE_EPOCHS, 160, (5, 160, 180))
+IMAGENET_SCHEDULE = NativeSchedule(90, 60, (5, 60, 75))
+# The step LR schedule is the CIFAR script's on any data set (the ImageNet-LT / iNat scripts have none of their
+# own: cosine, or a constant LR), its epochs of CIFAR_SCHEDULE's 200, 1-indexed: the LR warms up over the first
+# STEP_LR_WARMUP epochs and drops x0.01 after the first of STEP_LR_DROPS, x0.0001 after the second.
+STEP_LR_WARMUP = 5
+STEP_LR_DROPS = (160, 180)
 
 
 def scale_epoch(native_epoch: int, epochs: int, native_total: int = CIFAR_NATIVE_EPOCHS) -> int:
@@ -62,8 +65,8 @@ def step_lr(epoch: int, base_lr: float, epochs: int, warmup: int | None = None,
     """The reference's CIFAR schedule: linear warm-up to ``base_lr`` over 5 epochs, x0.01 after
     epoch 160, x0.0001 after 180 (1-indexed, of 200); boundaries scaled for other lengths."""
     e = epoch + 1
-    w = CIFAR_SCHEDULE.at(CIFAR_SCHEDULE.warmup, epochs) if warmup is None else warmup
-    m1, m2 = milestones if milestones is not None else (CIFAR_SCHEDULE.at(m, epochs) for m in CIFAR_SCHEDULE.lr_drops)
+    w = CIFAR_SCHEDULE.at(STEP_LR_WARMUP, epochs) if warmup is None else warmup
+    m1, m2 = milestones if milestones is not None else (CIFAR_SCHEDULE.at(m, epochs) for m in STEP_LR_DROPS)
     if w > 0 and e <= w:
         return base_lr * e / w
     if e <= m1:

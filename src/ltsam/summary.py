@@ -53,7 +53,6 @@ __all__ = ["GROUP_IGNORES", "RunResult", "build_report", "find_runs", "group_run
 SELECTIONS = ("last", "best_val", "best_test")
 REPORT_MARKER = ".ltsam-report"  # written first into a report folder: what lets a later report write there
 REPORT_FORMAT = "ltsam-report-v1"
-REPORT_FILES = ("report.md", "report.csv", "per_class_vs_size.png", "shot_curves.png")
 
 
 @dataclass

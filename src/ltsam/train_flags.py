@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ltsam.argtypes import OneLineParser, brief, cut, flag_bool, lower
+from ltsam.argtypes import brief, cut, flag_bool, lower
 from ltsam.errors import UserError
 from ltsam.io import read_settings_file
 
@@ -161,14 +161,6 @@ def setting_names() -> tuple[str, ...]:
     """Every settings key (a flag's ``dest``) that shapes a run: the configuration keys, the aliases and
     ``recipe``."""
     return config_keys() + tuple(ALIASES) + ("recipe",)
-
-
-def train_parser() -> argparse.ArgumentParser:
-    """``ltsam train``'s parser on its own (the registries' entries and options as they are now)."""
-    parser = OneLineParser(prog="ltsam train", allow_abbrev=False)
-    add_train_flags(parser)
-    add_plugin_flag(parser)
-    return parser
 
 
 class _Recorder:

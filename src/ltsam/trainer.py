@@ -15,7 +15,7 @@ import torch
 from ltsam.config import TrainConfig, resolve_derived
 from ltsam.data.catalog import DATASETS
 from ltsam.data.loading import load_data
-from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho, evaluated
+from ltsam.epoch_settings import epoch_criterion, epoch_lr, epoch_rho, evaluated
 from ltsam.errors import UserError
 from ltsam.evaluate import evaluate
 from ltsam.faults import fault_point

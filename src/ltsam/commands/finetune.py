@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ltsam.argtypes import flag_bool, lower, show
+from ltsam.argtypes import as_typed, flag_bool, lower
 from ltsam.errors import UserError
 from ltsam.run.files import CONFIG_NAME, LAST
 from ltsam.runs import CHECKPOINTS
@@ -52,7 +52,7 @@ def _add_stage_option_flags(p: argparse.ArgumentParser) -> None:
     for name, pairs in uses.items():
         o = pairs[0][1]
         kind = lower if o.type is str and o.choices else (flag_bool if o.type is bool else o.type)
-        defaults = ", ".join(f"{stage} {'-' if opt.default is None else show(opt.default)}" for stage, opt in pairs)
+        defaults = ", ".join(f"{stage} {'-' if opt.default is None else as_typed(opt.default)}" for stage, opt in pairs)
         g.add_argument(*(o.flags or (o.flag,)), dest=name, type=kind, default=None, metavar=o.metavar,
                        help=f"{o.help} (defaults: {defaults})" if len(pairs) > 1 else o.help)
 
@@ -72,7 +72,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from ltsam.console import print_results
     from ltsam.data.loading import load_data
     from ltsam.finetune import STAGES, build_stage
-    from ltsam.finetune.runner import StageRunner, StageSettings, load_parent
+    from ltsam.finetune.parent import StageSettings, load_parent
+    from ltsam.finetune.runner import StageRunner
     from ltsam.finetune.stages import stage_options
     from ltsam.io import read_json, write_json
     from ltsam.runs import prepare_run_dir, refuse_overlap, run_finished

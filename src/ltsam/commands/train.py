@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ltsam.argtypes import flag_name, seed, show
+from ltsam.argtypes import as_typed, flag_name, seed
 from ltsam.errors import UserError
 from ltsam.run.files import BEST_VAL, CONFIG_NAME, DIVERGED_NAME
 from ltsam.train_flags import add_plugin_flag, add_train_flags, flag_settings, read_settings, settings_overrides
@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
         implied = implied_defaults(overrides, recipe)
         if implied and int(os.environ.get("RANK", "0")) == 0:
             print(f"ltsam: {cfg.dataset}{'' if cfg.method == 'erm' else ' / ' + cfg.method} defaults in effect: "
-                  + ", ".join(f"{flag_name(k)} {show(v)}" for k, v in implied.items()), flush=True)
+                  + ", ".join(f"{flag_name(k)} {as_typed(v)}" for k, v in implied.items()), flush=True)
         name = run_name(cfg) + (f"_{args.exp_str}" if args.exp_str else "")
         run_dir = Path(args.out) if args.out else Path("runs") / name
         if args.seeds:

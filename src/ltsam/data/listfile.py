@@ -19,10 +19,6 @@ LIST_FILES = {
     "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
     "inat18": ("iNaturalist18_train.txt", "iNaturalist18_val.txt"),
 }
-NORMS = {
-    "imagenet_lt": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "inat18": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
-}
 # The reference's head/medium/tail boundaries as index ranges of the frequency-sorted labels.
 INDEX_SPLITS = {"imagenet_lt": (390, 835), "inat18": (842, 4543)}
 

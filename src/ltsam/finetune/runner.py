@@ -20,12 +20,7 @@ from torch import nn
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import evaluate, shot_split_groups
 from ltsam.finetune.heads import classifier_path, get_module, swapped
-from ltsam.finetune.parent import (  # noqa: F401  (StageSettings, load_parent, file_sha256: imported from here)
-    Parent,
-    StageSettings,
-    file_sha256,
-    load_parent,
-)
+from ltsam.finetune.parent import Parent, StageSettings
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
 from ltsam.objectives import supervised_objective
 from ltsam.optim import build_step

@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
+from ltsam.argtypes import flag_name
 from ltsam.errors import UserError
 from ltsam.finetune.heads import MaxNorm, ScaledLinear, get_head, head_shape, set_module
 from ltsam.losses import WeightedCrossEntropy, effective_number_weights
@@ -201,7 +202,7 @@ def stage_options(entry: Entry[type[Stage]], given: dict[str, Any]) -> dict[str,
     foreign = [k for k, v in given.items() if v is not None and k not in declared]
     if foreign:
         names = ", ".join(o.flag for o in entry.options) or "none"
-        raise UserError(f"--stage {entry.name} has no option {', '.join('--' + k.replace('_', '-') for k in foreign)}"
+        raise UserError(f"--stage {entry.name} has no option {', '.join(map(flag_name, foreign))}"
                         f"; its options: {names}")
     return {name: (given[name] if given.get(name) is not None else o.default) for name, o in declared.items()}
 

@@ -21,7 +21,7 @@ from ltsam.glmc.heads import (
 from ltsam.glmc.mixing import box_from_centre, cutmix, cutmix_box, mix_targets, mixup, sample_lambda
 from ltsam.glmc.objective import (
     GLMCLosses,
-    GLMCObjective,
+    GLMCUpdate,
     MixedBatch,
     glmc_losses,
     mixing_generator,
@@ -34,7 +34,7 @@ from ltsam.glmc.weights import cumulative_alpha, label_weights, resample_weights
 
 __all__ = [
     "GLMC_ARCHS", "GLMCBatchSource", "GLMCLosses", "GLMCStreamSource", "RandomGaussianBlur", "TwoViews",
-    "glmc_train_transform", "GLMCNet", "GLMCObjective", "MixedBatch", "box_from_centre",
+    "glmc_train_transform", "GLMCNet", "GLMCUpdate", "MixedBatch", "box_from_centre",
     "build_glmc_model",
     "cumulative_alpha", "cutmix", "cutmix_box", "default_proj_dim", "glmc_losses", "glmc_resnet32_wide",
     "glmc_resnet34_cifar", "label_weights", "mix_targets", "mixing_generator", "mixup", "negative_cosine",

@@ -22,7 +22,7 @@ from torch import nn
 
 from ltsam.errors import UserError
 from ltsam.models import build_model
-from ltsam.models.resnet_cifar import BasicBlock as OptionABlock
+from ltsam.models.resnet_cifar import BasicBlock, projection_shortcut
 from ltsam.registry import Registry
 
 
@@ -81,24 +81,9 @@ class GLMCNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- CIFAR ResNet-34 (GLMC)
-class ProjectionBlock(nn.Module):
-    """BasicBlock with a 1x1-conv + BN projection shortcut where the shape changes (option B)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def projection_block(in_planes: int, planes: int, stride: int = 1) -> nn.Module:
+    """The CIFAR BasicBlock with a 1x1-conv + BN projection shortcut where the shape changes (option B)."""
+    return BasicBlock(in_planes, planes, stride, shortcut=projection_shortcut)
 
 
 class _StagedBackbone(nn.Module):
@@ -132,14 +117,14 @@ class ResNet34Backbone(_StagedBackbone):
     """CIFAR ResNet-34: BasicBlocks [3, 4, 6, 3], 64/128/256/512 channels, strides 1/2/2/2 -> 512-d."""
 
     def __init__(self, in_channels: int = 3):
-        super().__init__(ProjectionBlock, [64, 128, 256, 512], [3, 4, 6, 3], [1, 2, 2, 2], in_channels)
+        super().__init__(projection_block, [64, 128, 256, 512], [3, 4, 6, 3], [1, 2, 2, 2], in_channels)
 
 
 class WideResNet32Backbone(_StagedBackbone):
     """Option-A ResNet-32 (5 blocks a stage, parameter-free shortcuts) with 64/128/256 channels -> 256-d."""
 
     def __init__(self, in_channels: int = 3, width: int = 64):
-        super().__init__(OptionABlock, [width, 2 * width, 4 * width], [5, 5, 5], [1, 2, 2], in_channels)
+        super().__init__(BasicBlock, [width, 2 * width, 4 * width], [5, 5, 5], [1, 2, 2], in_channels)
 
 
 def glmc_resnet34_cifar(num_classes: int, in_channels: int = 3, proj_dim: int | None = None) -> GLMCNet:

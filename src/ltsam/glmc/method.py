@@ -10,7 +10,7 @@ from torch import nn
 from ltsam.data.catalog import DATASETS
 from ltsam.errors import UserError
 from ltsam.glmc.heads import GLMC_ARCHS, build_glmc_model
-from ltsam.glmc.objective import GLMCObjective, mixing_generator
+from ltsam.glmc.objective import GLMCUpdate, mixing_generator
 from ltsam.glmc.source import glmc_source
 from ltsam.glmc.weights import cumulative_alpha, label_weights
 from ltsam.methods import METHODS, Method, MethodContext
@@ -83,7 +83,7 @@ class GLMCMethod(Method):
                                   cfg.channels_last, cfg.workers, ctx.rank, ctx.world)
         self.step = self.build_step()
         weights = label_weights(data.cls_num_list, cfg.label_weighting).to(ctx.device)
-        self.glmc = GLMCObjective(self.step.optimizer, weights, data.num_classes, cfg.contrast_weight,
+        self.glmc = GLMCUpdate(self.step.optimizer, weights, data.num_classes, cfg.contrast_weight,
                              mixing_generator(cfg.seed, 0), self.step.perturbs, beta=cfg.mix_beta,
                              autocast=ctx.autocast, scaler=ctx.scaler, step=self.step)
         self.alpha = 1.0

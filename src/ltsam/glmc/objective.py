@@ -108,14 +108,14 @@ def mixing_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator for lam and the CutMix box that depends only on (seed, epoch).
 
     Seeded differently from ``ltsam.data.sources.epoch_generator(seed, epoch)`` (the data stream), so
-    re-seeding the step at every epoch start (``GLMCObjective.reseed``) makes a resumed run exact.
+    re-seeding the step at every epoch start (``GLMCUpdate.reseed``) makes a resumed run exact.
     """
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) % (2**63)) ^ 0x5DEECE66D)
 
 
-class GLMCObjective:
-    """GLMC's mixed batches and their objective, handed to an ``ltsam.optim`` step (which owns the update):
-    ``objective(model, batch_a, batch_b, alpha) -> dict``.
+class GLMCUpdate:
+    """GLMC's update for one pair of batches: mixes them and steps the optimizer through an ``ltsam.optim``
+    step on their objective; called as ``self(model, batch_a, batch_b, alpha)``, it returns a dict.
 
     ``optimizer`` is a ``torch.optim`` optimizer (``use_sam=False``) or an ``ltsam.optim.SAM``
     (``use_sam=True``). ``label_w`` are the (C,) label weights of ``fc_cb``'s targets. ``generator``

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +22,22 @@ class _ShortcutA(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+def option_a_shortcut(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Option A (He et al.): parameter-free, every second pixel and zero-padded channels."""
+    return _ShortcutA(planes // 4)
+
+
+def projection_shortcut(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Option B: a 1x1 convolution and batch norm (GLMC's CIFAR ResNet-34)."""
+    return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    """Two 3x3 convolutions with batch norm and a residual connection; where the shape changes the residual goes
+    through ``shortcut(in_planes, planes, stride)`` (option A by default)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 shortcut: Callable[[int, int, int], nn.Module] = option_a_shortcut):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -29,7 +45,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = _ShortcutA(planes // 4)
+            self.shortcut = shortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -173,7 +173,7 @@ class ClassWeightedSAMStep(SAMStep):
         if not cls_num_list:
             raise ValueError(f"{type(self).__name__} needs the training class counts")
         self.cls_num_list = [int(n) for n in cls_num_list]
-        self._rest = GradBuffer()
+        self._rest, self._extra = GradBuffer(), GradBuffer()
         self._on = OnDevice()
         self._weights: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -204,25 +204,49 @@ class ClassWeightedSAMStep(SAMStep):
 
     def split_step(self, model: nn.Module, objective: Objective, first: StepLosses | None = None) -> StepResult:
         """g = grad L_rest(w) + grad L_asc(w + e), then the base step (the module docstring's formula)."""
-        opt: SAM = self.optimizer  # type: ignore[assignment]
         params = self.params()
-        opt.zero_grad(set_to_none=True)
-        if first is None:
-            first = objective(model)
+        first = self._first_pass(model, objective, first)
         c, r = (self._on(v, first.per_sample) for v in self.weights())
         rest = split_loss(first, r)
         extra = unowned(first)
         self.backward(rest if extra is None else rest + extra, retain_graph=True)
         self._rest.save(params)
-        opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         self.backward(split_loss(first, c))
+        return self._perturbed_descent(model, objective, first, c, [self._rest])
+
+    def _first_pass(self, model: nn.Module, objective: Objective, first: StepLosses | None) -> StepLosses:
+        """The objective at w with the gradients cleared (``first`` where the caller has evaluated it already)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return objective(model) if first is None else first
+
+    def _keep_unowned(self, first: StepLosses, params: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """X's gradient at w (the loss no class owns) kept in ``_extra``, the gradients cleared; X (None: none)."""
+        extra = unowned(first)
+        if extra is not None:
+            self.backward(extra, retain_graph=True)
+            self._extra.save(params)
+            self.optimizer.zero_grad(set_to_none=True)
+        return extra
+
+    def _perturbed_descent(self, model: nn.Module, objective: Objective, first: StepLosses, part: torch.Tensor,
+                           kept: Sequence[GradBuffer]) -> StepResult:
+        """From the ascent gradient in the parameters: to w + e, the gradient of the loss share ``part`` there,
+        back to w with the ``kept`` gradients added, and the base step."""
+        opt: SAM = self.optimizer  # type: ignore[assignment]
         opt.first_step(zero_grad=True, skip_nonfinite=self.scaler is not None)
         last = objective(model)
-        self.backward(split_loss(last, c))
+        self.backward(split_loss(last, part))
         opt.restore()
-        self._rest.add_to(params)
+        params = self.params()
+        for buffer in kept:
+            buffer.add_to(params)
+        return self._finish(first, last)
+
+    def _finish(self, first: StepLosses, last: StepLosses) -> StepResult:
+        """The base step with the gradients as they are, then the gradients cleared."""
         self.base_step()
-        opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         return StepResult(first, last)
 
 
@@ -313,7 +337,7 @@ class SSESAMStep(ClassWeightedSAMStep):
         self._tail = tail_mask(self.cls_num_list, self.eta)
         self._head = 1.0 - self._tail
         self.epoch, self.epochs = 0, 0
-        self._head_grad, self._tail_grad, self._extra = GradBuffer(), GradBuffer(), GradBuffer()
+        self._head_grad, self._tail_grad = GradBuffer(), GradBuffer()
 
     def set_progress(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
         super().set_progress(epoch, epochs, steps_per_epoch)
@@ -337,15 +361,9 @@ class SSESAMStep(ClassWeightedSAMStep):
     def split_step(self, model: nn.Module, objective: Objective, first: StepLosses | None = None) -> StepResult:
         opt: SAM = self.optimizer  # type: ignore[assignment]
         params = self.params()
-        opt.zero_grad(set_to_none=True)
-        if first is None:
-            first = objective(model)
+        first = self._first_pass(model, objective, first)
         tail, head = self._on(self._tail, first.per_sample), self._on(self._head, first.per_sample)
-        extra = unowned(first)
-        if extra is not None:
-            self.backward(extra, retain_graph=True)
-            self._extra.save(params)
-            opt.zero_grad(set_to_none=True)
+        extra = self._keep_unowned(first, params)
         self.backward(split_loss(first, tail), retain_graph=True)
         self._tail_grad.save(params)
         opt.zero_grad(set_to_none=True)
@@ -358,16 +376,8 @@ class SSESAMStep(ClassWeightedSAMStep):
             opt.restore()
         self._head_grad.save(params)
         self._tail_grad.load_into(params)
-        opt.first_step(zero_grad=True, skip_nonfinite=self.scaler is not None)
-        last = objective(model)
-        self.backward(split_loss(last, tail))
-        opt.restore()
-        self._head_grad.add_to(params)
-        if extra is not None:
-            self._extra.add_to(params)
-        self.base_step()
-        opt.zero_grad(set_to_none=True)
-        return StepResult(first, last)
+        kept = [self._head_grad] if extra is None else [self._head_grad, self._extra]
+        return self._perturbed_descent(model, objective, first, tail, kept)
 
 
 CC_SAM_OPTIONS = (
@@ -411,7 +421,7 @@ class CCSAMStep(ClassWeightedSAMStep):
         self.factors = class_radius_factors(self.cls_num_list)
         self._eye = torch.eye(len(self.cls_num_list), dtype=torch.float64)
         self._class_grads: dict[int, GradBuffer] = {}
-        self._sum, self._extra = GradBuffer(), GradBuffer()
+        self._sum = GradBuffer()
 
     def is_sam(self) -> bool:
         return False
@@ -426,16 +436,10 @@ class CCSAMStep(ClassWeightedSAMStep):
         opt: SAM = self.optimizer  # type: ignore[assignment]
         params = self.params()
         inputs = classifier_parameters(model) if self.scope == "classifier" else None
-        opt.zero_grad(set_to_none=True)
-        if first is None:
-            first = objective(model)
+        first = self._first_pass(model, objective, first)
         classes = self.classes_in(first)
         eye = self._on(self._eye, first.per_sample)
-        extra = unowned(first)
-        if extra is not None:
-            self.backward(extra, retain_graph=True)
-            self._extra.save(params)
-            opt.zero_grad(set_to_none=True)
+        extra = self._keep_unowned(first, params)
         for j, k in enumerate(classes):
             self.backward(split_loss(first, eye[k]), retain_graph=j + 1 < len(classes), inputs=inputs)
             self._class_grads.setdefault(k, GradBuffer()).save(params)
@@ -457,6 +461,4 @@ class CCSAMStep(ClassWeightedSAMStep):
         self._sum.load_into(params)
         if extra is not None:
             self._extra.add_to(params)
-        self.base_step()
-        opt.zero_grad(set_to_none=True)
-        return StepResult(first, last)
+        return self._finish(first, last)

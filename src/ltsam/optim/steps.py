@@ -169,6 +169,7 @@ class SAMStep(Step):
     """
 
     perturbs = True
+    always_adaptive = False  # ASAM's perturbation whatever ``adaptive`` (--adaptive) says
     # After a backward of the descent loss that is also the ascent loss, the gradients are SAM's ascent
     # gradients (the trigger's pass is reused). Variants whose ascent is a part of the loss say False.
     reuses_descent_gradient = True
@@ -184,7 +185,8 @@ class SAMStep(Step):
                scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
                seed: int = 0, **options: Any) -> Step:
         frequency = SAMFrequency.pop_from(options, seed)
-        opt = SAM(params, torch.optim.SGD, rho=rho, adaptive=adaptive, lr=lr, momentum=momentum, weight_decay=wd)
+        opt = SAM(params, torch.optim.SGD, rho=rho, adaptive=adaptive or cls.always_adaptive, lr=lr,
+                  momentum=momentum, weight_decay=wd)
         step = cls(opt, autocast, scaler, **_with_counts(cls, cls_num_list, options))
         step.frequency = frequency
         return step
@@ -278,15 +280,10 @@ class SAMStep(Step):
 @STEPS.register("asam", help="adaptive SAM (Kwon et al., 2021): SAM with --adaptive", options=FREQUENCY_OPTIONS,
                 resolve=check_frequency, label="ASAM", packs=True, run_name="sam", accumulates=True)
 class ASAMStep(SAMStep):
-    """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|."""
+    """SAM with the scale-invariant (adaptive) perturbation e = rho T^2 g / ||T g||, T = |w|, with or without
+    --adaptive."""
 
-    @classmethod
-    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
-               adaptive: bool = True, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
-               seed: int = 0, **options: Any) -> Step:
-        return super().create(params, lr=lr, momentum=momentum, wd=wd, rho=rho, adaptive=True, autocast=autocast,
-                              scaler=scaler, cls_num_list=cls_num_list, seed=seed, **options)
+    always_adaptive = True
 
 
 def step_run_name(name: str) -> str:

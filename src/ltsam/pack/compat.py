@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ltsam.argtypes import flag_name
 from ltsam.errors import UserError
 from ltsam.losses import LOSSES
 from ltsam.models import MODELS
@@ -103,7 +104,8 @@ def check_pack(cfgs: Sequence[TrainConfig]) -> None:
         if step_name(cfg) != step_name(first):
             differ.insert(0, "optimizer")
         if differ:
-            shown = ", ".join(f"{_flag(k)} ({_show(base.get(k))} / {_show(values.get(k))})" for k in differ[:3])
+            shown = ", ".join(f"{flag_name(k)} ({_as_json(base.get(k))} / {_as_json(values.get(k))})"
+                              for k in differ[:3])
             raise UserError(f"these runs cannot share one pack: they differ in {shown}; a pack's members may "
                             f"differ only in seeds, loss, train rule, rho and validation split — pack them "
                             f"separately (a sweep's --pack groups them for you)")
@@ -117,9 +119,6 @@ def check_batches(counts: Sequence[int], what: str) -> None:
                         f"separately")
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def _show(value: Any) -> str:
+def _as_json(value: Any) -> str:
+    """A setting's value in a refusal, as JSON (so that ``null``, a string and a list stand apart)."""
     return json.dumps(value, default=str)

@@ -163,10 +163,6 @@ class PackedModel(nn.Module):
         own = {n: getattr(self, _slot(n))[g].detach().clone() for n in self.param_names + self.buffer_names}
         return {k: own[k] for k in self.state_keys}
 
-    def member_parameters(self, g: int) -> list[torch.Tensor]:
-        """Member g's parameter slices, in its own ``parameters()`` order (views)."""
-        return [getattr(self, _slot(n))[g] for n in self.param_names]
-
     def stacked_parameters(self) -> list[nn.Parameter]:
         """The (G, ...) parameters, in the members' ``parameters()`` order (what a packed optimizer steps)."""
         return [getattr(self, _slot(n)) for n in self.param_names]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ltsam.data.catalog import DATASETS
-from ltsam.epochs import epoch_criterion, epoch_lr, epoch_rho, evaluated
+from ltsam.epoch_settings import epoch_criterion, epoch_lr, epoch_rho, evaluated
 from ltsam.errors import TrainingDiverged, UserError
 from ltsam.evaluate import EvalCounts
 from ltsam.faults import fault_point
@@ -309,12 +309,4 @@ def packed_objective(x: torch.Tensor, y: torch.Tensor, criteria: Sequence[nn.Mod
         return StepLosses(total, total, losses, logits, y)
 
     return objective
-
-
-def pack_record(run_dirs: Sequence[Path], folder: Path | None = None) -> list[dict[str, Any]]:
-    """What each member's ``config.json`` says of its pack: the members' folders, the pack's size and its own
-    place in it."""
-    names = [str(d) for d in run_dirs]
-    return [{"folder": None if folder is None else str(folder), "size": len(names), "index": i, "members": names}
-            for i in range(len(names))]
 

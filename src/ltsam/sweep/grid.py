@@ -357,14 +357,15 @@ def resolve_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _run_name(label: str, point: dict[str, Any], seed: int) -> str:
-    parts = [label] + [f"{k}{_show(v)}" for k, v in point.items()]
+    parts = [label] + [f"{k}{_name_part(v)}" for k, v in point.items()]
     text = "_".join(parts)
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") + f"_seed{seed}"
 
 
-def _show(value: Any) -> str:
+def _name_part(value: Any) -> str:
+    """A setting's value as it stands in a run folder's name (a list joined by ``-``, floats in %g)."""
     if isinstance(value, list):
-        return "-".join(map(_show, value))
+        return "-".join(map(_name_part, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

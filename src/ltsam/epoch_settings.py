@@ -1,6 +1,6 @@
-"""What changes from one epoch of a training run to the next: the learning rate, SAM's radius and the
-criterion (the train rule's class weights, e.g. DRW's switch). One definition, read by the trainer and by a
-pack of runs alike."""
+"""What changes from one epoch of a training run to the next: the learning rate, SAM's radius, the
+criterion (the train rule's class weights, e.g. DRW's switch) and whether the epoch is evaluated. One
+definition, read by the trainer and by a pack of runs alike."""
 
 from __future__ import annotations
 
