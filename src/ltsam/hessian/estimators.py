@@ -195,7 +195,7 @@ def project_out(V: Tensor, basis: Tensor | None) -> Tensor:
 
 
 def hutchinson_steps(dim: int, iters: int = 100, tol: float = 1e-3, seed: int = 0,
-                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", *,
                      block: int = 1, basis: Tensor | None = None,
                      offset: float = 0.0) -> Steps[TraceResult]:
     """Hutchinson's estimator ``tr(A) ~ offset + mean_i z_i^T P A P z_i``, ``z_i`` Rademacher.
@@ -232,12 +232,12 @@ def hutchinson_steps(dim: int, iters: int = 100, tol: float = 1e-3, seed: int = 
     return TraceResult(estimate, n, converged, std_error, samples, offset)
 
 
-def hutchinson_trace(op: Operator, iters: int = 100, tol: float = 1e-3, seed: int = 0,
+def hutchinson_trace(op: Operator, iters: int = 100, tol: float = 1e-3, seed: int = 0, *,
                      dim: int | None = None, block: int = 1, basis: Tensor | None = None,
                      offset: float = 0.0) -> TraceResult:
     """Hutchinson trace estimate of ``op`` (see :func:`hutchinson_steps`)."""
     dim, dtype, device = operator_info(op, dim)
-    steps = hutchinson_steps(dim, iters, tol, seed, dtype, device, block, basis, offset)
+    steps = hutchinson_steps(dim, iters, tol, seed, dtype, device, block=block, basis=basis, offset=offset)
     return run_fused(op, steps)[0]
 
 
