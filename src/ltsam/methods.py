@@ -14,7 +14,7 @@ checkpoint's ``model_meta``. ``erm`` is here; ``glmc`` registers itself from ``l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -41,6 +41,7 @@ class MethodContext:
     model: nn.Module
     device: torch.device
     autocast: Callable
+    _: KW_ONLY
     scaler: torch.amp.GradScaler | None = None
     rank: int = 0
     world: int = 1

@@ -60,8 +60,8 @@ class Trainer(ProgressAttributes):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.autocast, self.scaler = precision(cfg.amp, self.device)
-        self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast, self.scaler,
-                                           self.ctx.rank, self.ctx.world))
+        self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast,
+                                           scaler=self.scaler, rank=self.ctx.rank, world=self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
         self.state = Progress()  # best_val.pt: selected on the validation split
         self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])

@@ -77,8 +77,9 @@ def _finish(name: str, train: ImageSet, test: ImageSet, classes: list[str], coun
         raise UserError(f"classes with no training images after the imbalance profile: "
                         f"{', '.join(empty[:5])}; raise --imb-factor or add images")
     mean, std = _norm(req.norm or norm, train)
-    return InMemoryLTData(name, train, test, list(classes), counts, mean, std,
-                          pad if req.pad is None else req.pad, flip if req.flip is None else req.flip, val, val_note)
+    return InMemoryLTData(name=name, train=train, test=test, classes=list(classes), cls_num_list=counts, mean=mean,
+                          std=std, pad=pad if req.pad is None else req.pad, flip=flip if req.flip is None else req.flip,
+                          val=val, val_note=val_note)
 
 
 @DATASETS.register("digits", help="bundled 8x8 digits (offline)", native_epochs=200,
@@ -160,8 +161,9 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
     else:
         mean, std = NORMS[norm_name]
-    data = StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
-                           mean, std, image_size, train.origins, test.origins)
+    data = StreamingLTData(name=dataset, train_paths=train.paths, train_labels=train_labels, test_paths=test.paths,
+                           test_labels=test_labels, classes=classes, cls_num_list=counts, mean=mean, std=std,
+                           image_size=image_size, train_origins=train.origins, test_origins=test.origins)
     n = val_count(req.val_per_class, req.val_fraction, counts) if req is not None else 0
     if n:  # held out of the training list; the label order stays the full list's
         assert req is not None  # n is 0 without a request

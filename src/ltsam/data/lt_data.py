@@ -24,7 +24,7 @@ def _per_sample(class_weights: torch.Tensor | None, targets: torch.Tensor) -> to
     return None if class_weights is None else class_weights.double()[targets.long()]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InMemoryLTData:
     """A long-tailed training set, its balanced test set and how to augment and normalise them."""
 
@@ -100,7 +100,7 @@ class InMemoryLTData:
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StreamingLTData:
     """A list-file data set read from disk batch by batch."""
 

@@ -12,7 +12,7 @@ one pass over the data; the plain functions (:func:`power_iteration`, :func:`hut
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -64,6 +64,7 @@ class LanczosResult:
     nodes: Tensor
     weights: Tensor
     residuals: Tensor
+    _: KW_ONLY
     basis: Tensor | None = field(default=None, repr=False)
     restarts: int = 0
 
@@ -327,8 +328,8 @@ def lanczos_steps(dim: int, steps: int = 100, seed: int = 0, dtype: torch.dtype 
     b = torch.tensor(betas, dtype=torch.float64)
     nodes, U = ritz(a, b)
     residuals = float(w.double().norm()) * U[-1, :].abs()
-    return LanczosResult(a, b, nodes, U[0, :] ** 2, residuals, basis if keep_basis else None,
-                         restarts)
+    return LanczosResult(a, b, nodes, U[0, :] ** 2, residuals, basis=basis if keep_basis else None,
+                         restarts=restarts)
 
 
 def lanczos(op: Operator, steps: int = 100, seed: int = 0, dim: int | None = None,

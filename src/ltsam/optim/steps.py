@@ -56,7 +56,7 @@ class StepResult(NamedTuple):
 Objective = Callable[[nn.Module], StepLosses]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepSettings:
     """What every step is built with besides its parameters and its own options, built once by the caller:
     the SGD hyperparameters, SAM's radius (``rho``; SGD ignores it) and ``adaptive`` flag, the precision

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,7 @@ class PackMember:
     source: Any
     meta: dict[str, Any]
     state: Progress
+    _: KW_ONLY
     model_state: dict[str, torch.Tensor] | None = None  # its weights while not in the pack
     optimizer_state: dict[str, Any] | None = None  # its optimizer's, likewise (None before its first step)
     run: Member | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,7 @@ class Member:
     epochs: int
     state: Progress
     payload: Callable[[int], dict[str, Any]]  # the checkpoint after that many epochs
+    _: KW_ONLY
     label: str = ""  # before "epoch" on the console, e.g. the stage's name
     echo: bool = True  # print a line after each epoch (rank 0)
     scalars: bool = False  # TensorBoard scalars

@@ -190,7 +190,7 @@ def _watch_driver(driver: int, on_end: Callable[[], None], every_s: float = 0.5)
     return True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LaunchOptions:
     executor: str = "local"  # local, debug or slurm
     parallel: int = 1
