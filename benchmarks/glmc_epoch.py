@@ -105,7 +105,7 @@ class ReferenceGLMC:
         y_w = lam * ea * self.w + (1 - lam) * eb * self.w
 
         def losses():
-            return glmc_losses(self.model(x_mix), self.model(a2), y, y_w, y, y_w, ALPHA, CW)
+            return glmc_losses(self.model(x_mix), self.model(a2), y, y_w, y, y_w, alpha=ALPHA, contrast_weight=CW)
 
         first = losses()
         if self.sam:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ltsam.config import resolve  # noqa: E402
 from ltsam.models import build_model  # noqa: E402
 from ltsam.objectives import supervised_objective  # noqa: E402
-from ltsam.optim import build_step  # noqa: E402
+from ltsam.optim import StepSettings, build_step  # noqa: E402
 from ltsam.pack.model import MODES, PackedModel  # noqa: E402
 from ltsam.pack.optim import packed_step  # noqa: E402
 from ltsam.pack.threads import thread_plan  # noqa: E402
@@ -71,8 +71,8 @@ def case(arch: str, g: int, args: argparse.Namespace, device: torch.device) -> d
     x = torch.randn(g, 128, channels, size, size, device=device)
     y = torch.randint(0, 10, (g, 128), device=device)
     crit = torch.nn.CrossEntropyLoss()
-    steps = [build_step(cfg.optimizer, m.parameters(), lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho,
-                        autocast=autocast,
+    steps = [build_step(cfg.optimizer, m.parameters(),
+                        StepSettings(lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho, autocast=autocast),
                         config=cfg) for m in models]
     xs = [x[i].contiguous(memory_format=fmt) for i in range(g)]
 

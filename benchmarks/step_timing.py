@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ltsam.objectives import supervised_objective
-from ltsam.optim import Step, build_step
+from ltsam.optim import Step, StepSettings, build_step
 
 T = TypeVar("T")
 COUNTS = [int(5000 * 0.01 ** (c / 9)) for c in range(10)]  # CIFAR-10-LT, imbalance 0.01: 5000 ... 50
@@ -59,5 +59,6 @@ class SupervisedUpdate:
 def supervised_update(model: nn.Module, name: str, *, lr: float, momentum: float, wd: float, rho: float,
                       **kwargs: Any) -> SupervisedUpdate:
     """The step ``name`` (``sgd``, ``sam``, ``imbsam`` ...) over ``model``'s parameters, as a supervised update."""
-    return SupervisedUpdate(build_step(name, model.parameters(), lr=lr, momentum=momentum, wd=wd, rho=rho,
-                                       **kwargs))
+    config = kwargs.pop("config", None)
+    settings = StepSettings(lr=lr, momentum=momentum, wd=wd, rho=rho, **kwargs)
+    return SupervisedUpdate(build_step(name, model.parameters(), settings, config=config))

@@ -310,7 +310,8 @@ def main() -> None:
 
     def ours_eval(net: nn.Module, criterion: nn.Module) -> None:
         """The trainer's evaluation: in-memory test set, batches of 1000."""
-        evaluate(net, eval_batches(test_images, test_targets, mean, std, 1000, device, args.channels_last),
+        evaluate(net, eval_batches(test_images, test_targets, mean, std, 1000, device,
+                                   channels_last=args.channels_last),
                  COUNTS, criterion, autocast=autocast if amp else None)
 
     pipes: dict[str, ReferencePipeline | LtsamPipeline] = {}

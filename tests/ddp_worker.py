@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ltsam.data.sources import InMemoryBatchSource
 from ltsam.objectives import supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 
 
 def tiny_model() -> nn.Module:
@@ -32,7 +32,7 @@ def train(batch_size: int, rank: int, world: int, steps: int = 3) -> nn.Module:
     images, targets = tiny_data()
     source = InMemoryBatchSource(images, targets, batch_size, torch.zeros(3), torch.ones(3), pad=0, flip=False,
                                  seed=0, rank=rank, world=world)
-    step = build_step("sam", model.parameters(), lr=0.1, momentum=0.9, wd=5e-4, rho=0.5)
+    step = build_step("sam", model.parameters(), StepSettings(lr=0.1, momentum=0.9, wd=5e-4, rho=0.5))
     criterion = nn.CrossEntropyLoss()
     for i, (x, y) in enumerate(source):
         if i == steps:

@@ -21,7 +21,7 @@ from ltsam.config import resolve
 from ltsam.errors import UserError
 from ltsam.losses import build_loss, effective_number_weights
 from ltsam.objectives import accumulated_objective, supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 from tests.conftest import FAST_DIGITS
 from tests.tolerances import rtol
 
@@ -51,7 +51,7 @@ def test_one_accumulated_step_is_the_whole_batch_step(loss, optimizer):
         model = _model()
         sizes: list[int] = []
         model.register_forward_pre_hook(lambda m, args, seen=sizes: seen.append(len(args[0])))
-        step = build_step(optimizer, model.parameters(), lr=0.1, momentum=0.9, wd=5e-4, rho=0.5)
+        step = build_step(optimizer, model.parameters(), StepSettings(lr=0.1, momentum=0.9, wd=5e-4, rho=0.5))
         for _ in range(2):  # the second step reads the first's momentum
             objective = (supervised_objective(x, y, crit) if parts == 1
                          else accumulated_objective(x, y, crit, parts, step.backward))

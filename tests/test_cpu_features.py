@@ -15,7 +15,7 @@ from ltsam.cli import main
 from ltsam.cpu_features import cpu_capabilities, cpu_precision_note, native_bf16, native_bf16_features
 from ltsam.losses import LDAMLoss
 from ltsam.objectives import supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 from ltsam.run.runtime import precision
 from tests.conftest import FAST_DIGITS
 from tests.tolerances import eps, rtol
@@ -121,7 +121,8 @@ def test_bf16_autocast_keeps_sam_in_fp32(monkeypatch: pytest.MonkeyPatch) -> Non
     rho = 0.5
     autocast, scaler = precision("bf16", CPU)
     assert scaler is None  # bf16 needs no loss scaling
-    step = build_step("sam", model.parameters(), lr=0.1, momentum=0.9, wd=5e-4, rho=rho, autocast=autocast)
+    step = build_step("sam", model.parameters(),
+                      StepSettings(lr=0.1, momentum=0.9, wd=5e-4, rho=rho, autocast=autocast))
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 4
     objective = supervised_objective(x, y, LDAMLoss([40, 20, 10, 5]), step.autocast)
     params = list(model.parameters())

@@ -76,7 +76,7 @@ def _tiny_digits(req: DataRequest):
     from ltsam.data.digits import load_digits_split
 
     full, test = load_digits_split()
-    return in_memory_lt("tiny_digits", full, test, req, "digits", 1, False)
+    return in_memory_lt("tiny_digits", full, test, req, norm="digits", pad=1, flip=False)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from ltsam.data.sources import InMemoryBatchSource, epoch_generator
 from ltsam.losses import build_loss
 from ltsam.models import NormedLinear
 from ltsam.objectives import supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 from tests.tolerances import rtol
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -188,8 +188,8 @@ def _textbook_train(model: nn.Module, batches, loss_name: str, sam: bool) -> lis
 def _ltsam_train(model: nn.Module, batches, loss_name: str, sam: bool, scaler=None,
                  net: nn.Module | None = None) -> list[float]:
     criterion = build_loss(loss_name, COUNTS)
-    step = build_step("sam" if sam else "sgd", model.parameters(), lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO,
-                      scaler=scaler)
+    step = build_step("sam" if sam else "sgd", model.parameters(),
+                      StepSettings(lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO, scaler=scaler))
     net = model if net is None else net
     return [float(step(net, supervised_objective(x, y, criterion, step.autocast)).last.report.detach())
             for x, y in batches]

@@ -185,7 +185,7 @@ def test_total_loss_formula():
     outs = [tuple(torch.randn(n, d, generator=g, dtype=torch.float64) for d in (c, c, h, h)) for _ in range(2)]
     ys = [torch.softmax(torch.randn(n, c, generator=g, dtype=torch.float64), 1) for _ in range(4)]
     alpha, cw = 0.36, 2.5
-    parts = glmc_losses(outs[0], outs[1], *ys, alpha, cw)
+    parts = glmc_losses(outs[0], outs[1], *ys, alpha=alpha, contrast_weight=cw)
     bal = _hand_ce(outs[0][0], ys[0]) + _hand_ce(outs[1][0], ys[2])
     reb = _hand_ce(outs[0][1], ys[1]) + _hand_ce(outs[1][1], ys[3])
     con = _hand_sim(outs[0][3], outs[1][2]) + _hand_sim(outs[1][3], outs[0][2])
@@ -210,7 +210,7 @@ def test_consistency_gradient_only_through_p():
     leaves = [torch.randn(6, 4, requires_grad=True) for _ in range(8)]
     out_mix, out_cut = tuple(leaves[:4]), tuple(leaves[4:])
     y = torch.full((6, 4), 0.25)
-    glmc_losses(out_mix, out_cut, y, y, y, y, 0.5, 1.0).con.backward()
+    glmc_losses(out_mix, out_cut, y, y, y, y, alpha=0.5, contrast_weight=1.0).con.backward()
     z_mix, p_mix, z_cut, p_cut = leaves[2], leaves[3], leaves[6], leaves[7]
     assert z_mix.grad is None and z_cut.grad is None
     assert float(p_mix.grad.abs().sum()) > 0 and float(p_cut.grad.abs().sum()) > 0

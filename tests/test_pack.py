@@ -26,7 +26,7 @@ from ltsam.epoch_settings import epoch_criterion
 from ltsam.errors import UserError
 from ltsam.models import build_model
 from ltsam.objectives import supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 from ltsam.pack.compat import check_pack
 from ltsam.pack.model import PackedModel
 from ltsam.pack.optim import packed_step
@@ -111,7 +111,8 @@ def test_pack_steps_equal_runs_alone(optimizer, mode):
     for group in step.optimizer.param_groups:
         if "rho" in group:
             group["rho"] = torch.tensor([c.rho for c in cfgs], dtype=torch.float64)
-    steps = [build_step(optimizer, m.parameters(), lr=c.lr, momentum=c.momentum, wd=c.wd, rho=c.rho, config=c)
+    steps = [build_step(optimizer, m.parameters(), StepSettings(lr=c.lr, momentum=c.momentum, wd=c.wd, rho=c.rho),
+                        config=c)
              for m, c in zip(alone, cfgs)]
     criteria = [epoch_criterion(c, d, 0, torch.device("cpu")).double() for c, d in zip(cfgs, datas)]
     sources = [d.train_source(64, c.seed, torch.device("cpu"), build_rule(c.train_rule, c).sample_weights(

@@ -269,8 +269,9 @@ def test_state_dict_without_momentum_would_differ():
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_asam_step_is_adaptive_whatever_adaptive_says(adaptive):
     """``--optimizer asam`` perturbs as ASAM with or without --adaptive; ``sam`` only with it."""
-    from ltsam.optim import build_step
+    from ltsam.optim import StepSettings, build_step
 
     for name, expected in (("asam", True), ("sam", adaptive)):
-        step = build_step(name, nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9, wd=0.0, adaptive=adaptive)
+        step = build_step(name, nn.Linear(2, 2).parameters(),
+                          StepSettings(lr=0.1, momentum=0.9, wd=0.0, adaptive=adaptive))
         assert [g["adaptive"] for g in step.optimizer.param_groups] == [expected]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -32,13 +33,13 @@ from ltsam.glmc.objective import GLMCUpdate
 from ltsam.glmc.weights import label_weights
 from ltsam.losses import WeightedCrossEntropy, effective_number_weights
 from ltsam.objectives import supervised_objective
-from ltsam.optim import STEPS, SAMStep, SGDStep, build_step
+from ltsam.optim import STEPS, SAMStep, SGDStep, StepSettings, build_step
 from ltsam.optim.frequency import SAMFrequency
 from ltsam.optim.imbalance import class_radius_factors
 from tests.tolerances import rtol
 
 LR, MOMENTUM, WD, RHO = 0.1, 0.9, 5e-3, 0.3
-HYPER = dict(lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO)  # build_step's keywords
+HYPER = StepSettings(lr=LR, momentum=MOMENTUM, wd=WD, rho=RHO)  # build_step's settings
 COUNTS = [60, 25, 9, 3]  # C = 4 classes; tail (n < 20): classes 2 and 3
 C = len(COUNTS)
 ERM_ATOL = rtol(torch.float32, n=12, stages=20)
@@ -154,8 +155,8 @@ def _kind(variant: str) -> str:
 
 def _step(variant: str, params, adaptive: bool = False):
     options, _ = VARIANTS[variant]
-    step = build_step(_kind(variant), params, **HYPER, adaptive=adaptive, config=SimpleNamespace(**options),
-                      cls_num_list=COUNTS)
+    step = build_step(_kind(variant), params, replace(HYPER, adaptive=adaptive, cls_num_list=COUNTS),
+                      config=SimpleNamespace(**options))
     if variant == "sse_sam_after_switch":
         step.set_progress(1, 2, 10)  # epoch 1 of 2 >= gamma * epochs: the head radius is 0
     return step
@@ -189,7 +190,7 @@ def test_erm_update_equals_the_independent_computation(variant: str, adaptive: b
             torch.testing.assert_close(p.detach(), ws[k], atol=ERM_ATOL, rtol=0, msg=f"{variant}: {k}")
     # and the variant is not SAM: a SAM step from the same start ends elsewhere
     sam_model = TinyNet().double()
-    sam = build_step("sam", sam_model.parameters(), **HYPER, adaptive=adaptive)
+    sam = build_step("sam", sam_model.parameters(), replace(HYPER, adaptive=adaptive))
     for _ in range(2):
         sam(sam_model, supervised_objective(x, y, criterion, per_sample=True))
     assert max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), sam_model.parameters(),
@@ -269,9 +270,9 @@ def test_unit_class_weights_are_sam_bit_for_bit(variant: str, options: dict) -> 
     x, y = _batch()
     criterion = WeightedCrossEntropy(effective_number_weights(COUNTS, 0.99))
     a, b = TinyNet().double(), TinyNet().double()
-    sam = build_step("sam", a.parameters(), **HYPER)
-    mine = build_step(variant, b.parameters(), **HYPER, config=SimpleNamespace(**options),
-                      cls_num_list=COUNTS)
+    sam = build_step("sam", a.parameters(), HYPER)
+    mine = build_step(variant, b.parameters(), replace(HYPER, cls_num_list=COUNTS),
+                      config=SimpleNamespace(**options))
     assert mine.is_sam()
     for _ in range(3):
         sam(a, supervised_objective(x, y, criterion))
@@ -280,8 +281,8 @@ def test_unit_class_weights_are_sam_bit_for_bit(variant: str, options: dict) -> 
             assert torch.equal(p, q)
     # The general split (L_rest = 0, L_asc = the loss) is SAM too, up to the summation order of the split.
     c = TinyNet().double()
-    split = build_step(variant, c.parameters(), **HYPER, config=SimpleNamespace(**options),
-                       cls_num_list=COUNTS)
+    split = build_step(variant, c.parameters(), replace(HYPER, cls_num_list=COUNTS),
+                       config=SimpleNamespace(**options))
     for _ in range(3):
         split.split_step(c, supervised_objective(x, y, criterion, per_sample=True))
     for p, q in zip(a.parameters(), c.parameters(), strict=True):
@@ -293,7 +294,7 @@ def test_an_empty_tail_set_is_warned() -> None:
     model = TinyNet().double()
 
     def imbsam(counts: list[int], eta: float):
-        return build_step("imbsam", model.parameters(), **HYPER, cls_num_list=counts,
+        return build_step("imbsam", model.parameters(), replace(HYPER, cls_num_list=counts),
                           config=SimpleNamespace(imbsam_eta=eta))
 
     cifar10_if100 = [int(5000 * 0.01 ** (k / 9)) for k in range(10)]  # 5000 ... 50: no class under 20
@@ -302,7 +303,7 @@ def test_an_empty_tail_set_is_warned() -> None:
     assert imbsam(cifar10_if100, 100).warnings() == []  # 83 and 50 form the tail
     (note,) = imbsam(cifar10_if100, 6000).warnings()
     assert "every class" in note
-    (note,) = build_step("sse_sam", model.parameters(), **HYPER, cls_num_list=cifar10_if100,
+    (note,) = build_step("sse_sam", model.parameters(), replace(HYPER, cls_num_list=cifar10_if100),
                          config=SimpleNamespace(sse_eta=10)).warnings()
     assert "tail set is empty" in note
 
@@ -360,8 +361,8 @@ def test_sam_every_k_is_sam_on_every_kth_step_and_sgd_otherwise() -> None:
     x, y = _batch()
     criterion = WeightedCrossEntropy()
     a, b = TinyNet().double(), TinyNet().double()
-    step = build_step("sam", a.parameters(), **HYPER, config=SimpleNamespace(sam_every=3))
-    sam = build_step("sam", b.parameters(), **HYPER)
+    step = build_step("sam", a.parameters(), HYPER, config=SimpleNamespace(sam_every=3))
+    sam = build_step("sam", b.parameters(), HYPER)
     sgd = SGDStep(sam.optimizer.base_optimizer)
     objective = CountingObjective(x, y, criterion)
     passes = []
@@ -420,10 +421,10 @@ def test_adaptive_trigger_follows_ae_sam_rule() -> None:
     criterion = WeightedCrossEntropy()
     a, b = TinyNet().double(), TinyNet().double()
     delta, lam1, lam2, steps = 0.6, -0.5, 1.5, 24
-    step = build_step("sam", a.parameters(), **HYPER, config=SimpleNamespace(
+    step = build_step("sam", a.parameters(), HYPER, config=SimpleNamespace(
         sam_adaptive_trigger=True, ae_sam_delta=delta, ae_sam_lambda1=lam1, ae_sam_lambda2=lam2))
     step.set_progress(0, 1, steps)
-    sam = build_step("sam", b.parameters(), **HYPER)
+    sam = build_step("sam", b.parameters(), HYPER)
     sgd = SGDStep(sam.optimizer.base_optimizer)
     objective = CountingObjective(x, y, criterion)
     mu = var = 0.0
@@ -449,7 +450,7 @@ def test_frequency_options_wrap_the_variants() -> None:
     x, y = _batch()
     criterion = WeightedCrossEntropy()
     model = TinyNet().double()
-    step = build_step("imbsam", model.parameters(), **HYPER, cls_num_list=COUNTS,
+    step = build_step("imbsam", model.parameters(), replace(HYPER, cls_num_list=COUNTS),
                       config=SimpleNamespace(sam_every=2))
     objective = CountingObjective(x, y, criterion)
     objective.inner = supervised_objective(x, y, criterion, per_sample=True)
@@ -469,8 +470,8 @@ def test_steps_that_retain_graphs_say_so() -> None:
     params = list(TinyNet().parameters())
     for variant in ("imbsam", "focal_sam", "sse_sam", "cc_sam"):
         assert _step(variant, params).retains_graph
-    assert not build_step("sam", params, **HYPER).retains_graph
-    assert build_step("sam", params, **HYPER,
+    assert not build_step("sam", params, HYPER).retains_graph
+    assert build_step("sam", params, HYPER,
                       config=SimpleNamespace(sam_adaptive_trigger=True)).retains_graph
 
 

@@ -24,7 +24,7 @@ from ltsam.optim.steps import step_run_name
 from ltsam.registry import Option
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """The settings of a run. Registered entries (losses, rules, steps, methods, ...) add their own
     options; those live in ``options`` and read like fields (``cfg.margin``), and ``config.json`` holds

@@ -27,8 +27,9 @@ def epoch_rho(cfg: TrainConfig, epoch: int) -> float:
     """SAM's radius in ``epoch`` under the run's ``--rho-schedule`` (the step schedule's boundaries are the
     data set's native ones, scaled to the run's length)."""
     steps = native_schedule(cfg.dataset).rho_boundaries(cfg.epochs)
-    return rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, cfg.min_rho, cfg.max_rho,
-                         tuple(cfg.rho_steps) if cfg.rho_steps else None, steps)
+    return rho_for_epoch(cfg.rho_schedule, epoch, cfg.epochs, cfg.rho, min_rho=cfg.min_rho,
+                         max_rho=cfg.max_rho, rho_steps=tuple(cfg.rho_steps) if cfg.rho_steps else None,
+                         rho_step_epochs=steps)
 
 
 def evaluated(cfg: TrainConfig, epoch: int) -> bool:

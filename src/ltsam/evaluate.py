@@ -23,13 +23,14 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              cls_num_list: Sequence[int], criterion: nn.Module | None = None,
-             ctx: DistContext | None = None, groups: dict[str, list[int]] | None = None,
+             ctx: DistContext | None = None, *, groups: dict[str, list[int]] | None = None,
              autocast=None) -> tuple[dict[str, Any], torch.Tensor]:
     """Returns (results, confusion matrix). The model is put in eval mode and left there.
 
     ``groups`` overrides the many/medium/few split (e.g. the reference's index ranges).
     """
-    results, conf = evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups, autocast)[0]
+    results, conf = evaluate_offsets(model, batches, cls_num_list, [None], criterion, ctx, groups=groups,
+                                     autocast=autocast)[0]
     assert conf is not None  # confusion=True
     return results, conf
 
@@ -37,7 +38,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def evaluate_offsets(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      cls_num_list: Sequence[int], offsets: Sequence[torch.Tensor | None],
-                     criterion: nn.Module | None = None, ctx: DistContext | None = None,
+                     criterion: nn.Module | None = None, ctx: DistContext | None = None, *,
                      groups: dict[str, list[int]] | None = None, autocast=None,
                      confusion: bool = True) -> list[tuple[dict[str, Any], torch.Tensor | None]]:
     """(results, confusion matrix) of the predictions argmax_c (z_c + offset_c), one per offset.

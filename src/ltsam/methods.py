@@ -14,7 +14,7 @@ checkpoint's ``model_meta``. ``erm`` is here; ``glmc`` registers itself from ``l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -24,7 +24,7 @@ from ltsam.errors import UserError
 from ltsam.losses import LOSSES, has_mean_weights, has_per_sample
 from ltsam.models import MODELS, arch_options, build_model
 from ltsam.objectives import accumulated_objective, supervised_objective
-from ltsam.optim import STEPS, Step, build_step
+from ltsam.optim import STEPS, Step, StepSettings, build_step
 from ltsam.registry import Registry, Settings
 from ltsam.rules import build_rule
 
@@ -41,6 +41,7 @@ class MethodContext:
     model: nn.Module
     device: torch.device
     autocast: Callable
+    _: KW_ONLY
     scaler: torch.amp.GradScaler | None = None
     rank: int = 0
     world: int = 1
@@ -88,7 +89,8 @@ class Method:
     def build_model(cls, meta: dict[str, Any], weights: bool = False) -> nn.Module:
         """The model ``meta`` describes; ``weights``: with the pretrained weights its options name (a new run)."""
         return build_model(meta["arch"], meta["num_classes"], meta["use_norm"], meta["in_channels"],
-                           meta.get("arch_options"), weights, float(meta.get("head_scale", 1.0)))
+                           options=meta.get("arch_options"), weights=weights,
+                           head_scale=float(meta.get("head_scale", 1.0)))
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -109,10 +111,9 @@ class Method:
         cfg = self.ctx.cfg
         name = cfg.optimizer if cfg.uses_sam else "sgd"
         trainable = [p for p in self.ctx.model.parameters() if p.requires_grad]  # --tune froze the others
-        step = build_step(name, trainable if params is None else params, lr=cfg.lr,
-                          momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho, adaptive=cfg.adaptive,
-                          autocast=self.ctx.autocast, scaler=self.ctx.scaler if scaled else None, config=cfg,
-                          cls_num_list=self.ctx.data.cls_num_list, seed=cfg.seed)
+        settings = StepSettings.of(cfg, autocast=self.ctx.autocast, scaler=self.ctx.scaler if scaled else None,
+                                   cls_num_list=self.ctx.data.cls_num_list)
+        step = build_step(name, trainable if params is None else params, settings, config=cfg)
         if self.ctx.world > 1 and not step.supports_ddp:
             trigger = getattr(getattr(step, "frequency", None), "trigger", False) and not step.needs_per_sample
             what = f"--optimizer {name}" + (" --sam-adaptive-trigger" if trigger else "")
@@ -165,8 +166,9 @@ class ERMMethod(Method):
         super().__init__(ctx)
         cfg = ctx.cfg
         weights = build_rule(cfg.train_rule, cfg).sample_weights(ctx.data.cls_num_list)
-        self.source = ctx.data.train_source(cfg.batch_size, cfg.seed, ctx.device, weights, cfg.channels_last,
-                                            cfg.workers, ctx.rank, ctx.world)
+        self.source = ctx.data.train_source(cfg.batch_size, cfg.seed, ctx.device, weights,
+                                            channels_last=cfg.channels_last, workers=cfg.workers,
+                                            rank=ctx.rank, world=ctx.world)
         self.step = self.build_step()
         self.criterion: nn.Module | None = None
 

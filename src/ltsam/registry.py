@@ -23,7 +23,7 @@ Entries registered from a user's own module (``ltsam train --plugin mypkg.myloss
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from ltsam.errors import UserError
@@ -54,6 +54,7 @@ class Option:
     type: type
     default: Any
     help: str = ""
+    _: KW_ONLY
     flags: tuple[str, ...] = ()
     minimum: float | None = None
     below: float | None = None  # a strict upper bound

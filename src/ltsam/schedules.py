@@ -111,7 +111,7 @@ def learning_rate(schedule: str, epoch: int, base_lr: float, epochs: int) -> flo
     return LR_SCHEDULES.get(schedule)(epoch, base_lr, epochs)
 
 
-def rho_for_epoch(schedule: str, epoch: int, epochs: int, rho: float, min_rho: float = 0.05,
+def rho_for_epoch(schedule: str, epoch: int, epochs: int, rho: float, *, min_rho: float = 0.05,
                   max_rho: float = 0.8, rho_steps: tuple[float, ...] | None = None,
                   rho_step_epochs: tuple[int, int, int] | None = None) -> float:
     """SAM radius for a 0-indexed epoch under a registered rho schedule."""

@@ -29,7 +29,7 @@ GROUP_IGNORES = set(VOLATILE) | {"seed"}  # settings that do not define a config
 FOREIGN = f"not an ltsam run folder: no {RUN_MARKER} marker"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     """What the report reads from one run folder."""
 

@@ -60,8 +60,8 @@ class Trainer(ProgressAttributes):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.autocast, self.scaler = precision(cfg.amp, self.device)
-        self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast, self.scaler,
-                                           self.ctx.rank, self.ctx.world))
+        self.method = method(MethodContext(cfg, self.data, self.model, self.device, self.autocast,
+                                           scaler=self.scaler, rank=self.ctx.rank, world=self.ctx.world))
         self.source, self.optimizer = self.method.source, self.method.optimizer
         self.state = Progress()  # best_val.pt: selected on the validation split
         self.groups = (index_groups(self.data.num_classes, DATASETS.entry(cfg.dataset).meta["index_split"])
@@ -148,8 +148,9 @@ class Trainer(ProgressAttributes):
             bad = tally.add(loss, logits, y)
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             step += 1
-        check_finite(self.model.state_dict().values(), epoch, tally.reduce(self.ctx).bad_steps, int(first_bad),
-                     int(step), self.scaler is not None, self.ctx.world, self.run_dir, self.cfg.lr,
+        check_finite(self.model.state_dict().values(), epoch, bad_steps=tally.reduce(self.ctx).bad_steps,
+                     first_bad=int(first_bad), steps=int(step), loss_scaled=self.scaler is not None,
+                     world=self.ctx.world, run_dir=self.run_dir, lr=self.cfg.lr,
                      rho=epoch_rho(self.cfg, epoch) if self.cfg.uses_sam else 0.0)
         return tally.stats()
 
@@ -158,8 +159,8 @@ class Trainer(ProgressAttributes):
         make = self.data.val_batches if split == "val" else self.data.test_batches
         batches = make(self.cfg.eval_batch_size, self.device, self.cfg.channels_last, self.cfg.workers,
                        self.ctx.rank, self.ctx.world)
-        return evaluate(self.net, batches, self.data.cls_num_list, criterion, self.ctx, self.groups,
-                        self.autocast)
+        return evaluate(self.net, batches, self.data.cls_num_list, criterion, self.ctx, groups=self.groups,
+                        autocast=self.autocast)
 
     def run_epoch(self, epoch: int, members: Sequence[Member] = ()) -> list[EpochResult | None]:
         """The loop's hook: one epoch trained, then evaluated on test (and validation)."""
@@ -181,12 +182,14 @@ class Trainer(ProgressAttributes):
 
     def payload(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint after ``epochs_done`` epochs (``last.pt`` / ``best.pt`` / ``best_val.pt``)."""
-        return training_checkpoint(epochs_done, self.model.state_dict(), self.optimizer.state_dict(), self.meta,
-                                   self.cfg.to_dict(), self.data, self.state.checkpoint_fields(),
-                                   scaler_state(self.scaler), self.method.built_step().state_dict())
+        return training_checkpoint(epochs_done, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                                   meta=self.meta, config=self.cfg.to_dict(), data=self.data,
+                                   progress=self.state.checkpoint_fields(), scaler=scaler_state(self.scaler),
+                                   step=self.method.built_step().state_dict())
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the current model, write final.json and the figures (rank 0); return the summary."""
         test, conf = self.evaluate(None)
-        summary = training_summary(self.run_dir, self.cfg.epochs, self.state, test, self.data, self.device, self.ctx)
+        summary = training_summary(self.run_dir, self.cfg.epochs, self.state, test, data=self.data,
+                                   device=self.device, ctx=self.ctx)
         return write_final(self.run_dir, self.ctx, summary, test, conf, self.data)

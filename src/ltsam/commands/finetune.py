@@ -123,9 +123,9 @@ def _finetune(args: argparse.Namespace) -> int:
         if recipe and parent.cfg.recipe != recipe["parent"] and main_rank:
             print(f"ltsam: warning: recipe {args.recipe} is meant for a run of recipe {recipe['parent']}; this run's "
                   f"is {parent.cfg.recipe or 'none'}", flush=True)
-        settings = StageSettings(entry.name, options, parent.info, args.seed if args.seed is not None else 0,
-                                 args.device or "auto", args.workers, args.data_root, args.recipe,
-                                 list(args.plugin or []))
+        settings = StageSettings(entry.name, options, parent.info, seed=args.seed if args.seed is not None else 0,
+                                 device=args.device or "auto", workers=args.workers, data_root=args.data_root,
+                                 recipe=args.recipe, plugins=list(args.plugin or []))
         if args.out:
             run_dir = Path(args.out)
         elif parent.info["run"] is not None:

@@ -47,7 +47,7 @@ def _norm(name: str, train: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean), torch.tensor(std)
 
 
-def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, norm: str, pad: int,
+def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, *, norm: str, pad: int,
                  flip: bool) -> InMemoryLTData:
     """A balanced (or already long-tailed) in-memory set with the request's long-tail profile applied.
 
@@ -58,25 +58,28 @@ def in_memory_lt(name: str, full: ImageSet, test: ImageSet, req: DataRequest, no
     classes = list(full.classes)
     c = len(classes)
     targets = full.targets.numpy()
-    keep = profile_indices(targets, c, req.imb_type, req.imb_factor, req.rand_number, req.lt_generator, req.seed)
+    keep = profile_indices(targets, c, req.imb_type, req.imb_factor, req.rand_number,
+                           generator=req.lt_generator, seed=req.seed)
     train = full.subset(keep)
     n = val_count(req.val_per_class, req.val_fraction, full.class_counts(c))
     val, note = None, ""
     if n:
         val = full.subset(draw_validation(targets, complement(len(full), keep), c, n, req.rand_number))
         note = describe(n, val.class_counts(c), classes, "discarded")
-    return _finish(name, train, test, classes, train.class_counts(c), req, norm, pad, flip, val, note)
+    return _finish(name, train, test, classes, train.class_counts(c), req, norm=norm, pad=pad, flip=flip, val=val,
+                   val_note=note)
 
 
-def _finish(name: str, train: ImageSet, test: ImageSet, classes: list[str], counts: list[int], req: DataRequest,
+def _finish(name: str, train: ImageSet, test: ImageSet, classes: list[str], counts: list[int], req: DataRequest, *,
             norm: str, pad: int, flip: bool, val: ImageSet | None = None, val_note: str = "") -> InMemoryLTData:
     if min(counts) == 0:
         empty = [classes[c] for c, n in enumerate(counts) if n == 0]
         raise UserError(f"classes with no training images after the imbalance profile: "
                         f"{', '.join(empty[:5])}; raise --imb-factor or add images")
     mean, std = _norm(req.norm or norm, train)
-    return InMemoryLTData(name, train, test, list(classes), counts, mean, std,
-                          pad if req.pad is None else req.pad, flip if req.flip is None else req.flip, val, val_note)
+    return InMemoryLTData(name=name, train=train, test=test, classes=list(classes), cls_num_list=counts, mean=mean,
+                          std=std, pad=pad if req.pad is None else req.pad, flip=flip if req.flip is None else req.flip,
+                          val=val, val_note=val_note)
 
 
 @DATASETS.register("digits", help="bundled 8x8 digits (offline)", native_epochs=200,
@@ -86,7 +89,7 @@ def _digits(req: DataRequest) -> InMemoryLTData:
     from ltsam.data.digits import load_digits_split
 
     full, test = load_digits_split()
-    return in_memory_lt("digits", full, test, req, "digits", 1, False)
+    return in_memory_lt("digits", full, test, req, norm="digits", pad=1, flip=False)
 
 
 def _cifar(name: str) -> Callable[[DataRequest], InMemoryLTData]:
@@ -94,7 +97,7 @@ def _cifar(name: str) -> Callable[[DataRequest], InMemoryLTData]:
         from ltsam.data.cifar import load_cifar
 
         full, test = load_cifar(name, req.root, req.download)
-        return in_memory_lt(name, full, test, req, "cifar", 4, True)
+        return in_memory_lt(name, full, test, req, norm="cifar", pad=4, flip=True)
 
     return load
 
@@ -109,14 +112,14 @@ DATASETS.add("cifar100", _cifar("cifar100"), help="CIFAR-100 pickles", native_ep
                    defaults=dict(arch="resnet32"), needs_root=True)
 def _folder(req: DataRequest) -> InMemoryLTData:
     train, test, classes, counts, val, note = _load_folder(req)
-    return _finish("folder", train, test, classes, counts, req, "cifar" if train.images.shape[1] == 3 else "data",
-                   4, True, val, note)
+    return _finish("folder", train, test, classes, counts, req, norm="cifar" if train.images.shape[1] == 3 else "data",
+                   pad=4, flip=True, val=val, val_note=note)
 
 
 def _list_files(name: str) -> Callable[[DataRequest], StreamingLTData]:
     def load(req: DataRequest) -> StreamingLTData:
-        return _load_list_dataset(name, req.root, req.image_size or 224, req.norm, req.train_list, req.test_list,
-                                  req)
+        return _load_list_dataset(name, req.root, req.image_size or 224, req.norm, train_list=req.train_list,
+                                  test_list=req.test_list, req=req)
 
     return load
 
@@ -131,7 +134,7 @@ DATASETS.add("inat18", _list_files("inat18"), help="iNaturalist-2018 list files"
              defaults=_LARGE, index_split=INDEX_SPLITS["inat18"], streaming=True, needs_root=True)
 
 
-def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | None,
+def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | None, *,
                        train_list: str | None, test_list: str | None, req: DataRequest | None = None
                        ) -> StreamingLTData:
     from ltsam.data.listfile import LIST_FILES, frequency_order, read_list, remap
@@ -158,8 +161,9 @@ def _load_list_dataset(dataset: str, root: Path, image_size: int, norm: str | No
         raise UserError(f"--norm {norm_name!r} does not apply to {dataset}; use imagenet or inat")
     else:
         mean, std = NORMS[norm_name]
-    data = StreamingLTData(dataset, train.paths, train_labels, test.paths, test_labels, classes, counts,
-                           mean, std, image_size, train.origins, test.origins)
+    data = StreamingLTData(name=dataset, train_paths=train.paths, train_labels=train_labels, test_paths=test.paths,
+                           test_labels=test_labels, classes=classes, cls_num_list=counts, mean=mean, std=std,
+                           image_size=image_size, train_origins=train.origins, test_origins=test.origins)
     n = val_count(req.val_per_class, req.val_fraction, counts) if req is not None else 0
     if n:  # held out of the training list; the label order stays the full list's
         assert req is not None  # n is 0 without a request
@@ -215,8 +219,8 @@ def _load_folder(req: DataRequest) -> tuple[ImageSet, ImageSet, list[str], list[
     held = (draw_validation(labels, np.arange(len(labels)), c, n, req.rand_number, keep_one=True) if n
             else np.empty(0, dtype=np.int64))
     rest = complement(len(labels), np.asarray(held, dtype=np.int64))
-    keep = rest[profile_indices(labels[rest], c, req.imb_type, req.imb_factor, req.rand_number, req.lt_generator,
-                                req.seed)]
+    keep = rest[profile_indices(labels[rest], c, req.imb_type, req.imb_factor, req.rand_number,
+                                generator=req.lt_generator, seed=req.seed)]
     train_images = decode_images([paths[i] for i in keep], req.image_size)
     size = train_images.shape[-1]
     _, test_paths, test_labels = scan_split(test_split_dir(root), classes)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = "exp",
-                  imb_factor: float = 0.01, rand_number: int = 0, download: bool = False,
+                  imb_factor: float = 0.01, *, rand_number: int = 0, download: bool = False,
                   image_size: int | None = None, norm: str | None = None, pad: int | None = None,
                   flip: bool | None = None, train_list: str | None = None,
                   test_list: str | None = None, lt_generator: str = "standard",
@@ -45,8 +45,9 @@ def build_lt_data(dataset: str, data_root: str | Path = "data", imb_type: str = 
 
 def load_data(cfg: TrainConfig) -> LTData:
     """The data set a training configuration describes; a validation split asked for must hold images."""
-    data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor, cfg.rand_number,
-                         cfg.download, cfg.image_size, cfg.norm, train_list=cfg.train_list,
+    data = build_lt_data(cfg.dataset, cfg.data_root, cfg.imb_type, cfg.imb_factor,
+                         rand_number=cfg.rand_number, download=cfg.download, image_size=cfg.image_size,
+                         norm=cfg.norm, train_list=cfg.train_list,
                          test_list=cfg.test_list, lt_generator=cfg.lt_generator, seed=cfg.seed,
                          val_per_class=cfg.val_per_class, val_fraction=cfg.val_fraction, val_list=cfg.val_list)
     if (cfg.val_per_class or cfg.val_fraction or cfg.val_list) and not getattr(data, "val_size", 0):

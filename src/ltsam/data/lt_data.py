@@ -24,7 +24,7 @@ def _per_sample(class_weights: torch.Tensor | None, targets: torch.Tensor) -> to
     return None if class_weights is None else class_weights.double()[targets.long()]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InMemoryLTData:
     """A long-tailed training set, its balanced test set and how to augment and normalise them."""
 
@@ -67,12 +67,13 @@ class InMemoryLTData:
         return len(self.test)
 
     def train_source(self, batch_size: int, seed: int, device: torch.device,
-                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     class_weights: torch.Tensor | None = None, *, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource:
         from ltsam.data.sources import InMemoryBatchSource
 
         return InMemoryBatchSource(self.train.images, self.train.targets, batch_size, self.mean, self.std,
-                                   self.pad, self.flip, seed, device, _per_sample(class_weights, self.train.targets),
+                                   pad=self.pad, flip=self.flip, seed=seed, device=device,
+                                   sample_weights=_per_sample(class_weights, self.train.targets),
                                    channels_last=channels_last, rank=rank, world=world)
 
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
@@ -93,12 +94,13 @@ class InMemoryLTData:
         images, targets = split.images, split.targets
         if world > 1:
             images, targets = images[rank::world], targets[rank::world]
-        return eval_batches(images, targets, self.mean, self.std, batch_size, device, channels_last)
+        return eval_batches(images, targets, self.mean, self.std, batch_size, device,
+                            channels_last=channels_last)
 
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StreamingLTData:
     """A list-file data set read from disk batch by batch."""
 
@@ -160,7 +162,7 @@ class StreamingLTData:
         return len(self.test_paths)
 
     def train_source(self, batch_size: int, seed: int, device: torch.device,
-                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     class_weights: torch.Tensor | None = None, *, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource:
         from ltsam.data.streaming import EpochSampler, LoaderBatchSource, train_transform
 
@@ -234,7 +236,7 @@ class LTData(Protocol):
     def val_cls_num_list(self) -> list[int]: ...
 
     def train_source(self, batch_size: int, seed: int, device: torch.device,
-                     class_weights: torch.Tensor | None = None, channels_last: bool = False,
+                     class_weights: torch.Tensor | None = None, *, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> BatchSource: ...
     def test_batches(self, batch_size: int, device: torch.device, channels_last: bool = False,
                      workers: int = 0, rank: int = 0, world: int = 1) -> Batches: ...

@@ -80,7 +80,7 @@ def select(targets, counts, rand_number: int, generator: str, seed: int):
     return lt_indices(targets, counts, rand_number)
 
 
-def profile_indices(targets, num_classes: int, imb_type: str, imb_factor: float, rand_number: int,
+def profile_indices(targets, num_classes: int, imb_type: str, imb_factor: float, rand_number: int, *,
                     generator: str = "standard", seed: int = 0):
     """Indices the LT profile keeps: n_max = largest class, counts capped at what a class has.
 

@@ -38,7 +38,7 @@ class InMemoryBatchSource:
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 mean: torch.Tensor, std: torch.Tensor, pad: int = 4, flip: bool = True,
+                 mean: torch.Tensor, std: torch.Tensor, *, pad: int = 4, flip: bool = True,
                  seed: int = 0, device: torch.device | str = "cpu",
                  sample_weights: torch.Tensor | None = None, drop_last: bool = False,
                  channels_last: bool = False, rank: int = 0, world: int = 1):
@@ -129,7 +129,7 @@ def cached_features(source: InMemoryBatchSource, features: Callable[[torch.Tenso
 
 
 def eval_batches(images: torch.Tensor, targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 batch_size: int = 1000, device: torch.device | str = "cpu",
+                 batch_size: int = 1000, device: torch.device | str = "cpu", *,
                  channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Un-augmented, normalised batches in file order (for evaluation and Hessian analysis)."""
     device = torch.device(device)

@@ -4,7 +4,7 @@ run's checkpoint with its configuration and where it came from."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class StageSettings:
     stage: str
     options: dict[str, Any]
     parent: dict[str, Any]  # path (the checkpoint), run (its folder or null), which, sha256, epoch
+    _: KW_ONLY
     seed: int = 0
     device: str = "auto"
     workers: int | None = None

@@ -23,7 +23,7 @@ from ltsam.finetune.heads import classifier_path, get_module, swapped
 from ltsam.finetune.parent import Parent, StageSettings
 from ltsam.finetune.stages import Stage, balanced_weights, build_stage
 from ltsam.objectives import supervised_objective
-from ltsam.optim import build_step
+from ltsam.optim import StepSettings, build_step
 from ltsam.run.checkpoints import load_last, load_states, restore_scaler, scaler_state
 from ltsam.run.files import LAST
 from ltsam.run.loop import EpochResult, Member, ProgressAttributes, run_epochs, write_final
@@ -69,10 +69,12 @@ class StageRunner(ProgressAttributes):
         self.step = None
         if self.stage.trains:
             weights = balanced_weights(self.data.cls_num_list) if self.stage.balanced else None
-            self.source = self.data.train_source(self.stage.batch_size, settings.seed, self.device, weights, False,
-                                                 cfg.workers, self.ctx.rank, self.ctx.world)
-            self.step = build_step("sgd", params, lr=self.stage.lr, momentum=self.stage.momentum,
-                                   wd=self.stage.wd, autocast=self.autocast, scaler=self.scaler)
+            self.source = self.data.train_source(self.stage.batch_size, settings.seed, self.device, weights,
+                                                 channels_last=False, workers=cfg.workers,
+                                                 rank=self.ctx.rank, world=self.ctx.world)
+            self.step = build_step("sgd", params, StepSettings(lr=self.stage.lr, momentum=self.stage.momentum,
+                                                               wd=self.stage.wd, autocast=self.autocast,
+                                                               scaler=self.scaler))
             self.criterion = self.stage.criterion(self.data.cls_num_list).to(self.device)
             self.net: nn.Module = data_parallel(self.model, self.ctx, self.device)
         if resume and self.stage.trains:  # tau-norm has nothing to resume: it runs again
@@ -91,7 +93,7 @@ class StageRunner(ProgressAttributes):
         """The stage's model as it will be saved (the head folded into a plain classifier)."""
         with swapped(self.model, self.path, self.stage.folded(self.head)):
             return evaluate(self.model, self.test_batches(), self.data.cls_num_list, criterion, self.ctx,
-                            self.groups, self.autocast)
+                            groups=self.groups, autocast=self.autocast)
 
     def payload(self, epoch: int) -> dict[str, Any]:
         """An ltsam checkpoint (``weights_only`` loadable): the folded model for ``ltsam eval``, and the head's

@@ -126,7 +126,7 @@ def _sweep(runner: StageRun, split: str, features: list[tuple[torch.Tensor, torc
     for tau in stage.grid:
         head = stage.head_for(tau)
         (result, _), = evaluate_offsets(head, features, runner.data.cls_num_list, [None], None, runner.ctx,
-                                        runner.groups, confusion=False)
+                                        groups=runner.groups, confusion=False)
         rows.append({"tau": tau, "split": split, **result})
     return rows
 

@@ -80,7 +80,8 @@ class GLMCMethod(Method):
         super().__init__(ctx)
         cfg, data = ctx.cfg, ctx.data
         self.source = glmc_source(data, cfg.batch_size, cfg.seed, ctx.device, cfg.resample_weighting,
-                                  cfg.channels_last, cfg.workers, ctx.rank, ctx.world)
+                                  channels_last=cfg.channels_last, workers=cfg.workers, rank=ctx.rank,
+                                  world=ctx.world)
         self.step = self.build_step()
         weights = label_weights(data.cls_num_list, cfg.label_weighting).to(ctx.device)
         self.glmc = GLMCUpdate(self.step.optimizer, weights, data.num_classes, cfg.contrast_weight,

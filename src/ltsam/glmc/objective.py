@@ -70,7 +70,7 @@ class GLMCLosses(NamedTuple):
 
 
 def glmc_losses(out_mix: Outputs, out_cut: Outputs, y_mix: torch.Tensor, y_mix_w: torch.Tensor,
-                y_cut: torch.Tensor, y_cut_w: torch.Tensor, alpha: float, contrast_weight: float,
+                y_cut: torch.Tensor, y_cut_w: torch.Tensor, *, alpha: float, contrast_weight: float,
                 per_sample: bool = False) -> GLMCLosses:
     """The GLMC loss parts from the two forwards' (logits_fc, logits_fc_cb, z, p) and the soft targets.
 
@@ -132,7 +132,7 @@ class GLMCUpdate:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, label_w: torch.Tensor, num_classes: int,
-                 contrast_weight: float, generator: torch.Generator, use_sam: bool, beta: float = 1.0,
+                 contrast_weight: float, generator: torch.Generator, use_sam: bool, *, beta: float = 1.0,
                  autocast: Callable = contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None,
                  step: Step | None = None):
         if use_sam and not isinstance(optimizer, SAM):
@@ -183,8 +183,8 @@ class GLMCUpdate:
             out_cut = model(m.x_cut)
         if not isinstance(out_mix, tuple) or len(out_mix) != 4:
             raise TypeError("the GLMC step needs a train-mode GLMCNet returning (fc, fc_cb, z, p)")
-        losses = glmc_losses(out_mix, out_cut, m.y_mix, m.y_mix_w, m.y_cut, m.y_cut_w, alpha,
-                             self.contrast_weight, per_sample=self.step.needs_per_sample)
+        losses = glmc_losses(out_mix, out_cut, m.y_mix, m.y_mix_w, m.y_cut, m.y_cut_w, alpha=alpha,
+                             contrast_weight=self.contrast_weight, per_sample=self.step.needs_per_sample)
         return losses, out_mix[1]
 
     def update(self, model: nn.Module, m: MixedBatch, alpha: float) -> dict:

@@ -45,14 +45,15 @@ class GLMCBatchSource(InMemoryBatchSource):
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 mean: torch.Tensor, std: torch.Tensor, pad: int = 4, flip: bool = True, seed: int = 0,
+                 mean: torch.Tensor, std: torch.Tensor, *, pad: int = 4, flip: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", resample_q: float = 0.0,
                  cls_num_list: Sequence[int] | None = None, drop_last: bool = False,
                  channels_last: bool = False, rank: int = 0, world: int = 1):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        super().__init__(images, targets, batch_size, mean, std, pad, flip, seed, device, None, drop_last,
-                         channels_last, rank, world)
+        super().__init__(images, targets, batch_size, mean, std, pad=pad, flip=flip, seed=seed,
+                         device=device, sample_weights=None, drop_last=drop_last, channels_last=channels_last,
+                         rank=rank, world=world)
         cpu_targets = targets.long().cpu()
         self.cls_num_list = list(torch.bincount(cpu_targets).tolist() if cls_num_list is None else cls_num_list)
         self.resample_q = float(resample_q)
@@ -89,7 +90,7 @@ class GLMCStreamSource:
     """
 
     def __init__(self, dataset: Dataset, labels: torch.Tensor, batch_size: int, seed: int,
-                 device: torch.device | str, resample_q: float = 0.0, cls_num_list: Sequence[int] | None = None,
+                 device: torch.device | str, *, resample_q: float = 0.0, cls_num_list: Sequence[int] | None = None,
                  workers: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -130,7 +131,7 @@ class GLMCStreamSource:
             yield self._move(views_a, y_a), self._move([v[:m] for v in views_b], y_b[:m])
 
 
-def glmc_source(data: LTData, batch_size: int, seed: int, device: torch.device | str, resample_q: float,
+def glmc_source(data: LTData, batch_size: int, seed: int, device: torch.device | str, resample_q: float, *,
                 channels_last: bool = False, workers: int = 0, rank: int = 0,
                 world: int = 1) -> GLMCBatchSource | GLMCStreamSource:
     """GLMC's paired two-view batches for a loaded data set: from the in-memory uint8 tensor (CIFAR-style
@@ -138,12 +139,14 @@ def glmc_source(data: LTData, batch_size: int, seed: int, device: torch.device |
     tells the two kinds apart."""
     if not data.streaming:
         held = cast(InMemoryLTData, data)
-        return GLMCBatchSource(held.train.images, held.train.targets, batch_size, held.mean, held.std, held.pad,
-                               held.flip, seed, device, resample_q, held.cls_num_list, channels_last=channels_last,
+        return GLMCBatchSource(held.train.images, held.train.targets, batch_size, held.mean, held.std,
+                               pad=held.pad, flip=held.flip, seed=seed, device=device, resample_q=resample_q,
+                               cls_num_list=held.cls_num_list, channels_last=channels_last,
                                rank=rank, world=world)
     from ltsam.glmc.transforms import TwoViews, glmc_train_transform
 
     listed = cast(StreamingLTData, data)
     ds = listed.files("train", TwoViews(glmc_train_transform(listed.image_size, listed.mean, listed.std)))
-    return GLMCStreamSource(ds, listed.train_labels, batch_size, seed, device, resample_q, listed.cls_num_list,
-                            workers, channels_last, rank, world)
+    return GLMCStreamSource(ds, listed.train_labels, batch_size, seed, device, resample_q=resample_q,
+                            cls_num_list=listed.cls_num_list, workers=workers, channels_last=channels_last,
+                            rank=rank, world=world)

@@ -65,7 +65,7 @@ ALL = "all"
 METHODS = ("fast", "reference")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnalysisSettings:
     """Everything that determines the numbers; a stored class is reused only if these match."""
 

@@ -12,7 +12,7 @@ one pass over the data; the plain functions (:func:`power_iteration`, :func:`hut
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -64,6 +64,7 @@ class LanczosResult:
     nodes: Tensor
     weights: Tensor
     residuals: Tensor
+    _: KW_ONLY
     basis: Tensor | None = field(default=None, repr=False)
     restarts: int = 0
 
@@ -195,7 +196,7 @@ def project_out(V: Tensor, basis: Tensor | None) -> Tensor:
 
 
 def hutchinson_steps(dim: int, iters: int = 100, tol: float = 1e-3, seed: int = 0,
-                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", *,
                      block: int = 1, basis: Tensor | None = None,
                      offset: float = 0.0) -> Steps[TraceResult]:
     """Hutchinson's estimator ``tr(A) ~ offset + mean_i z_i^T P A P z_i``, ``z_i`` Rademacher.
@@ -232,12 +233,12 @@ def hutchinson_steps(dim: int, iters: int = 100, tol: float = 1e-3, seed: int = 
     return TraceResult(estimate, n, converged, std_error, samples, offset)
 
 
-def hutchinson_trace(op: Operator, iters: int = 100, tol: float = 1e-3, seed: int = 0,
+def hutchinson_trace(op: Operator, iters: int = 100, tol: float = 1e-3, seed: int = 0, *,
                      dim: int | None = None, block: int = 1, basis: Tensor | None = None,
                      offset: float = 0.0) -> TraceResult:
     """Hutchinson trace estimate of ``op`` (see :func:`hutchinson_steps`)."""
     dim, dtype, device = operator_info(op, dim)
-    steps = hutchinson_steps(dim, iters, tol, seed, dtype, device, block, basis, offset)
+    steps = hutchinson_steps(dim, iters, tol, seed, dtype, device, block=block, basis=basis, offset=offset)
     return run_fused(op, steps)[0]
 
 
@@ -327,8 +328,8 @@ def lanczos_steps(dim: int, steps: int = 100, seed: int = 0, dtype: torch.dtype 
     b = torch.tensor(betas, dtype=torch.float64)
     nodes, U = ritz(a, b)
     residuals = float(w.double().norm()) * U[-1, :].abs()
-    return LanczosResult(a, b, nodes, U[0, :] ** 2, residuals, basis if keep_basis else None,
-                         restarts)
+    return LanczosResult(a, b, nodes, U[0, :] ** 2, residuals, basis=basis if keep_basis else None,
+                         restarts=restarts)
 
 
 def lanczos(op: Operator, steps: int = 100, seed: int = 0, dim: int | None = None,

@@ -45,7 +45,7 @@ MODELS.add_family("clip", clip_models.clip_factory, help="an open_clip image tow
                   init_model=clip_models.init_model, pretrained=True)
 
 
-def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3,
+def build_model(arch: str, num_classes: int, use_norm: bool = False, in_channels: int = 3, *,
                 options: dict[str, Any] | None = None, weights: bool = False, head_scale: float = 1.0) -> nn.Module:
     """Create a model by registry name; ``use_norm`` selects the cosine head (used with LDAM), ``head_scale`` its
     logit scale (``--head-scale``; 1 for LDAM, whose loss scales). ``options``: the entry's option values

@@ -24,8 +24,10 @@ from ltsam.optim.steps import (
     Step,
     StepLosses,
     StepResult,
+    StepSettings,
     build_step,
 )
 
 __all__ = ["SAM", "STEPS", "CCSAMStep", "ClassWeightedSAMStep", "FocalSAMStep", "ImbSAMStep", "SAMStep", "SGDStep",
-           "SSESAMStep", "Step", "StepLosses", "StepResult", "build_step"]
+           "SSESAMStep", "Step", "StepLosses", "StepResult", "StepSettings",
+           "build_step"]

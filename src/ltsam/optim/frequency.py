@@ -64,7 +64,7 @@ class SAMFrequency:
     decides with ``decide(s_t)`` from the gradient at w). Its counters, running statistics and generator
     are saved with the step (``state_dict``), so a resumed run takes the same decisions."""
 
-    def __init__(self, sam_every: int = 1, sam_prob: float = 1.0, sam_adaptive_trigger: bool = False,
+    def __init__(self, sam_every: int = 1, sam_prob: float = 1.0, sam_adaptive_trigger: bool = False, *,
                  ae_sam_delta: float = 0.9, ae_sam_lambda1: float = -1.0, ae_sam_lambda2: float = 1.0,
                  seed: int = 0):
         if sam_every < 1 or not 0.0 <= sam_prob <= 1.0 or not 0.0 <= ae_sam_delta < 1.0:

@@ -330,7 +330,7 @@ class SSESAMStep(ClassWeightedSAMStep):
     """g = grad L_H(w + e_H) + grad L_T(w + e_T) + grad X(w); rho_H = 0 from epoch gamma * epochs on."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, autocast: Callable = contextlib.nullcontext,
-                 scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] = (),
+                 scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] = (), *,
                  sse_eta: float = 100.0, sse_head_rho: float = 0.05, sse_gamma: float = 0.7):
         super().__init__(optimizer, autocast, scaler, cls_num_list)
         self.eta, self.head_rho, self.gamma = float(sse_eta), float(sse_head_rho), float(sse_gamma)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -55,6 +56,31 @@ class StepResult(NamedTuple):
 Objective = Callable[[nn.Module], StepLosses]
 
 
+@dataclass(frozen=True, kw_only=True)
+class StepSettings:
+    """What every step is built with besides its parameters and its own options, built once by the caller:
+    the SGD hyperparameters, SAM's radius (``rho``; SGD ignores it) and ``adaptive`` flag, the precision
+    (``autocast``, fp16 ``scaler``), the training class counts (steps that weight or perturb per class need them)
+    and ``seed`` (steps that draw random numbers; None: ``build_step`` takes the configuration's, else 0)."""
+
+    lr: float
+    momentum: float
+    wd: float
+    rho: float = 0.05
+    adaptive: bool = False
+    autocast: Callable = contextlib.nullcontext
+    scaler: torch.amp.GradScaler | None = None
+    cls_num_list: Sequence[int] | None = None
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, cfg: Any, **rest: Any) -> StepSettings:
+        """A training configuration's step settings (its lr, momentum, wd, rho, adaptive and seed); ``rest``: the
+        precision and class counts."""
+        return cls(lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho, adaptive=cfg.adaptive, seed=cfg.seed,
+                   **rest)
+
+
 _ACCUMULATED = "_ltsam_accumulated"
 
 
@@ -91,13 +117,11 @@ class Step:
         self.optimizer, self.autocast, self.scaler = optimizer, autocast, scaler
 
     @classmethod
-    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.0,
-               adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
-               seed: int = 0, **options: Any) -> Step:
+    def create(cls, params: Iterable[Any], settings: StepSettings, **options: Any) -> Step:
         """The step with its optimizer: SGD with momentum and weight decay on all parameters."""
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
-        return cls(opt, autocast, scaler, **_with_counts(cls, cls_num_list, options))
+        s = settings
+        opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.wd)
+        return cls(opt, s.autocast, s.scaler, **_with_counts(cls, s.cls_num_list, options))
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False,
                  inputs: Sequence[torch.Tensor] | None = None) -> None:
@@ -180,14 +204,12 @@ class SAMStep(Step):
         self.frequency = SAMFrequency()
 
     @classmethod
-    def create(cls, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
-               adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, cls_num_list: Sequence[int] | None = None,
-               seed: int = 0, **options: Any) -> Step:
-        frequency = SAMFrequency.pop_from(options, seed)
-        opt = SAM(params, torch.optim.SGD, rho=rho, adaptive=adaptive or cls.always_adaptive, lr=lr,
-                  momentum=momentum, weight_decay=wd)
-        step = cls(opt, autocast, scaler, **_with_counts(cls, cls_num_list, options))
+    def create(cls, params: Iterable[Any], settings: StepSettings, **options: Any) -> Step:
+        s = settings
+        frequency = SAMFrequency.pop_from(options, s.seed or 0)
+        opt = SAM(params, torch.optim.SGD, rho=s.rho, adaptive=s.adaptive or cls.always_adaptive, lr=s.lr,
+                  momentum=s.momentum, weight_decay=s.wd)
+        step = cls(opt, s.autocast, s.scaler, **_with_counts(cls, s.cls_num_list, options))
         step.frequency = frequency
         return step
 
@@ -299,15 +321,10 @@ def step_label(name: str) -> str:
     return str(entry.meta.get("label", entry.name))
 
 
-def build_step(name: str, params: Iterable[Any], *, lr: float, momentum: float, wd: float, rho: float = 0.05,
-               adaptive: bool = False, autocast: Callable = contextlib.nullcontext,
-               scaler: torch.amp.GradScaler | None = None, config: Settings | None = None,
-               cls_num_list: Sequence[int] | None = None, seed: int | None = None) -> Step:
-    """A registered step and its optimizer; the step's own options come from ``config`` (or defaults).
-    ``cls_num_list``: the training class counts (steps that weight or perturb per class need them);
-    ``seed``: for steps that draw random numbers (default ``config.seed``, else 0)."""
+def build_step(name: str, params: Iterable[Any], settings: StepSettings, config: Settings | None = None) -> Step:
+    """A registered step and its optimizer, built with ``settings``; the step's own options come from ``config``
+    (or defaults), and so does the seed where ``settings`` names none (else 0)."""
     entry = STEPS.entry(name)
-    if seed is None:
-        seed = int(getattr(config, "seed", 0) or 0)
-    return entry.obj.create(params, lr=lr, momentum=momentum, wd=wd, rho=rho, adaptive=adaptive, autocast=autocast,
-                            scaler=scaler, cls_num_list=cls_num_list, seed=seed, **option_kwargs(entry, config))
+    if settings.seed is None:
+        settings = replace(settings, seed=int(getattr(config, "seed", 0) or 0))
+    return entry.obj.create(params, settings, **option_kwargs(entry, config))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ltsam.optim import Step, build_step
+from ltsam.optim import Step, StepSettings, build_step
 from ltsam.optim.sam import SAM
 from ltsam.pack.compat import step_name
 
@@ -26,8 +26,7 @@ def packed_step(cfg: TrainConfig, params: Iterable[torch.nn.Parameter], members:
                 autocast: Callable) -> Step:
     """The configured step over the pack's stacked parameters (``cfg``: any member's configuration; what a
     step depends on is shared by the pack)."""
-    step = build_step(step_name(cfg), params, lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, rho=cfg.rho,
-                      adaptive=cfg.adaptive, autocast=autocast, config=cfg, seed=cfg.seed)
+    step = build_step(step_name(cfg), params, StepSettings.of(cfg, autocast=autocast), config=cfg)
     if isinstance(step.optimizer, SAM):
         step.optimizer.members = members
     return step

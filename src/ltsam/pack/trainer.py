@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,7 @@ class PackMember:
     source: Any
     meta: dict[str, Any]
     state: Progress
+    _: KW_ONLY
     model_state: dict[str, torch.Tensor] | None = None  # its weights while not in the pack
     optimizer_state: dict[str, Any] | None = None  # its optimizer's, likewise (None before its first step)
     run: Member | None = None
@@ -76,7 +77,7 @@ class PackTrainer:
     up to the intra-op thread count)."""
 
     def __init__(self, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path],
-                 resume: bool | Sequence[bool] = False, progress: bool = True,
+                 resume: bool | Sequence[bool] = False, progress: bool = True, *,
                  datas: Sequence[LTData] | None = None, mode: str = "auto", worker_threads: int | None = None):
         check_pack(cfgs)
         first = cfgs[0]
@@ -112,7 +113,8 @@ class PackTrainer:
         meta = METHODS.get(cfg.method).model_meta(cfg, data)
         model = model_from_meta(meta)
         weights = build_rule(cfg.train_rule, cfg).sample_weights(data.cls_num_list)
-        source = data.train_source(cfg.batch_size, cfg.seed, self.device, weights, cfg.channels_last, cfg.workers)
+        source = data.train_source(cfg.batch_size, cfg.seed, self.device, weights,
+                                   channels_last=cfg.channels_last, workers=cfg.workers)
         m = PackMember(cfg, run_dir, data, source, meta, Progress(), model_state=model.state_dict())
         if resume:
             ckpt = load_last(run_dir)
@@ -186,8 +188,9 @@ class PackTrainer:
         results: list[EpochResult | None] = []
         for g, m in enumerate(members):
             try:
-                check_finite(self.net.member_state(g).values(), epoch, stats[g].bad_steps, firsts[g], steps,
-                             False, 1, m.run_dir, first.lr, rho=rhos[g])
+                check_finite(self.net.member_state(g).values(), epoch, bad_steps=stats[g].bad_steps,
+                             first_bad=firsts[g], steps=steps, loss_scaled=False, world=1, run_dir=m.run_dir,
+                             lr=first.lr, rho=rhos[g])
             except TrainingDiverged as exc:
                 m.diverged = str(exc)
                 write_json(m.run_dir / DIVERGED_NAME, {"epoch": epoch, "message": str(exc)})
@@ -267,8 +270,9 @@ class PackTrainer:
 
     def payload(self, m: PackMember, epochs_done: int) -> dict[str, Any]:
         """Member ``m``'s checkpoint after ``epochs_done`` epochs: what its run alone would write."""
-        return training_checkpoint(epochs_done, self._member_model_state(m), self._member_optimizer_state(m),
-                                   m.meta, m.cfg.to_dict(), m.data, m.state.checkpoint_fields(), None, {})
+        return training_checkpoint(epochs_done, model=self._member_model_state(m),
+                                   optimizer=self._member_optimizer_state(m), meta=m.meta, config=m.cfg.to_dict(),
+                                   data=m.data, progress=m.state.checkpoint_fields(), scaler=None, step={})
 
     def finish(self, m: PackMember) -> dict[str, Any]:
         """Member ``m``'s final evaluation, final.json and figures."""
@@ -278,8 +282,9 @@ class PackTrainer:
         model.load_state_dict(self._member_model_state(m))
         test, conf = evaluate(model, m.data.test_batches(m.cfg.eval_batch_size, self.device, m.cfg.channels_last,
                                                          m.cfg.workers), m.data.cls_num_list, None, self.ctx,
-                              self.groups, self.autocast)
-        summary = training_summary(m.run_dir, m.cfg.epochs, m.state, test, m.data, self.device, self.ctx)
+                              groups=self.groups, autocast=self.autocast)
+        summary = training_summary(m.run_dir, m.cfg.epochs, m.state, test, data=m.data, device=self.device,
+                                   ctx=self.ctx)
         return write_final(m.run_dir, self.ctx, summary, test, conf, m.data)
 
 

@@ -47,7 +47,7 @@ def scaler_state(scaler: Any) -> dict[str, Any] | None:
     return scaler.state_dict() if scaler is not None else None
 
 
-def training_checkpoint(epochs_done: int, model: dict[str, Any], optimizer: dict[str, Any],
+def training_checkpoint(epochs_done: int, *, model: dict[str, Any], optimizer: dict[str, Any],
                         meta: dict[str, Any], config: dict[str, Any], data: Any, progress: dict[str, Any],
                         scaler: dict[str, Any] | None, step: dict[str, Any]) -> dict[str, Any]:
     """A training run's ``last.pt`` / ``best.pt`` / ``best_val.pt`` after ``epochs_done`` epochs: the weights

@@ -11,8 +11,8 @@ from ltsam.errors import TrainingDiverged
 from ltsam.run.files import LAST
 
 
-def check_finite(state: Iterable[torch.Tensor], epoch: int, bad_steps: int, first_bad: int, steps: int,
-                 loss_scaled: bool, world: int, run_dir: Path, lr: float, *, rho: float = 0.0) -> None:
+def check_finite(state: Iterable[torch.Tensor], epoch: int, *, bad_steps: int, first_bad: int, steps: int,
+                 loss_scaled: bool, world: int, run_dir: Path, lr: float, rho: float = 0.0) -> None:
     """Raise ``TrainingDiverged`` after an epoch whose weights, batch-norm statistics (``state``: the model's
     ``state_dict`` values) or loss are not finite.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,7 @@ class Member:
     epochs: int
     state: Progress
     payload: Callable[[int], dict[str, Any]]  # the checkpoint after that many epochs
+    _: KW_ONLY
     label: str = ""  # before "epoch" on the console, e.g. the stage's name
     echo: bool = True  # print a line after each epoch (rank 0)
     scalars: bool = False  # TensorBoard scalars
@@ -81,7 +82,7 @@ def run_epochs(members: Sequence[Member], hooks: EpochHooks, ctx: DistContext, s
             if result is None:
                 m.stopped = True
                 continue
-            _record(m, epoch, result, seconds, main, logs[id(m)], scalars.get(id(m)))
+            _record(m, epoch, result, seconds, main=main, metrics=logs[id(m)], scalars=scalars.get(id(m)))
         barrier(ctx)
         done += 1
         if stop_after is not None and done >= stop_after:
@@ -100,7 +101,7 @@ def _say_missing(run_dir: Path, missing: list[int], done: int) -> None:
               f"last.pt, and its curves keep that gap", flush=True)
 
 
-def _record(m: Member, epoch: int, result: EpochResult, seconds: float, main: bool, metrics: MetricsLog,
+def _record(m: Member, epoch: int, result: EpochResult, seconds: float, *, main: bool, metrics: MetricsLog,
             scalars: ScalarLog | None) -> None:
     """One member's epoch: the record, the best-so-far, metrics.jsonl, the checkpoints, the console line."""
     head, test, val = result

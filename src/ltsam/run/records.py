@@ -241,7 +241,7 @@ def machine_summary(elapsed: float, device: torch.device, ctx: DistContext) -> d
     return {"train_seconds": elapsed, "device": str(device), "world_size": ctx.world}
 
 
-def training_summary(run_dir: Path, epochs: int, state: Progress, test: dict[str, Any], data: LTData,
+def training_summary(run_dir: Path, epochs: int, state: Progress, test: dict[str, Any], *, data: LTData,
                      device: torch.device, ctx: DistContext) -> dict[str, Any]:
     """final.json of a training run (a plain run or a pack's member): the final and best epochs, the best
     on validation, the data and the machine."""

@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ class RunSpec:
     point: dict[str, Any]  # the grid values it takes
     seed: int
     settings: dict[str, Any]
+    _: KW_ONLY
     resolved: dict[str, Any] = field(default_factory=dict)
     checked: bool = True  # False: a dry run left it unchecked (it names plugins, whose code a dry run never runs)
 

@@ -190,7 +190,7 @@ def _watch_driver(driver: int, on_end: Callable[[], None], every_s: float = 0.5)
     return True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LaunchOptions:
     executor: str = "local"  # local, debug or slurm
     parallel: int = 1
@@ -271,11 +271,12 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[RunSpec], opts: Launc
                 queue.remove(unit)
                 if opts.executor == "local" and gpus:
                     executor.update_parameters(visible_gpus=[(slot * gpus + j) % n_gpus for j in range(gpus)])
-                active[_start(sweep, manifest, executor, unit, gpus, say, t0, opts.executor == "local")] = (unit, slot)
+                active[_start(sweep, manifest, executor, unit, gpus, say, t0=t0,
+                              watched=opts.executor == "local")] = (unit, slot)
             for job in [j for j in active if j.done()]:
                 unit, slot = active.pop(job)
                 free.append(slot)
-                _finished(sweep, manifest, unit, job, failed, say, t0)
+                _finished(sweep, manifest, unit, job, failed, say, t0=t0)
             if active or queue:
                 time.sleep(opts.poll_s)
     except BaseException:
@@ -306,7 +307,7 @@ def _submit(executor: Any, job: TrainJob, sweep: Sweep, unit: JobSpec, gpus: int
                            unit.plugins, gpus)
 
 
-def _start(sweep: Sweep, manifest: Manifest, executor: Any, unit: JobSpec, gpus: int, say: Callable[[str], None],
+def _start(sweep: Sweep, manifest: Manifest, executor: Any, unit: JobSpec, gpus: int, say: Callable[[str], None], *,
            t0: float, watched: bool = False) -> Any:
     """Submit the unit's job; ``watched``: the job (a process of its own) ends when this process ends."""
     how = "resuming" if any((run_dir(sweep, r) / LAST).is_file() for r in unit.runs) else "starting"
@@ -320,7 +321,7 @@ def _start(sweep: Sweep, manifest: Manifest, executor: Any, unit: JobSpec, gpus:
 
 
 def _finished(sweep: Sweep, manifest: Manifest, unit: JobSpec, job: Any, failed: list[str],
-              say: Callable[[str], None], t0: float) -> None:
+              say: Callable[[str], None], *, t0: float) -> None:
     try:
         job.result()
         error = None

@@ -144,8 +144,9 @@ def clip_factory(member: str) -> Any:
         visual: nn.Module = model.visual  # type: ignore[assignment]
         embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])  # type: ignore[index]
         head = NormedLinear(embed_dim, num_classes) if use_norm else nn.Linear(embed_dim, num_classes)
-        net = apply_tune(ClipImageClassifier(visual, head, embed_dim), "head", tune, lora_rank, lora_alpha,
-                         lora_targets, adapter_dim, adapter_scale, adapter_style)
+        net = apply_tune(ClipImageClassifier(visual, head, embed_dim), "head", tune,
+                         lora_rank=lora_rank, lora_alpha=lora_alpha, targets=lora_targets,
+                         adapter_dim=adapter_dim, adapter_scale=adapter_scale, adapter_style=adapter_style)
         cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})  # open_clip's: size, mean, std, interpolation
         size = cfg.get("size", getattr(visual, "image_size", 224))
         size = size if isinstance(size, int) else max(size)

@@ -28,7 +28,7 @@ class PretrainedNet(nn.Module):
     """
 
     def __init__(self, net: nn.Module, classifier: str, input_size: int, interpolation: str,
-                 mean: Sequence[float], std: Sequence[float], frozen_eval: bool = False,
+                 mean: Sequence[float], std: Sequence[float], *, frozen_eval: bool = False,
                  feature_input: bool = False):
         super().__init__()
         self.net = net

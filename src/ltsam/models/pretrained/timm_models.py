@@ -120,8 +120,8 @@ def timm_factory(member: str) -> Any:
         head = head_path(net)
         if use_norm:
             _cosine_head(net, head, num_classes)
-        net = apply_tune(net, head, tune, lora_rank, lora_alpha, lora_targets, adapter_dim, adapter_scale,
-                         adapter_style)
+        net = apply_tune(net, head, tune, lora_rank=lora_rank, lora_alpha=lora_alpha, targets=lora_targets,
+                         adapter_dim=adapter_dim, adapter_scale=adapter_scale, adapter_style=adapter_style)
         size = input_size or int(data["input_size"][-1])
         return PretrainedNet(net, head, size, str(data.get("interpolation", "bilinear")), data["mean"],
                              data["std"], frozen_eval=tune == "linear", feature_input=feature_cache)

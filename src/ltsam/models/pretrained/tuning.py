@@ -99,7 +99,7 @@ def lora_attention(attn: nn.MultiheadAttention, rank: int, alpha: float) -> None
     parametrize.register_parametrization(out, "weight", LoRADelta(out.weight, rank, alpha))
 
 
-def apply_tune(net: nn.Module, head: str, mode: str, lora_rank: int = 8, lora_alpha: float = 16.0,
+def apply_tune(net: nn.Module, head: str, mode: str, *, lora_rank: int = 8, lora_alpha: float = 16.0,
                targets: str = ALL_LINEAR, adapter_dim: int = 64, adapter_scale: float = 0.1,
                adapter_style: str = "adaptformer") -> nn.Module:
     """``net`` with ``mode``'s parameters trainable and the others frozen (LoRA layers injected in place)."""
