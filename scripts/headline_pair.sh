@@ -46,8 +46,11 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 native=$(grep -qw avx512_bf16 /proc/cpuinfo && echo "bf16 native" || echo "bf16 emulated")
 [[ -f "$OUT/cpus.tsv" ]] || printf 'start\tend\trun\tepochs\tcpu\tbf16\n' > "$OUT/cpus.tsv"
 done_epochs() { if [[ -f "$1/metrics.jsonl" ]]; then grep -c . "$1/metrics.jsonl"; else echo 0; fi; }
-finished() { "$PY" -c "import sys; from ltsam.runs import run_finished; from pathlib import Path; \
-sys.exit(0 if run_finished(Path(sys.argv[1])) else 1)" "$1"; }
+finished() {  # final.json records every epoch done (a --stop-after run writes one too)
+    "$PY" -c "import json, sys
+try: f = json.load(open(sys.argv[1] + '/final.json'))
+except (OSError, ValueError): sys.exit(1)
+sys.exit(0 if f.get('epochs_done', 0) >= f.get('epochs', 1) else 1)" "$1"; }
 
 status=0
 for recipe in $RECIPES; do
