@@ -44,6 +44,19 @@ MEMBERS = [dict(seed=0, rand_number=0, loss="ce", train_rule="none", rho=0.05),
            dict(seed=2, rand_number=2, loss="vs", train_rule="drw", rho=0.2, drw_epoch=0)]
 
 
+# vmap against a run alone in float32: an EMPIRICAL amplification over a training run, not a rounding bound.
+# No rounding bound covers it: one SAM step's worst case, rtol(float32, n=B H W = 32 * 8 * 8 = 2048 terms in a
+# first-layer weight gradient, stages ~16 = two forward-backward passes through 4 layers), is 16 * 2048 * eps ~
+# 4e-3, above tolerances.MAX_RTOL; and a training run is no fixed sum: each of the ~17 steps an epoch (515
+# digits, batch 32) starts from the last one's rounded weights, and the loss landscape amplifies the difference
+# by an amount that depends on the CPU's kernels. Measured (largest over members, two CPUs): epoch 1's train
+# loss 2e-5 relative apart, epoch 2's 1.4e-3 (AMD EPYC; under 1e-3 on an Intel Xeon); test top-1 0.19 / 0.74
+# points. The bounds below are those, rounded up (x50 and x7 for the losses; top-1: 1 point, 5 of the 540
+# test images), and still fail a sign error or a factor of two in the loss (a relative difference of 0.5).
+VMAP_LOSS_RTOL = (1e-3, 1e-2)  # epoch 1, epoch 2
+VMAP_TOP1_POINTS = 1.0
+
+
 def _models(arch: str, n: int, channels: int, dtype=torch.float64) -> list[torch.nn.Module]:
     out = []
     for seed in range(n):
@@ -202,20 +215,18 @@ def test_pack_folders_are_runs_alone(tmp_path, mode):
 
 def test_vmap_pack_tracks_runs_alone_in_float32(tmp_path):
     """vmap mode in float32 (grouped convolutions: the weight gradients' sums of B H W terms add in another
-    order, ~2e-6 relative per step): epoch 1's train loss within 1e-3 relative of the run alone, epoch 2's
-    within 1e-2, and test top-1 within 1 point (5 of the 540 test images). The SAM steps amplify the rounding,
-    and by how much depends on the CPU's kernels: epoch 1 ends ~2e-5 apart on both machines measured, epoch 2
-    1.4e-3 apart on an AMD EPYC (under 1e-3 on an Intel Xeon), test top-1 0.19 / 0.74 points. The issue's 1e-3
-    and 0.5 points hold bit for bit in loop mode, the CPU default (test_pack_folders_are_runs_alone)."""
+    order): each epoch's train loss and test top-1 stay within VMAP_LOSS_RTOL / VMAP_TOP1_POINTS of the run
+    alone. The issue's 1e-3 and 0.5 points hold bit for bit in loop mode, the CPU default
+    (test_pack_folders_are_runs_alone)."""
     cfgs, dirs = _digits(tmp_path, ["v0", "v1"], MEMBERS[:2])
     PackTrainer(cfgs, dirs, progress=False, mode="vmap").fit()
     for i, m in enumerate(MEMBERS[:2]):
         alone = tmp_path / f"a{i}"
         prepare_run_dir(alone, overwrite=True)
         Trainer(resolve(dict(dataset="digits", device="cpu", epochs=2, **m)), alone, progress=False).fit()
-        for a, b, rel in zip(_records(dirs[i]), _records(alone), (1e-3, 1e-2), strict=True):
+        for a, b, rel in zip(_records(dirs[i]), _records(alone), VMAP_LOSS_RTOL, strict=True):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
-            assert abs(a["test_top1"] - b["test_top1"]) <= 1.0
+            assert abs(a["test_top1"] - b["test_top1"]) <= VMAP_TOP1_POINTS
 
 
 def test_resumed_pack_equals_uninterrupted_and_a_member_resumes_alone(tmp_path):
