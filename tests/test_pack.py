@@ -306,8 +306,9 @@ def test_train_seeds_writes_ordinary_runs_and_the_report(tmp_path, capsys):
         assert main([*SEEDS_FLAGS, "--seed", str(seed), "--out", str(alone)]) == 0
         mine, theirs = _records(out / f"seed{seed}"), _records(alone)
         for a, b in zip(mine, theirs, strict=True):
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
-            assert abs(a["test_top1"] - b["test_top1"]) <= 1.0
+            # the vmap test's empirical bounds (not rounding bounds: see VMAP_LOSS_RTOL), its epoch-1 loss bound
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=VMAP_LOSS_RTOL[0])
+            assert abs(a["test_top1"] - b["test_top1"]) <= VMAP_TOP1_POINTS
     assert main(["eval", str(out / "seed1"), "--which", "last"]) == 0
 
 
