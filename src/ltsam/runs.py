@@ -37,6 +37,7 @@ from ltsam.run.files import (  # noqa: F401  (re-exported: callers import these 
     SWEEP_NAME,
     checkpoint_file,
 )
+from ltsam.run.records import MetricsLog
 
 RUN_FORMAT = "ltsam-run-v1"
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # io._atomic's (and mkstemp's) names
@@ -133,28 +134,13 @@ def _names(entries: list[Path], most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _metric_records(path: Path) -> int:
-    """How many whole epoch records a metrics.jsonl holds (a line torn by a kill is not one)."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return 0
-    count = 0
-    for line in lines:
-        try:
-            count += isinstance(json.loads(line), dict)
-        except ValueError:
-            continue
-    return count
-
-
 def epochs_left(run_dir: Path) -> list[str]:
     """What ``run_dir`` holds of finished epochs besides ``last.pt``: metrics.jsonl's records, best.pt,
     best_val.pt, final.json, figures, a stage's sweep.json, Hessian results. Empty only for a run that never
     finished an epoch (its config.json, marker, lock and the TensorBoard file opened at its start are no
     results): only such a folder may be started again from its config.json, or replaced without --overwrite."""
     found = []
-    records = _metric_records(run_dir / METRICS_NAME)
+    records = MetricsLog(run_dir).whole_records()
     if records:
         found.append(f"{METRICS_NAME} ({records} epoch{'' if records == 1 else 's'})")
     found += [name for name in (BEST, BEST_VAL, FINAL_NAME, SWEEP_NAME, *FIGURES) if (run_dir / name).exists()]

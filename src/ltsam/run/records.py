@@ -120,15 +120,32 @@ class MetricsLog:
         if not self.path.exists():
             return list(range(start_epoch))
         keep: dict[int, str] = {}
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                epoch = json.loads(line)["epoch"]
-            except (json.JSONDecodeError, TypeError, KeyError):
-                continue
+        for record, line in self._whole_lines():
+            epoch = record.get("epoch")
             if isinstance(epoch, int) and 0 <= epoch < start_epoch:
                 keep[epoch] = line
         write_text(self.path, "".join(keep[e] + "\n" for e in sorted(keep)))
         return [e for e in range(start_epoch) if e not in keep]
+
+    def _whole_lines(self) -> list[tuple[dict[str, Any], str]]:
+        """(record, line) for every line that reads as a record: a line torn by a kill or a full disk is none."""
+        try:
+            lines = self.path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        whole = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                whole.append((record, line))
+        return whole
+
+    def whole_records(self) -> int:
+        """How many whole epoch records the file holds (0 without one)."""
+        return len(self._whole_lines())
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
